@@ -1,0 +1,277 @@
+//! The diff: desired resource vs refreshed object -> one planned `Change`.
+
+use std::collections::BTreeMap;
+
+use crate::{Action, Attrs, Change, KindSchema, Resource, ResourceState, Value};
+
+/// The id a reference resolves to while planning: known when the target exists and is
+/// kept, unknown when the target is created or replaced by this plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefValue {
+    /// The target's current id.
+    Known(String),
+    /// The target's id is known only after apply.
+    Unknown,
+}
+
+/// Plan the change of one resource that the configuration wants.
+///
+/// `current` is the refreshed object (None when it is not in state or was deleted
+/// outside clusterform); `refs` gives each reference attribute's resolved value.
+pub fn diff_resource(
+    desired: &Resource,
+    current: Option<&ResourceState>,
+    schema: &KindSchema,
+    refs: &BTreeMap<String, RefValue>,
+) -> Change {
+    let mut known: Attrs = desired.attrs.clone();
+    let mut unknown: Vec<String> = Vec::new();
+    for (attr, v) in refs {
+        match v {
+            RefValue::Known(id) => {
+                known.insert(attr.clone(), Value::String(id.clone()));
+            }
+            RefValue::Unknown => unknown.push(attr.clone()),
+        }
+    }
+
+    let Some(cur) = current else {
+        return create_change(desired, known, unknown, schema);
+    };
+
+    let mut changed = Vec::new();
+    let mut replace_because = Vec::new();
+    for a in schema.attrs.iter().filter(|a| a.input) {
+        let now = cur.attrs.get(&a.name).unwrap_or(&Value::Null);
+        let differs = if unknown.contains(&a.name) {
+            true
+        } else {
+            match known.get(&a.name) {
+                Some(want) => want != now,
+                // Left out: the provider's value stands for optional + computed
+                // attributes; others go back to unset.
+                None => !a.computed && !now.is_null(),
+            }
+        };
+        if differs {
+            changed.push(a.name.clone());
+            if a.force_new {
+                replace_because.push(a.name.clone());
+            }
+        }
+    }
+
+    if changed.is_empty() {
+        return Change {
+            address: desired.address.clone(),
+            provider: desired.provider.clone(),
+            action: Action::NoOp,
+            id: Some(cur.id.clone()),
+            before: None,
+            after: None,
+            after_unknown: Vec::new(),
+            refs: desired.refs.clone(),
+            depends_on: desired.dependencies(),
+            old_dependencies: cur.dependencies.clone(),
+            replace_because,
+            changed,
+        };
+    }
+
+    if !replace_because.is_empty() {
+        let mut c = create_change(desired, known, unknown, schema);
+        c.action = Action::Replace;
+        c.id = Some(cur.id.clone());
+        c.before = Some(cur.attrs.clone());
+        c.old_dependencies = cur.dependencies.clone();
+        c.replace_because = replace_because;
+        c.changed = changed;
+        return c;
+    }
+
+    // In place: the object's attributes with the desired inputs laid over them.
+    let mut after = cur.attrs.clone();
+    for a in schema.attrs.iter().filter(|a| a.input) {
+        match known.get(&a.name) {
+            Some(v) => {
+                after.insert(a.name.clone(), v.clone());
+            }
+            None if !a.computed => {
+                after.remove(&a.name);
+            }
+            None => {}
+        }
+    }
+    for u in &unknown {
+        after.remove(u);
+    }
+    Change {
+        address: desired.address.clone(),
+        provider: desired.provider.clone(),
+        action: Action::Update,
+        id: Some(cur.id.clone()),
+        before: Some(cur.attrs.clone()),
+        after: Some(after),
+        after_unknown: unknown,
+        refs: desired.refs.clone(),
+        depends_on: desired.dependencies(),
+        old_dependencies: cur.dependencies.clone(),
+        replace_because: Vec::new(),
+        changed,
+    }
+}
+
+fn create_change(
+    desired: &Resource,
+    known: Attrs,
+    mut unknown: Vec<String>,
+    schema: &KindSchema,
+) -> Change {
+    for a in schema.attrs.iter().filter(|a| a.computed) {
+        if !known.contains_key(&a.name) && !unknown.contains(&a.name) {
+            unknown.push(a.name.clone());
+        }
+    }
+    if !unknown.iter().any(|u| u == "id") {
+        unknown.push("id".to_string());
+    }
+    unknown.sort();
+    Change {
+        address: desired.address.clone(),
+        provider: desired.provider.clone(),
+        action: Action::Create,
+        id: None,
+        before: None,
+        after: Some(known),
+        after_unknown: unknown,
+        refs: desired.refs.clone(),
+        depends_on: desired.dependencies(),
+        old_dependencies: Vec::new(),
+        replace_because: Vec::new(),
+        changed: Vec::new(),
+    }
+}
+
+/// Plan the deletion of an object the configuration no longer has.
+pub fn diff_delete(current: &ResourceState) -> Change {
+    Change {
+        address: current.address.clone(),
+        provider: current.provider.clone(),
+        action: Action::Delete,
+        id: Some(current.id.clone()),
+        before: Some(current.attrs.clone()),
+        after: None,
+        after_unknown: Vec::new(),
+        refs: BTreeMap::new(),
+        depends_on: Vec::new(),
+        old_dependencies: current.dependencies.clone(),
+        replace_because: Vec::new(),
+        changed: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Address, AttrSchema, AttrType};
+    use serde_json::json;
+
+    fn schema() -> KindSchema {
+        KindSchema {
+            kind: "machine".into(),
+            doc: String::new(),
+            attrs: vec![
+                AttrSchema::required("size", AttrType::String, ""),
+                AttrSchema::required("zone", AttrType::String, "").force_new(),
+                AttrSchema::required("network", AttrType::Reference, "").force_new(),
+                AttrSchema::optional_computed("address", AttrType::String, "").force_new(),
+                AttrSchema::computed("state", AttrType::String, ""),
+            ],
+        }
+    }
+
+    fn desired(size: &str, zone: &str) -> Resource {
+        let mut attrs = Attrs::new();
+        attrs.insert("size".into(), json!(size));
+        attrs.insert("zone".into(), json!(zone));
+        let mut refs = BTreeMap::new();
+        refs.insert("network".into(), Address::new("network", "main"));
+        Resource {
+            address: Address::indexed("machine", "w", 0),
+            provider: "sim".into(),
+            attrs,
+            refs,
+            depends_on: vec![],
+        }
+    }
+
+    fn current(size: &str, zone: &str) -> ResourceState {
+        let mut attrs = Attrs::new();
+        attrs.insert("size".into(), json!(size));
+        attrs.insert("zone".into(), json!(zone));
+        attrs.insert("network".into(), json!("net-1"));
+        attrs.insert("address".into(), json!("10.0.0.7"));
+        attrs.insert("state".into(), json!("running"));
+        ResourceState {
+            address: Address::indexed("machine", "w", 0),
+            provider: "sim".into(),
+            id: "m-1".into(),
+            attrs,
+            dependencies: vec![Address::new("network", "main")],
+        }
+    }
+
+    fn known_net() -> BTreeMap<String, RefValue> {
+        BTreeMap::from([("network".to_string(), RefValue::Known("net-1".into()))])
+    }
+
+    #[test]
+    fn create_marks_computed_unknown() {
+        let c = diff_resource(&desired("s", "a"), None, &schema(), &known_net());
+        assert_eq!(c.action, Action::Create);
+        assert_eq!(c.after_unknown, vec!["address", "id", "state"]);
+        assert_eq!(c.after.as_ref().and_then(|a| a.get("network")), Some(&json!("net-1")));
+    }
+
+    #[test]
+    fn same_is_noop_and_optional_computed_is_kept() {
+        let cur = current("s", "a");
+        let c = diff_resource(&desired("s", "a"), Some(&cur), &schema(), &known_net());
+        assert_eq!(c.action, Action::NoOp);
+    }
+
+    #[test]
+    fn size_updates_in_place() {
+        let cur = current("s", "a");
+        let c = diff_resource(&desired("l", "a"), Some(&cur), &schema(), &known_net());
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.changed, vec!["size"]);
+        assert_eq!(c.after.as_ref().and_then(|a| a.get("size")), Some(&json!("l")));
+        assert_eq!(c.after.as_ref().and_then(|a| a.get("address")), Some(&json!("10.0.0.7")));
+    }
+
+    #[test]
+    fn zone_forces_replacement() {
+        let cur = current("s", "a");
+        let c = diff_resource(&desired("s", "b"), Some(&cur), &schema(), &known_net());
+        assert_eq!(c.action, Action::Replace);
+        assert_eq!(c.replace_because, vec!["zone"]);
+    }
+
+    #[test]
+    fn unknown_reference_forces_replacement() {
+        let cur = current("s", "a");
+        let refs = BTreeMap::from([("network".to_string(), RefValue::Unknown)]);
+        let c = diff_resource(&desired("s", "a"), Some(&cur), &schema(), &refs);
+        assert_eq!(c.action, Action::Replace);
+        assert_eq!(c.replace_because, vec!["network"]);
+        assert!(c.after_unknown.contains(&"network".to_string()));
+    }
+
+    #[test]
+    fn delete_keeps_old_dependencies() {
+        let c = diff_delete(&current("s", "a"));
+        assert_eq!(c.action, Action::Delete);
+        assert_eq!(c.old_dependencies, vec![Address::new("network", "main")]);
+    }
+}

@@ -1,0 +1,1 @@
+//! clusterform engine: refresh, plan, apply, destroy.

@@ -1,0 +1,199 @@
+//! The provider contract: what the engine may ask of a cloud (read, create, update,
+//! delete, import, find by idempotency key), the request/response types, and an
+//! in-memory fake for tests. Providers depend on this crate and `core`, never on the
+//! engine.
+//!
+//! Reads and mutations are split: [`Reader`] has no mutating method, so a caller handed
+//! only a `&dyn Reader` (drift checks) cannot change anything, by construction.
+
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clusterform_core::{Address, Attrs, ProviderSchema};
+use serde::{Deserialize, Serialize};
+
+/// Tags every object carries so that it can be found at the provider without the
+/// state (recovery after a crash, `reap`, unmanaged-object checks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The cluster name (`clusterform:cluster`).
+    pub cluster: String,
+    /// The resource address (`clusterform:address`).
+    pub address: Address,
+    /// The idempotency key of the operation that made it (`clusterform:op`).
+    pub op: String,
+    /// RFC 3339 time after which `reap` may delete it (`clusterform:expires-at`).
+    pub expires_at: Option<String>,
+}
+
+/// An object as the provider sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    /// The resource kind.
+    pub kind: String,
+    /// The provider's id.
+    pub id: String,
+    /// All attributes, inputs and computed.
+    pub attrs: Attrs,
+    /// The ownership tags, when the object carries them.
+    pub owner: Option<Ownership>,
+}
+
+/// Refresh one object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The resource address (for messages).
+    pub address: Address,
+    /// The resource kind.
+    pub kind: String,
+    /// The provider's id from the state.
+    pub id: String,
+}
+
+/// Create one object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The resource kind.
+    pub kind: String,
+    /// The inputs, references resolved to ids.
+    pub attrs: Attrs,
+    /// Tags to put on the object; `owner.op` is the idempotency key: a create retried
+    /// with the same key must return the object made the first time, not a second one.
+    pub owner: Ownership,
+}
+
+/// Change one object in place.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// The resource address.
+    pub address: Address,
+    /// The resource kind.
+    pub kind: String,
+    /// The provider's id.
+    pub id: String,
+    /// All desired inputs (not only the changed ones).
+    pub attrs: Attrs,
+    /// Names of the attributes that change.
+    pub changed: Vec<String>,
+    /// The idempotency key of this operation.
+    pub idempotency_key: String,
+}
+
+/// Delete one object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// The resource address.
+    pub address: Address,
+    /// The resource kind.
+    pub kind: String,
+    /// The provider's id.
+    pub id: String,
+    /// The idempotency key of this operation.
+    pub idempotency_key: String,
+}
+
+/// How a provider call failed; the engine retries only what is transient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying with backoff: throttling, 5xx, a dropped connection before the
+    /// request was sent.
+    #[error("{message} (transient)")]
+    Transient {
+        /// What the provider said.
+        message: String,
+        /// How long the provider asked to wait, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// Definitive: nothing was changed at the provider.
+    #[error("{0}")]
+    Permanent(String),
+    /// The outcome is unknown (timeout after sending): the object may exist; the next
+    /// run must look it up by its idempotency key.
+    #[error("{0} (outcome unknown)")]
+    Ambiguous(String),
+    /// The object is not there.
+    #[error("`{0}` not found")]
+    NotFound(String),
+    /// The provider configuration in `cluster.toml` is wrong.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ProviderError {
+    /// True when the engine should retry the call.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Transient { .. })
+    }
+}
+
+/// Result of a provider call.
+pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
+
+/// What a provider can do without changing anything.
+#[async_trait]
+pub trait Reader: Send + Sync {
+    /// The provider's name in `cluster.toml`.
+    fn name(&self) -> &str;
+
+    /// The kinds and attributes it manages.
+    fn schema(&self) -> &ProviderSchema;
+
+    /// How many objects one `read_batch` call may ask for (1: no batching).
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Refresh one object: `Ok(None)` when it no longer exists.
+    async fn read(&self, req: &ReadRequest) -> Result<Option<Object>>;
+
+    /// Refresh many objects in as few API calls as the provider can. The result has one
+    /// entry per request, in order.
+    async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<Option<Object>>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            out.push(self.read(r).await);
+        }
+        out
+    }
+
+    /// Find the object made by the operation with this idempotency key (crash recovery).
+    async fn find_by_key(&self, kind: &str, key: &str) -> Result<Option<Object>>;
+
+    /// Every object at the provider tagged with this cluster's name.
+    async fn list_cluster(&self, cluster: &str) -> Result<Vec<Object>>;
+}
+
+/// A provider that can also change things.
+#[async_trait]
+pub trait Provider: Reader {
+    /// Create an object. Must be idempotent on `req.owner.op`.
+    async fn create(&self, req: &CreateRequest) -> Result<Object>;
+
+    /// Change an object in place.
+    async fn update(&self, req: &UpdateRequest) -> Result<Object>;
+
+    /// Delete an object; deleting one that is already gone succeeds.
+    async fn delete(&self, req: &DeleteRequest) -> Result<()>;
+
+    /// Adopt an existing object by its provider id.
+    async fn import(&self, kind: &str, id: &str) -> Result<Object>;
+
+    /// The same provider, restricted to reads.
+    fn reader(&self) -> &dyn Reader;
+}
+
+/// Secrets a provider needs come from the environment, never from `cluster.toml`; this
+/// lists the variables so the engine can keep their values out of state, plans and logs.
+pub fn secret_env_vars() -> &'static [&'static str] {
+    &[
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "METAL_AUTH_TOKEN",
+    ]
+}
+
+/// Provider settings from a `[provider.NAME]` table, as JSON.
+pub type ProviderConfig = BTreeMap<String, serde_json::Value>;

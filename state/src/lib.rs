@@ -1,0 +1,203 @@
+//! clusterform state: the [`StateStore`] trait (one record per resource, serial and
+//! lineage, a journal of in-flight provider mutations, a lock with its holder, history
+//! of earlier serials) and [`LocalStore`], the default implementation on a redb file in
+//! `.clusterform/` beside the cluster file. A shared backend (etcd) implements the same
+//! trait.
+
+mod local;
+mod lock;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clusterform_core::{Action, Address, ResourceState};
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalStore;
+
+/// A journal entry: written durably *before* a provider mutation starts, closed after
+/// it ends, so that a run that died in between can find what it made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Unique id of the operation (also the idempotency key's suffix).
+    pub op_id: String,
+    /// The resource the operation is about.
+    pub address: Address,
+    /// Create, update, replace (its create half) or delete.
+    pub action: Action,
+    /// The key passed to the provider (create: tag `clusterform:op` / client token).
+    pub idempotency_key: String,
+    /// The provider.
+    pub provider: String,
+    /// The resource kind.
+    pub kind: String,
+    /// The provider id of the object the operation acts on (update, delete).
+    pub object_id: Option<String>,
+    /// The dependencies the resource will have, so an adopted object is recorded whole.
+    pub dependencies: Vec<Address>,
+    /// RFC 3339 start time.
+    pub started_at: String,
+}
+
+/// Everything the state holds, read in one consistent snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Identity of this state's history; `None` until the first commit.
+    pub lineage: Option<String>,
+    /// Increases with every commit that changes resource records.
+    pub serial: u64,
+    /// One record per resource.
+    pub resources: BTreeMap<Address, ResourceState>,
+    /// Operations that started and never closed (a crash, or an unknown outcome).
+    pub journal: Vec<JournalEntry>,
+}
+
+/// One change in a commit. A commit is all-or-nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mutation {
+    /// Insert or replace a resource record.
+    Put(ResourceState),
+    /// Remove a resource record.
+    Remove(Address),
+    /// Open a journal entry.
+    JournalOpen(JournalEntry),
+    /// Close (remove) the journal entry with this op id.
+    JournalClose(String),
+}
+
+/// Who holds the lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// Lock id, for `force-unlock`.
+    pub id: String,
+    /// What it is for: `apply`, `destroy`, `state rm`...
+    pub operation: String,
+    /// User name.
+    pub user: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// RFC 3339 time the lock was taken.
+    pub started_at: String,
+    /// RFC 3339 time after which the lock counts as abandoned.
+    pub expires_at: String,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lock {} held by {}@{} (pid {}) for `{}` since {}",
+            self.id, self.user, self.host, self.pid, self.operation, self.started_at
+        )
+    }
+}
+
+/// A held lock; dropping it releases the lock.
+pub trait LockGuard: Send + Sync {
+    /// The lock's details.
+    fn info(&self) -> &LockInfo;
+    /// A note for the user about how the lock was taken (e.g. "took over the lock of
+    /// pid 123, which is no longer running").
+    fn note(&self) -> Option<&str>;
+}
+
+/// A past serial, kept for recovery (`state history`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The serial the commit produced.
+    pub serial: u64,
+    /// RFC 3339 commit time.
+    pub committed_at: String,
+    /// Addresses the commit changed.
+    pub changed: Vec<Address>,
+}
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the lock.
+    #[error("the state at `{path}` is locked: {holder}")]
+    Locked {
+        /// The store.
+        path: String,
+        /// Who holds it.
+        holder: LockInfo,
+    },
+    /// `force-unlock` with an id that is not the current lock's.
+    #[error("the state at `{path}` is not locked with id `{id}`{}", .current.as_ref().map(|c| format!(" (current: {c})")).unwrap_or_default())]
+    WrongLockId {
+        /// The store.
+        path: String,
+        /// The id given.
+        id: String,
+        /// The lock there is, if any.
+        current: Option<LockInfo>,
+    },
+    /// The state file cannot be decoded.
+    #[error("the state at `{path}` is corrupt: {detail}")]
+    Corrupt {
+        /// The store.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The state was written by a newer clusterform.
+    #[error("the state at `{path}` has format version {found}; this clusterform reads up to {supported}")]
+    Version {
+        /// The store.
+        path: String,
+        /// The version in the file.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// A file-system error.
+    #[error("state `{path}`: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An error from the database engine.
+    #[error("state database `{path}`: {detail}")]
+    Database {
+        /// The store.
+        path: String,
+        /// The cause.
+        detail: String,
+    },
+}
+
+/// Where and how state is kept. Implementations must make each `commit` atomic and
+/// durable before returning, and never lose records they had.
+pub trait StateStore: Send + Sync {
+    /// A short description for messages (`.clusterform/state.redb`).
+    fn describe(&self) -> String;
+
+    /// Read everything in one consistent snapshot. An absent store is an empty snapshot
+    /// (nothing is created on disk).
+    fn load(&self) -> Result<Snapshot, StateError>;
+
+    /// Apply `mutations` atomically and durably. Increases the serial by one when any
+    /// mutation touches a resource record (journal-only commits keep it); creates the
+    /// store and its lineage on first use. Returns the serial after the commit.
+    fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError>;
+
+    /// Take the lock for `operation`, waiting up to `wait` for a live holder to let go.
+    /// A lock whose holder is provably gone is taken over, with a note saying whose it
+    /// was. Fails with [`StateError::Locked`] naming the holder.
+    fn lock(&self, operation: &str, wait: Duration) -> Result<Box<dyn LockGuard>, StateError>;
+
+    /// Who holds the lock now, if anyone.
+    fn lock_holder(&self) -> Result<Option<LockInfo>, StateError>;
+
+    /// Remove the lock with this id, whoever holds it. Returns what it was.
+    fn force_unlock(&self, id: &str) -> Result<LockInfo, StateError>;
+
+    /// The most recent commits, newest first.
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError>;
+}
