@@ -134,6 +134,10 @@ pub struct Plan {
     /// What refresh found changed outside clusterform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<Drift>,
+    /// State records to drop because their object is already gone and nothing will
+    /// recreate it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<Address>,
 }
 
 /// Counts for `Plan: X to add, Y to change, Z to destroy.`
@@ -168,6 +172,6 @@ impl Plan {
 
     /// True when applying would change nothing.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.forget.is_empty()
     }
 }

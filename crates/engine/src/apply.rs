@@ -1,0 +1,532 @@
+//! Apply: turn a plan into operations (create, update, delete; a replace is a delete
+//! then a create), order them (creates follow dependencies, deletes run in reverse),
+//! and walk them in parallel. Each provider mutation is journaled durably before it
+//! starts and recorded with the journal closed the moment it ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use clusterform_core::{Action, Address, Change, Plan, ResourceState, Value};
+use clusterform_provider::{CreateRequest, DeleteRequest, Ownership, ProviderError, UpdateRequest};
+use clusterform_state::{JournalEntry, Mutation, StateStore};
+use serde::Serialize;
+
+use crate::commit::Committer;
+use crate::walk::{NodeResult, longest_chain, walk};
+use crate::{ClusterInfo, EngineError, Providers, RetryPolicy};
+
+/// How to apply.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// Operations in flight at most.
+    pub parallelism: usize,
+    /// Retries of transient provider errors.
+    pub retry: RetryPolicy,
+    /// Set to true to start no new operation (Ctrl-C); those in flight finish.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            parallelism: 64,
+            retry: RetryPolicy::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Progress of an apply, for the live display.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// An operation started (`Create`, `Update` or `Delete`).
+    Started {
+        /// The resource.
+        address: Address,
+        /// The operation.
+        action: Action,
+    },
+    /// A transient error; the operation will be tried again.
+    Retrying {
+        /// The resource.
+        address: Address,
+        /// The attempt that failed (1 = the first).
+        attempt: u32,
+        /// What the provider said.
+        error: String,
+    },
+    /// An operation finished.
+    Finished {
+        /// The resource.
+        address: Address,
+        /// The operation.
+        action: Action,
+        /// How long it took.
+        elapsed: Duration,
+        /// The object's id (create, update).
+        id: Option<String>,
+    },
+    /// An operation failed.
+    Failed {
+        /// The resource.
+        address: Address,
+        /// The operation.
+        action: Action,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Receives progress events; called from many tasks at once.
+pub type Observer = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// How one planned change ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "detail")]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// The provider (or the state) said no.
+    Failed(String),
+    /// Not attempted because something it depends on failed.
+    Skipped(Address),
+    /// Not attempted because the run was stopped.
+    Cancelled,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyReport {
+    /// Each planned change and how it ended, in plan order.
+    pub outcomes: Vec<(Address, Action, Outcome)>,
+    /// Objects created.
+    pub added: usize,
+    /// Objects updated in place.
+    pub changed: usize,
+    /// Objects deleted.
+    pub destroyed: usize,
+    /// Transient errors retried.
+    pub retries: u64,
+    /// The state serial after the last commit.
+    pub serial: u64,
+    /// Wall time of the walk.
+    pub elapsed: Duration,
+    /// Operations on the longest dependency chain.
+    pub critical_path: usize,
+}
+
+impl ApplyReport {
+    /// Number of changes that failed.
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Failed(_)))
+    }
+    /// Number of changes skipped because a dependency failed.
+    pub fn skipped(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Skipped(_)))
+    }
+    /// Number of changes not started because the run was stopped.
+    pub fn cancelled(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Cancelled))
+    }
+    /// True when every change was applied.
+    pub fn success(&self) -> bool {
+        self.outcomes.iter().all(|(_, _, o)| *o == Outcome::Done)
+    }
+    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.outcomes.iter().filter(|(_, _, o)| f(o)).count()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Destroy,
+    Apply,
+}
+
+/// The operations of a plan and their order: (change index, phase) and, per node, the
+/// nodes that must finish first.
+struct Schedule {
+    nodes: Vec<(usize, Phase)>,
+    deps: Vec<Vec<usize>>,
+}
+
+fn schedule(changes: &[Change]) -> Schedule {
+    let mut nodes = Vec::new();
+    let mut apply_node: HashMap<&Address, usize> = HashMap::new();
+    let mut destroy_node: HashMap<&Address, usize> = HashMap::new();
+    for (ci, c) in changes.iter().enumerate() {
+        if matches!(c.action, Action::Delete | Action::Replace) {
+            destroy_node.insert(&c.address, nodes.len());
+            nodes.push((ci, Phase::Destroy));
+        }
+        if matches!(c.action, Action::Create | Action::Update | Action::Replace) {
+            apply_node.insert(&c.address, nodes.len());
+            nodes.push((ci, Phase::Apply));
+        }
+    }
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (n, &(ci, phase)) in nodes.iter().enumerate() {
+        let c = &changes[ci];
+        match phase {
+            Phase::Apply => {
+                for d in &c.depends_on {
+                    if let Some(&dn) = apply_node.get(d) {
+                        deps[n].push(dn);
+                    }
+                }
+                if let Some(&dn) = destroy_node.get(&c.address) {
+                    deps[n].push(dn);
+                }
+            }
+            Phase::Destroy => {
+                // What this object depended on is deleted after it.
+                for d in &c.old_dependencies {
+                    if let Some(&dn) = destroy_node.get(d) {
+                        deps[dn].push(n);
+                    }
+                }
+            }
+        }
+    }
+    Schedule { nodes, deps }
+}
+
+/// Operations on the plan's longest dependency chain: with unlimited parallelism and
+/// every operation taking time t, an apply cannot end before `critical_path(plan) * t`.
+pub fn critical_path(plan: &Plan) -> usize {
+    longest_chain(&schedule(&plan.changes).deps)
+}
+
+struct Ctx {
+    changes: Vec<Change>,
+    providers: Providers,
+    cluster: ClusterInfo,
+    committer: Committer,
+    ids: Mutex<HashMap<Address, String>>,
+    observer: Observer,
+    retry: RetryPolicy,
+    retries: AtomicU64,
+    serial: AtomicU64,
+}
+
+/// Apply `plan`. `current` is the state the plan was made against (for the ids of
+/// unchanged resources that references point at). The caller holds the state lock.
+pub async fn apply(
+    plan: &Plan,
+    current: &BTreeMap<Address, ResourceState>,
+    providers: &Providers,
+    store: Arc<dyn StateStore>,
+    cluster: &ClusterInfo,
+    options: &ApplyOptions,
+    observer: Observer,
+) -> Result<ApplyReport, EngineError> {
+    for c in &plan.changes {
+        providers.get(&c.provider)?;
+    }
+    let committer = Committer::start(store);
+    let mut serial = plan.state_serial;
+    if !plan.forget.is_empty() {
+        serial = committer
+            .commit(plan.forget.iter().cloned().map(Mutation::Remove).collect())
+            .await
+            .map_err(EngineError::Internal)?;
+    }
+
+    let sched = schedule(&plan.changes);
+    let ids = current
+        .iter()
+        .map(|(a, r)| (a.clone(), r.id.clone()))
+        .collect();
+    let ctx = Arc::new(Ctx {
+        changes: plan.changes.clone(),
+        providers: providers.clone(),
+        cluster: cluster.clone(),
+        committer,
+        ids: Mutex::new(ids),
+        observer,
+        retry: options.retry,
+        retries: AtomicU64::new(0),
+        serial: AtomicU64::new(serial),
+    });
+
+    let started = Instant::now();
+    let nodes = Arc::new(sched.nodes.clone());
+    let results = {
+        let ctx = ctx.clone();
+        let nodes = nodes.clone();
+        walk(&sched.deps, options.parallelism, options.stop.clone(), move |n| {
+            let ctx = ctx.clone();
+            let (ci, phase) = nodes[n];
+            async move { run(&ctx, ci, phase).await }
+        })
+        .await
+    };
+    let elapsed = started.elapsed();
+
+    // Fold node results into one outcome per change.
+    let mut per_change: Vec<Vec<(Phase, &NodeResult<String>)>> = vec![Vec::new(); plan.changes.len()];
+    for (n, r) in results.iter().enumerate() {
+        let (ci, phase) = sched.nodes[n];
+        per_change[ci].push((phase, r));
+    }
+    let mut report = ApplyReport {
+        outcomes: Vec::with_capacity(plan.changes.len()),
+        added: 0,
+        changed: 0,
+        destroyed: 0,
+        retries: ctx.retries.load(Ordering::SeqCst),
+        serial: ctx.serial.load(Ordering::SeqCst),
+        elapsed,
+        critical_path: longest_chain(&sched.deps),
+    };
+    for (ci, c) in plan.changes.iter().enumerate() {
+        let mut outcome = Outcome::Done;
+        for (phase, r) in &per_change[ci] {
+            match r {
+                NodeResult::Done => match (c.action, phase) {
+                    (Action::Update, _) => report.changed += 1,
+                    (_, Phase::Apply) => report.added += 1,
+                    (_, Phase::Destroy) => report.destroyed += 1,
+                },
+                NodeResult::Failed(e) => outcome = Outcome::Failed(e.clone()),
+                NodeResult::Skipped(cause) if outcome == Outcome::Done => {
+                    let (cause_ci, _) = sched.nodes[*cause];
+                    outcome = Outcome::Skipped(plan.changes[cause_ci].address.clone());
+                }
+                NodeResult::Cancelled if outcome == Outcome::Done => outcome = Outcome::Cancelled,
+                _ => {}
+            }
+        }
+        report.outcomes.push((c.address.clone(), c.action, outcome));
+    }
+    Ok(report)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+async fn run(ctx: &Ctx, ci: usize, phase: Phase) -> Result<(), String> {
+    let c = &ctx.changes[ci];
+    let provider = ctx.providers.get(&c.provider).map_err(|e| e.to_string())?.clone();
+    let action = match (c.action, phase) {
+        (_, Phase::Destroy) => Action::Delete,
+        (Action::Update, Phase::Apply) => Action::Update,
+        _ => Action::Create,
+    };
+    let op_id = uuid::Uuid::new_v4().to_string();
+    let key = format!("cf-{op_id}");
+    let object_id = match action {
+        Action::Create => None,
+        _ => c.id.clone(),
+    };
+    let entry = JournalEntry {
+        op_id: op_id.clone(),
+        address: c.address.clone(),
+        action,
+        idempotency_key: key.clone(),
+        provider: c.provider.clone(),
+        kind: c.address.kind.clone(),
+        object_id: object_id.clone(),
+        dependencies: c.depends_on.clone(),
+        started_at: now_rfc3339(),
+    };
+    ctx.commit(vec![Mutation::JournalOpen(entry)])
+        .await
+        .map_err(|e| format!("could not write the state journal, nothing was done: {e}"))?;
+
+    (ctx.observer)(Event::Started {
+        address: c.address.clone(),
+        action,
+    });
+    let started = Instant::now();
+    let on_retry = |attempt: u32, e: &ProviderError| {
+        ctx.retries.fetch_add(1, Ordering::SeqCst);
+        (ctx.observer)(Event::Retrying {
+            address: c.address.clone(),
+            attempt,
+            error: e.to_string(),
+        });
+    };
+
+    let result: Result<(Vec<Mutation>, Option<String>), ProviderError> = match action {
+        Action::Delete => {
+            let req = DeleteRequest {
+                address: c.address.clone(),
+                kind: c.address.kind.clone(),
+                id: object_id.clone().unwrap_or_default(),
+                idempotency_key: key.clone(),
+            };
+            ctx.retry
+                .run(|| provider.delete(&req), on_retry)
+                .await
+                .map(|()| (vec![Mutation::Remove(c.address.clone())], None))
+        }
+        Action::Update => {
+            let attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let req = UpdateRequest {
+                address: c.address.clone(),
+                kind: c.address.kind.clone(),
+                id: object_id.clone().unwrap_or_default(),
+                attrs,
+                changed: c.changed.clone(),
+                idempotency_key: key.clone(),
+            };
+            ctx.retry
+                .run(|| provider.update(&req), on_retry)
+                .await
+                .map(|obj| ctx.record(c, obj))
+        }
+        _ => {
+            let attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let expires_at = ctx
+                .cluster
+                .expires_after
+                .map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
+            let req = CreateRequest {
+                kind: c.address.kind.clone(),
+                attrs,
+                owner: Ownership {
+                    cluster: ctx.cluster.name.clone(),
+                    address: c.address.clone(),
+                    op: key.clone(),
+                    expires_at,
+                },
+            };
+            ctx.retry
+                .run(|| provider.create(&req), on_retry)
+                .await
+                .map(|obj| ctx.record(c, obj))
+        }
+    };
+
+    match result {
+        Ok((mut mutations, id)) => {
+            mutations.push(Mutation::JournalClose(op_id));
+            ctx.commit(mutations).await.map_err(|e| {
+                format!(
+                    "the provider finished but the state could not be written ({e}); \
+                     the journal keeps the operation and the next run adopts the object"
+                )
+            })?;
+            if let Some(id) = &id {
+                ctx.ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(c.address.clone(), id.clone());
+            }
+            (ctx.observer)(Event::Finished {
+                address: c.address.clone(),
+                action,
+                elapsed: started.elapsed(),
+                id,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            let msg = match &e {
+                // Keep the journal entry: the object may exist; the next run looks it up.
+                ProviderError::Ambiguous(_) => format!(
+                    "{e}; the next run checks whether the object was made"
+                ),
+                _ => {
+                    let _ = ctx.commit(vec![Mutation::JournalClose(op_id)]).await;
+                    e.to_string()
+                }
+            };
+            (ctx.observer)(Event::Failed {
+                address: c.address.clone(),
+                action,
+                error: msg.clone(),
+            });
+            Err(msg)
+        }
+    }
+}
+
+impl Ctx {
+    async fn commit(&self, mutations: Vec<Mutation>) -> Result<(), String> {
+        let serial = self.committer.commit(mutations).await?;
+        self.serial.fetch_max(serial, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The planned attributes with references resolved to the ids they have now.
+    fn resolve(&self, c: &Change) -> Result<BTreeMap<String, Value>, String> {
+        let mut attrs = c.after.clone().unwrap_or_default();
+        if c.refs.is_empty() {
+            return Ok(attrs);
+        }
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        for (attr, target) in &c.refs {
+            let id = ids.get(target).ok_or_else(|| {
+                format!("`{}` refers to `{target}`, which has no id yet", c.address)
+            })?;
+            attrs.insert(attr.clone(), Value::String(id.clone()));
+        }
+        Ok(attrs)
+    }
+
+    fn record(
+        &self,
+        c: &Change,
+        obj: clusterform_provider::Object,
+    ) -> (Vec<Mutation>, Option<String>) {
+        let id = obj.id.clone();
+        let record = ResourceState {
+            address: c.address.clone(),
+            provider: c.provider.clone(),
+            id: obj.id,
+            attrs: obj.attrs,
+            dependencies: c.depends_on.clone(),
+        };
+        (vec![Mutation::Put(record)], Some(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clusterform_core::diff::diff_delete;
+
+    fn a(s: &str) -> Address {
+        s.parse().expect("address")
+    }
+
+    fn change(addr: &str, action: Action, deps: &[&str], old: &[&str]) -> Change {
+        let mut c = diff_delete(&ResourceState {
+            address: a(addr),
+            provider: "fake".into(),
+            id: "x".into(),
+            attrs: Default::default(),
+            dependencies: old.iter().map(|d| a(d)).collect(),
+        });
+        c.action = action;
+        c.depends_on = deps.iter().map(|d| a(d)).collect();
+        c
+    }
+
+    #[test]
+    fn replace_of_a_dependency_orders_deletes_before_creates() {
+        // network replaced; machine depends on it and is replaced too.
+        let changes = vec![
+            change("machine.m", Action::Replace, &["network.n"], &["network.n"]),
+            change("network.n", Action::Replace, &[], &[]),
+        ];
+        let s = schedule(&changes);
+        let find = |ci: usize, p: Phase| s.nodes.iter().position(|&x| x == (ci, p)).expect("node");
+        let (dm, cm, dn, cn) = (
+            find(0, Phase::Destroy),
+            find(0, Phase::Apply),
+            find(1, Phase::Destroy),
+            find(1, Phase::Apply),
+        );
+        assert!(s.deps[dn].contains(&dm), "machine deleted before network");
+        assert!(s.deps[cn].contains(&dn), "network deleted before it is created");
+        assert!(s.deps[cm].contains(&cn), "network created before machine");
+        assert!(s.deps[cm].contains(&dm));
+        assert_eq!(longest_chain(&s.deps), 4);
+    }
+}

@@ -1,0 +1,106 @@
+//! Planning: desired resources + refreshed state -> a `Plan`, walking the graph in
+//! dependency order so that a reference to something being (re)created is
+//! `(known after apply)` and forces what must be replaced.
+
+use std::collections::{BTreeMap, HashMap};
+
+use clusterform_core::diff::{RefValue, diff_delete, diff_resource};
+use clusterform_core::{Action, Address, Plan, Resource, ResourceGraph};
+
+use crate::{EngineError, Providers, Refreshed};
+
+/// Plan the changes that make the providers match `desired`.
+pub fn plan(
+    cluster: &str,
+    desired: &[Resource],
+    graph: &ResourceGraph,
+    refreshed: &Refreshed,
+    providers: &Providers,
+    state_lineage: Option<String>,
+    state_serial: u64,
+) -> Result<Plan, EngineError> {
+    let by_addr: HashMap<&Address, &Resource> = desired.iter().map(|r| (&r.address, r)).collect();
+    let mut actions: HashMap<&Address, Action> = HashMap::with_capacity(desired.len());
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+
+    for addr in graph.topo_order() {
+        let Some(r) = by_addr.get(addr) else { continue };
+        let provider = providers.get(&r.provider)?;
+        let schema = provider
+            .schema()
+            .kind(&r.address.kind)
+            .ok_or_else(|| EngineError::NoKind {
+                provider: r.provider.clone(),
+                kind: r.address.kind.clone(),
+                address: r.address.clone(),
+            })?;
+        let mut refs = BTreeMap::new();
+        for (attr, target) in &r.refs {
+            let v = match actions.get(target) {
+                Some(Action::Create) | Some(Action::Replace) | None => RefValue::Unknown,
+                Some(_) => match refreshed.resources.get(target) {
+                    Some(t) => RefValue::Known(t.id.clone()),
+                    None => RefValue::Unknown,
+                },
+            };
+            refs.insert(attr.clone(), v);
+        }
+        let change = diff_resource(r, refreshed.resources.get(addr), schema, &refs);
+        actions.insert(addr, change.action);
+        if change.action == Action::NoOp {
+            unchanged += 1;
+        } else {
+            changes.push(change);
+        }
+    }
+
+    for (addr, current) in &refreshed.resources {
+        if !by_addr.contains_key(addr) {
+            changes.push(diff_delete(current));
+        }
+    }
+    changes.sort_by(|a, b| a.address.cmp(&b.address));
+
+    let forget = refreshed
+        .drift
+        .iter()
+        .filter(|d| d.deleted && !by_addr.contains_key(&d.address))
+        .map(|d| d.address.clone())
+        .collect();
+
+    Ok(Plan {
+        cluster: cluster.to_string(),
+        destroy: false,
+        state_lineage,
+        state_serial,
+        changes,
+        unchanged,
+        drift: refreshed.drift.clone(),
+        forget,
+    })
+}
+
+/// Plan the deletion of everything the state records.
+pub fn plan_destroy(
+    cluster: &str,
+    refreshed: &Refreshed,
+    state_lineage: Option<String>,
+    state_serial: u64,
+) -> Plan {
+    Plan {
+        cluster: cluster.to_string(),
+        destroy: true,
+        state_lineage,
+        state_serial,
+        changes: refreshed.resources.values().map(diff_delete).collect(),
+        unchanged: 0,
+        drift: refreshed.drift.clone(),
+        forget: refreshed
+            .drift
+            .iter()
+            .filter(|d| d.deleted)
+            .map(|d| d.address.clone())
+            .collect(),
+    }
+}

@@ -1,0 +1,348 @@
+//! Engine scenarios against the in-memory fake provider and an in-memory state store.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clusterform_core::{Action, Address, Attrs, Resource, ResourceGraph};
+use clusterform_engine::{
+    ApplyOptions, ClusterInfo, Outcome, Providers, RetryPolicy, apply, plan, plan_destroy, recover,
+    refresh,
+};
+use clusterform_provider::fake::FakeProvider;
+use clusterform_provider::{CreateRequest, Ownership, Provider};
+use clusterform_state::{
+    HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot, StateError, StateStore,
+};
+use serde_json::json;
+
+#[derive(Default)]
+struct MemStore {
+    snap: Mutex<Snapshot>,
+    commits: Mutex<usize>,
+}
+
+impl StateStore for MemStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    fn load(&self) -> Result<Snapshot, StateError> {
+        Ok(self.snap.lock().expect("lock").clone())
+    }
+    fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
+        *self.commits.lock().expect("lock") += 1;
+        let mut s = self.snap.lock().expect("lock");
+        let mut records = false;
+        for m in mutations {
+            match m {
+                Mutation::Put(r) => {
+                    records = true;
+                    s.resources.insert(r.address.clone(), r.clone());
+                }
+                Mutation::Remove(a) => {
+                    records = true;
+                    s.resources.remove(a);
+                }
+                Mutation::JournalOpen(e) => s.journal.push(e.clone()),
+                Mutation::JournalClose(id) => s.journal.retain(|e| &e.op_id != id),
+            }
+        }
+        if records {
+            s.serial += 1;
+            s.lineage.get_or_insert_with(|| "test".into());
+        }
+        Ok(s.serial)
+    }
+    fn lock(&self, _: &str, _: Duration) -> Result<Box<dyn LockGuard>, StateError> {
+        unimplemented!()
+    }
+    fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
+        Ok(None)
+    }
+    fn force_unlock(&self, _: &str) -> Result<LockInfo, StateError> {
+        unimplemented!()
+    }
+    fn history(&self, _: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        Ok(vec![])
+    }
+}
+
+fn a(s: &str) -> Address {
+    s.parse().expect("address")
+}
+
+/// network + 1 central + `workers` workers, like the dev-test blueprint.
+fn cluster(workers: u32, size: &str) -> Vec<Resource> {
+    let mut out = vec![Resource {
+        address: a("network.main"),
+        provider: "fake".into(),
+        attrs: Attrs::from([("cidr".to_string(), json!("10.0.0.0/16"))]),
+        refs: BTreeMap::new(),
+        depends_on: vec![],
+    }];
+    let machine = |addr: Address, deps: Vec<Address>, size: &str| Resource {
+        address: addr,
+        provider: "fake".into(),
+        attrs: Attrs::from([("size".to_string(), json!(size))]),
+        refs: BTreeMap::from([("network".to_string(), a("network.main"))]),
+        depends_on: deps,
+    };
+    out.push(machine(a("machine.central[0]"), vec![], "small"));
+    for i in 0..workers {
+        out.push(machine(
+            Address::indexed("machine", "workers", i),
+            vec![a("machine.central[0]")],
+            size,
+        ));
+    }
+    out
+}
+
+struct World {
+    fake: Arc<FakeProvider>,
+    providers: Providers,
+    store: Arc<MemStore>,
+    info: ClusterInfo,
+}
+
+fn world() -> World {
+    let fake = Arc::new(FakeProvider::new());
+    let mut providers = Providers::new();
+    providers.insert(fake.clone() as Arc<dyn Provider>);
+    World {
+        fake,
+        providers,
+        store: Arc::new(MemStore::default()),
+        info: ClusterInfo {
+            name: "demo".into(),
+            expires_after: None,
+        },
+    }
+}
+
+impl World {
+    async fn plan(&self, desired: &[Resource]) -> clusterform_core::Plan {
+        let snap = self.store.load().expect("load");
+        let graph = ResourceGraph::build(desired).expect("graph");
+        let refreshed = refresh(&self.providers, &snap.resources, 4, RetryPolicy::default())
+            .await
+            .expect("refresh");
+        plan("demo", desired, &graph, &refreshed, &self.providers, snap.lineage, snap.serial)
+            .expect("plan")
+    }
+
+    async fn apply(&self, p: &clusterform_core::Plan) -> clusterform_engine::ApplyReport {
+        let snap = self.store.load().expect("load");
+        apply(
+            p,
+            &snap.resources,
+            &self.providers,
+            self.store.clone(),
+            &self.info,
+            &ApplyOptions::default(),
+            Arc::new(|_| {}),
+        )
+        .await
+        .expect("apply")
+    }
+
+    /// State ids == provider ids, exactly.
+    fn assert_state_matches_cloud(&self) {
+        let snap = self.store.load().expect("load");
+        let mut state_ids: Vec<String> = snap.resources.values().map(|r| r.id.clone()).collect();
+        let mut cloud_ids: Vec<String> = self.fake.objects().into_iter().map(|o| o.id).collect();
+        state_ids.sort();
+        cloud_ids.sort();
+        assert_eq!(state_ids, cloud_ids);
+        assert!(snap.journal.is_empty(), "journal left open: {:?}", snap.journal);
+    }
+}
+
+#[tokio::test]
+async fn apply_then_plan_is_empty_then_update_then_destroy() {
+    let w = world();
+    let p = w.plan(&cluster(3, "small")).await;
+    assert_eq!(p.summary().add, 5);
+    let r = w.apply(&p).await;
+    assert!(r.success(), "{r:?}");
+    assert_eq!(r.added, 5);
+    assert_eq!(r.critical_path, 3);
+    w.assert_state_matches_cloud();
+
+    let again = w.plan(&cluster(3, "small")).await;
+    assert!(again.is_empty(), "{:?}", again.changes);
+    assert_eq!(again.unchanged, 5);
+
+    // One worker's size changes: exactly one in-place update.
+    let mut desired = cluster(3, "small");
+    desired[3].attrs.insert("size".into(), json!("large"));
+    let p = w.plan(&desired).await;
+    assert_eq!(p.changes.len(), 1);
+    assert_eq!(p.changes[0].action, Action::Update);
+    assert_eq!(p.changes[0].address, a("machine.workers[1]"));
+    let r = w.apply(&p).await;
+    assert_eq!((r.added, r.changed, r.destroyed), (0, 1, 0));
+    assert!(w.plan(&desired).await.is_empty());
+
+    let snap = w.store.load().expect("load");
+    let refreshed = refresh(&w.providers, &snap.resources, 4, RetryPolicy::default())
+        .await
+        .expect("refresh");
+    let d = plan_destroy("demo", &refreshed, snap.lineage, snap.serial);
+    let r = w.apply(&d).await;
+    assert_eq!(r.destroyed, 5);
+    assert!(w.store.load().expect("load").resources.is_empty());
+    assert!(w.fake.objects().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_skips_dependents_and_independents_finish() {
+    let w = world();
+    let mut desired = cluster(2, "small");
+    // An independent second network.
+    desired.push(Resource {
+        address: a("network.other"),
+        provider: "fake".into(),
+        attrs: Attrs::from([("cidr".to_string(), json!("10.1.0.0/16"))]),
+        refs: BTreeMap::new(),
+        depends_on: vec![],
+    });
+    w.fake.fail_on(a("machine.central[0]"));
+    let p = w.plan(&desired).await;
+    let r = w.apply(&p).await;
+    assert!(!r.success());
+    let outcome = |s: &str| {
+        r.outcomes
+            .iter()
+            .find(|(addr, _, _)| *addr == a(s))
+            .map(|x| x.2.clone())
+            .expect("outcome")
+    };
+    assert!(matches!(outcome("machine.central[0]"), Outcome::Failed(_)));
+    assert_eq!(outcome("machine.workers[0]"), Outcome::Skipped(a("machine.central[0]")));
+    assert_eq!(outcome("machine.workers[1]"), Outcome::Skipped(a("machine.central[0]")));
+    assert_eq!(outcome("network.main"), Outcome::Done);
+    assert_eq!(outcome("network.other"), Outcome::Done);
+    assert_eq!((r.failed(), r.skipped()), (1, 2));
+    w.assert_state_matches_cloud();
+}
+
+#[tokio::test]
+async fn changing_a_force_new_input_of_the_network_replaces_its_machines_in_order() {
+    let w = world();
+    let r = w.apply(&w.plan(&cluster(2, "small")).await).await;
+    assert!(r.success());
+    let mut desired = cluster(2, "small");
+    desired[0].attrs.insert("cidr".into(), json!("10.7.0.0/16"));
+    let p = w.plan(&desired).await;
+    let actions: Vec<(String, Action)> = p
+        .changes
+        .iter()
+        .map(|c| (c.address.to_string(), c.action))
+        .collect();
+    assert!(actions.iter().all(|(_, act)| *act == Action::Replace), "{actions:?}");
+    assert_eq!(actions.len(), 4);
+    let net = p.changes.iter().find(|c| c.address == a("network.main")).expect("net");
+    assert_eq!(net.replace_because, vec!["cidr"]);
+    let m = p.changes.iter().find(|c| c.address == a("machine.central[0]")).expect("m");
+    assert_eq!(m.replace_because, vec!["network"]);
+    let r = w.apply(&p).await;
+    assert!(r.success(), "{r:?}");
+    assert_eq!((r.added, r.destroyed), (4, 4));
+    w.assert_state_matches_cloud();
+    assert!(w.plan(&desired).await.is_empty());
+}
+
+#[tokio::test]
+async fn refresh_reports_drift_and_plan_restores() {
+    let w = world();
+    w.apply(&w.plan(&cluster(2, "small")).await).await;
+    let snap = w.store.load().expect("load");
+    let w0 = snap.resources[&a("machine.workers[0]")].id.clone();
+    let w1 = snap.resources[&a("machine.workers[1]")].id.clone();
+    w.fake.tamper(&w0, "size", json!("huge"));
+    w.fake.remove(&w1);
+    let p = w.plan(&cluster(2, "small")).await;
+    assert_eq!(p.drift.len(), 2);
+    assert!(p.drift.iter().any(|d| d.address == a("machine.workers[1]") && d.deleted));
+    let actions: BTreeMap<String, Action> = p
+        .changes
+        .iter()
+        .map(|c| (c.address.to_string(), c.action))
+        .collect();
+    assert_eq!(actions["machine.workers[0]"], Action::Update);
+    assert_eq!(actions["machine.workers[1]"], Action::Create);
+    w.apply(&p).await;
+    w.assert_state_matches_cloud();
+}
+
+#[tokio::test]
+async fn refresh_is_batched() {
+    let w = world();
+    w.apply(&w.plan(&cluster(250, "small")).await).await;
+    let before = w.fake.calls();
+    let p = w.plan(&cluster(250, "small")).await;
+    assert!(p.is_empty());
+    let after = w.fake.calls();
+    // 252 objects, batches of 100: 3 calls, none of them single reads.
+    assert_eq!(after.get("read_batch").copied().unwrap_or(0) - before.get("read_batch").copied().unwrap_or(0), 3);
+    assert_eq!(after.get("read"), before.get("read"));
+}
+
+#[tokio::test]
+async fn many_finished_operations_share_commits() {
+    let w = world();
+    let p = w.plan(&cluster(300, "small")).await;
+    w.apply(&p).await;
+    let commits = *w.store.commits.lock().expect("lock");
+    // 302 operations would be 604 commits one by one.
+    assert!(commits < 300, "{commits} commits");
+}
+
+#[tokio::test]
+async fn an_open_create_entry_is_adopted_and_a_missing_one_cleared() {
+    let w = world();
+    // A create that reached the provider, and one that did not, both left open.
+    let made = w
+        .fake
+        .create(&CreateRequest {
+            kind: "network".into(),
+            attrs: Attrs::from([("cidr".to_string(), json!("10.0.0.0/16"))]),
+            owner: Ownership {
+                cluster: "demo".into(),
+                address: a("network.main"),
+                op: "cf-op-1".into(),
+                expires_at: None,
+            },
+        })
+        .await
+        .expect("create");
+    let entry = |op: &str, addr: &str, kind: &str| JournalEntry {
+        op_id: op.into(),
+        address: a(addr),
+        action: Action::Create,
+        idempotency_key: format!("cf-{op}"),
+        provider: "fake".into(),
+        kind: kind.into(),
+        object_id: None,
+        dependencies: vec![],
+        started_at: "2026-01-01T00:00:00Z".into(),
+    };
+    w.store
+        .commit(&[
+            Mutation::JournalOpen(entry("op-1", "network.main", "network")),
+            Mutation::JournalOpen(entry("op-2", "machine.central[0]", "machine")),
+        ])
+        .expect("commit");
+    let snap = w.store.load().expect("load");
+    let notes = recover(&w.providers, w.store.as_ref(), &snap).await.expect("recover");
+    assert_eq!(notes.len(), 2);
+    let snap = w.store.load().expect("load");
+    assert!(snap.journal.is_empty());
+    assert_eq!(snap.resources[&a("network.main")].id, made.id);
+    assert!(!snap.resources.contains_key(&a("machine.central[0]")));
+    // The next plan creates only what is missing: no second network.
+    let p = w.plan(&cluster(0, "small")).await;
+    assert_eq!(p.changes.len(), 1);
+    assert_eq!(p.changes[0].address, a("machine.central[0]"));
+}
