@@ -4,6 +4,10 @@
 //! `.clusterform/` beside the cluster file. A shared backend (etcd) implements the same
 //! trait.
 
+// `StateError` carries the lock holder by value (the variants are part of the contract the
+// engine is written against); errors are rare and cold, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod local;
 mod lock;
 
@@ -145,7 +149,9 @@ pub enum StateError {
         detail: String,
     },
     /// The state was written by a newer clusterform.
-    #[error("the state at `{path}` has format version {found}; this clusterform reads up to {supported}")]
+    #[error(
+        "the state at `{path}` has format version {found}; this clusterform reads up to {supported}"
+    )]
     Version {
         /// The store.
         path: String,
@@ -161,6 +167,15 @@ pub enum StateError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// `force-unlock` of a lock whose holder is still running: a local advisory lock of a
+    /// live process cannot be broken safely, so the holder has to be stopped first.
+    #[error("the state at `{path}` is locked by a process that is still running: {holder}; stop that process first (`kill {}` on {}), then retry", .holder.pid, .holder.host)]
+    LockHeldByLiveProcess {
+        /// The store.
+        path: String,
+        /// Who holds it.
+        holder: LockInfo,
     },
     /// An error from the database engine.
     #[error("state database `{path}`: {detail}")]

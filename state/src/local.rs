@@ -1,0 +1,1149 @@
+//! [`LocalStore`]: state in one redb file, `<dir>/state.redb` (tables `meta`, `resources`,
+//! `journal`, `history` with an undo log), opened for one transaction per call so other
+//! processes can read between commits; the lock lives in `<dir>/lock` (see `lock.rs`).
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use clusterform_core::{Address, ResourceState};
+use redb::{
+    Builder, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, TableDefinition, TableError, TransactionError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::lock::{self, LockPaths};
+use crate::{
+    HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot, StateError, StateStore,
+};
+
+/// `format_version` (u32, little endian), `lineage` (UTF-8 uuid), `serial` (u64, little endian).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Address -> JSON of [`ResourceState`].
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Op id -> JSON of [`JournalEntry`].
+const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
+/// Serial -> JSON of [`HistoryRecord`].
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+
+const KEY_FORMAT_VERSION: &str = "format_version";
+const KEY_LINEAGE: &str = "lineage";
+const KEY_SERIAL: &str = "serial";
+
+/// The newest format this build reads and the one it writes.
+const FORMAT_VERSION: u32 = 1;
+/// How many history entries (newest) a commit keeps.
+const HISTORY_KEEP: u64 = 50;
+/// How long a call waits for another process to close the state file.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const OPEN_BACKOFF_START: Duration = Duration::from_millis(5);
+const OPEN_BACKOFF_CAP: Duration = Duration::from_millis(100);
+
+/// One history row: the entry, and the value every record the commit changed had before
+/// it (`None`: it did not exist), so a commit can be undone.
+#[derive(Serialize, Deserialize)]
+struct HistoryRecord {
+    entry: HistoryEntry,
+    previous: BTreeMap<String, Option<ResourceState>>,
+}
+
+/// The part of a [`HistoryRecord`] `history()` needs (the undo log is skipped unparsed).
+#[derive(Deserialize)]
+struct HistoryHead {
+    entry: HistoryEntry,
+}
+
+/// What `meta` says.
+struct Meta {
+    lineage: Option<String>,
+    serial: u64,
+}
+
+/// The state in a redb file in a folder (normally `.clusterform/` beside the cluster
+/// file), with the lock beside it.
+///
+/// Every `load`, `commit` and `history` opens the database, runs one transaction and
+/// closes it again, so another process (a read-only `state list` during an apply) can
+/// open the file between commits; an open that finds the file held by another process is
+/// retried for up to 10 s. Calls on one `LocalStore` are serialized.
+#[derive(Debug)]
+pub struct LocalStore {
+    dir: PathBuf,
+    db_path: PathBuf,
+    lock_path: PathBuf,
+    store: String,
+    calls: Mutex<()>,
+    open_timeout: Duration,
+}
+
+/// A database opened for reading: read-only when it was closed cleanly, read-write (so
+/// redb can repair it) after a crash.
+enum Reader {
+    ReadOnly(ReadOnlyDatabase),
+    ReadWrite(Database),
+}
+
+impl Reader {
+    fn begin_read(&self) -> Result<ReadTransaction, TransactionError> {
+        match self {
+            Reader::ReadOnly(db) => db.begin_read(),
+            Reader::ReadWrite(db) => db.begin_read(),
+        }
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let io = |source| StateError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    // The mode above is filtered by the umask; set it exactly.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl LocalStore {
+    /// A store in `dir` (`dir/state.redb`, `dir/lock`). Creates nothing on disk: the folder
+    /// (mode 0700) and files (0600) are created by the first commit or lock.
+    pub fn new(dir: PathBuf) -> LocalStore {
+        let db_path = dir.join("state.redb");
+        let lock_path = dir.join("lock");
+        LocalStore {
+            store: db_path.display().to_string(),
+            dir,
+            db_path,
+            lock_path,
+            calls: Mutex::new(()),
+            open_timeout: OPEN_TIMEOUT,
+        }
+    }
+
+    /// The folder holding the state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The redb file, `<dir>/state.redb`.
+    pub fn path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn serialize_calls(&self) -> MutexGuard<'_, ()> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_paths(&self) -> LockPaths<'_> {
+        LockPaths {
+            dir: &self.dir,
+            file: &self.lock_path,
+            store: &self.store,
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StateError {
+        StateError::Corrupt {
+            path: self.store.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Maps a redb error met while doing `what`.
+    fn redb_err(&self, what: &str, e: impl Into<redb::Error>) -> StateError {
+        match e.into() {
+            redb::Error::Corrupted(detail) => self.corrupt(format!("{what}: {detail}")),
+            e @ (redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. }) => self.corrupt(format!("{what}: {e}")),
+            // redb reports a file that is not a redb database, or is cut short, as I/O
+            // errors of these kinds.
+            redb::Error::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                self.corrupt(format!("{what}: {e}"))
+            }
+            redb::Error::Io(source) => StateError::Io {
+                path: self.db_path.clone(),
+                source,
+            },
+            redb::Error::DatabaseAlreadyOpen => StateError::Database {
+                path: self.store.clone(),
+                detail: format!(
+                    "another process holds the state file open (waited {} s); try again when it has finished",
+                    self.open_timeout.as_secs()
+                ),
+            },
+            other => StateError::Database {
+                path: self.store.clone(),
+                detail: format!("{what}: {other}"),
+            },
+        }
+    }
+
+    /// Runs `f`, turning a panic inside the database engine (redb may panic on a file
+    /// damaged outside redb) into [`StateError::Corrupt`].
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+        std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            Err(self.corrupt(format!(
+                "the database engine failed reading it: {}",
+                panic_message(payload.as_ref())
+            )))
+        })
+    }
+
+    /// Opens with `open`, retrying while another process has the file open (backoff from
+    /// 5 ms up to 100 ms, for up to `open_timeout`).
+    fn open_retrying<T>(
+        &self,
+        mut open: impl FnMut() -> Result<T, DatabaseError>,
+    ) -> Result<T, DatabaseError> {
+        let deadline = Instant::now() + self.open_timeout;
+        let mut delay = OPEN_BACKOFF_START;
+        loop {
+            match open() {
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(DatabaseError::DatabaseAlreadyOpen);
+                    }
+                    std::thread::sleep(delay.min(deadline - now));
+                    delay = (delay * 2).min(OPEN_BACKOFF_CAP);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the database for reading; `None` when there is no state file (or it is
+    /// empty: created, never initialized).
+    fn open_reader(&self) -> Result<Option<Reader>, StateError> {
+        match std::fs::metadata(&self.db_path) {
+            Ok(m) if m.len() == 0 => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: self.db_path.clone(),
+                    source,
+                });
+            }
+        }
+        match self.open_retrying(|| Builder::new().open_read_only(&self.db_path)) {
+            Ok(db) => Ok(Some(Reader::ReadOnly(db))),
+            // Not closed cleanly (a crash): a read-write open repairs it.
+            Err(DatabaseError::RepairAborted) => self
+                .open_retrying(|| Builder::new().open(&self.db_path))
+                .map(|db| Some(Reader::ReadWrite(db)))
+                .map_err(|e| self.redb_err("opening the state file", e)),
+            Err(e) => Err(self.redb_err("opening the state file", e)),
+        }
+    }
+
+    /// Creates the folder (0700) and an empty state file (0600) if they do not exist.
+    fn create_files(&self) -> Result<(), StateError> {
+        ensure_private_dir(&self.dir)?;
+        let io = |source| StateError::Io {
+            path: self.db_path.clone(),
+            source,
+        };
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.db_path)
+        {
+            Ok(file) => file
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Reads and checks `meta`.
+    fn read_meta<T>(&self, meta: &T) -> Result<Meta, StateError>
+    where
+        T: ReadableTable<&'static str, &'static [u8]>,
+    {
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StateError> {
+            meta.get(key)
+                .map(|v| v.map(|g| g.value().to_vec()))
+                .map_err(|e| self.redb_err(&format!("reading table `meta`, key `{key}`"), e))
+        };
+        let bad_len = |key: &str, want: usize, found: usize| {
+            self.corrupt(format!(
+                "table `meta`, key `{key}`: expected {want} bytes, found {found}"
+            ))
+        };
+        if let Some(bytes) = get(KEY_FORMAT_VERSION)? {
+            let b = <[u8; 4]>::try_from(bytes.as_slice())
+                .map_err(|_| bad_len(KEY_FORMAT_VERSION, 4, bytes.len()))?;
+            let found = u32::from_le_bytes(b);
+            if found > FORMAT_VERSION {
+                return Err(StateError::Version {
+                    path: self.store.clone(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        let lineage = match get(KEY_LINEAGE)? {
+            Some(bytes) => Some(
+                String::from_utf8(bytes)
+                    .map_err(|e| self.corrupt(format!("table `meta`, key `{KEY_LINEAGE}`: {e}")))?,
+            ),
+            None => None,
+        };
+        let serial = match get(KEY_SERIAL)? {
+            Some(bytes) => u64::from_le_bytes(
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map_err(|_| bad_len(KEY_SERIAL, 8, bytes.len()))?,
+            ),
+            None => 0,
+        };
+        Ok(Meta { lineage, serial })
+    }
+
+    /// Opens a table in a read transaction; `None` when it was never created.
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        txn: &ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StateError> {
+        match txn.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.redb_err(&format!("opening table `{}`", def), e)),
+        }
+    }
+
+    fn read_meta_txn(&self, txn: &ReadTransaction) -> Result<Meta, StateError> {
+        match self.read_table(txn, META)? {
+            Some(meta) => self.read_meta(&meta),
+            None => Ok(Meta {
+                lineage: None,
+                serial: 0,
+            }),
+        }
+    }
+
+    fn read_snapshot(&self, txn: &ReadTransaction) -> Result<Snapshot, StateError> {
+        let meta = self.read_meta_txn(txn)?;
+        let mut snapshot = Snapshot {
+            lineage: meta.lineage,
+            serial: meta.serial,
+            ..Snapshot::default()
+        };
+        if let Some(table) = self.read_table(txn, RESOURCES)? {
+            let iter = table
+                .iter()
+                .map_err(|e| self.redb_err("reading table `resources`", e))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| self.redb_err("reading table `resources`", e))?;
+                let key = k.value();
+                let record: ResourceState = serde_json::from_slice(v.value())
+                    .map_err(|e| self.corrupt(format!("table `resources`, key `{key}`: {e}")))?;
+                let address: Address = key
+                    .parse()
+                    .map_err(|e| self.corrupt(format!("table `resources`, key `{key}`: {e}")))?;
+                if record.address != address {
+                    return Err(self.corrupt(format!(
+                        "table `resources`, key `{key}`: holds the record of `{}`",
+                        record.address
+                    )));
+                }
+                snapshot.resources.insert(address, record);
+            }
+        }
+        if let Some(table) = self.read_table(txn, JOURNAL)? {
+            let iter = table
+                .iter()
+                .map_err(|e| self.redb_err("reading table `journal`", e))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| self.redb_err("reading table `journal`", e))?;
+                let entry: JournalEntry = serde_json::from_slice(v.value()).map_err(|e| {
+                    self.corrupt(format!("table `journal`, key `{}`: {e}", k.value()))
+                })?;
+                snapshot.journal.push(entry);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn encode<T: Serialize>(&self, what: &str, value: &T) -> Result<Vec<u8>, StateError> {
+        serde_json::to_vec(value).map_err(|e| StateError::Database {
+            path: self.store.clone(),
+            detail: format!("encoding {what}: {e}"),
+        })
+    }
+
+    /// Applies `mutations` in the write transaction `txn`; returns the serial after.
+    fn apply(
+        &self,
+        txn: &redb::WriteTransaction,
+        mutations: &[Mutation],
+    ) -> Result<u64, StateError> {
+        let write_err = |table: &str, e: redb::StorageError| {
+            self.redb_err(&format!("writing table `{table}`"), e)
+        };
+        let open_err =
+            |table: &str, e: TableError| self.redb_err(&format!("opening table `{table}`"), e);
+
+        let mut meta = txn.open_table(META).map_err(|e| open_err("meta", e))?;
+        let current = self.read_meta(&meta)?;
+        if current.lineage.is_none() {
+            let lineage = uuid::Uuid::new_v4().to_string();
+            meta.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()[..])
+                .map_err(|e| write_err("meta", e))?;
+            meta.insert(KEY_LINEAGE, lineage.as_bytes())
+                .map_err(|e| write_err("meta", e))?;
+        }
+
+        // The value each touched record had before this commit (first touch wins).
+        let mut previous: BTreeMap<Address, Option<ResourceState>> = BTreeMap::new();
+        let mut touched = false;
+        {
+            let mut resources = txn
+                .open_table(RESOURCES)
+                .map_err(|e| open_err("resources", e))?;
+            let mut journal = txn
+                .open_table(JOURNAL)
+                .map_err(|e| open_err("journal", e))?;
+            for mutation in mutations {
+                match mutation {
+                    Mutation::Put(record) => {
+                        touched = true;
+                        let key = record.address.to_string();
+                        let json = self.encode(&format!("the record of `{key}`"), record)?;
+                        let old = resources
+                            .insert(key.as_str(), json.as_slice())
+                            .map_err(|e| write_err("resources", e))?;
+                        if !previous.contains_key(&record.address) {
+                            let old =
+                                self.decode_previous(&key, old.map(|g| g.value().to_vec()))?;
+                            previous.insert(record.address.clone(), old);
+                        }
+                    }
+                    Mutation::Remove(address) => {
+                        touched = true;
+                        let key = address.to_string();
+                        let old = resources
+                            .remove(key.as_str())
+                            .map_err(|e| write_err("resources", e))?;
+                        if !previous.contains_key(address) {
+                            let old =
+                                self.decode_previous(&key, old.map(|g| g.value().to_vec()))?;
+                            previous.insert(address.clone(), old);
+                        }
+                    }
+                    Mutation::JournalOpen(entry) => {
+                        let json =
+                            self.encode(&format!("journal entry `{}`", entry.op_id), entry)?;
+                        journal
+                            .insert(entry.op_id.as_str(), json.as_slice())
+                            .map_err(|e| write_err("journal", e))?;
+                    }
+                    Mutation::JournalClose(op_id) => {
+                        journal
+                            .remove(op_id.as_str())
+                            .map_err(|e| write_err("journal", e))?;
+                    }
+                }
+            }
+        }
+
+        if !touched {
+            return Ok(current.serial);
+        }
+        let serial = current.serial + 1;
+        meta.insert(KEY_SERIAL, &serial.to_le_bytes()[..])
+            .map_err(|e| write_err("meta", e))?;
+
+        let record = HistoryRecord {
+            entry: HistoryEntry {
+                serial,
+                committed_at: now_rfc3339(),
+                changed: previous.keys().cloned().collect(),
+            },
+            previous: previous
+                .into_iter()
+                .map(|(a, r)| (a.to_string(), r))
+                .collect(),
+        };
+        let json = self.encode(&format!("history entry {serial}"), &record)?;
+        let mut history = txn
+            .open_table(HISTORY)
+            .map_err(|e| open_err("history", e))?;
+        history
+            .insert(serial, json.as_slice())
+            .map_err(|e| write_err("history", e))?;
+        if serial > HISTORY_KEEP {
+            let cutoff = serial - HISTORY_KEEP;
+            history
+                .retain_in(..=cutoff, |_, _| false)
+                .map_err(|e| write_err("history", e))?;
+        }
+        Ok(serial)
+    }
+
+    fn decode_previous(
+        &self,
+        key: &str,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Option<ResourceState>, StateError> {
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| self.corrupt(format!("table `resources`, key `{key}`: {e}")))
+            })
+            .transpose()
+    }
+}
+
+impl StateStore for LocalStore {
+    fn describe(&self) -> String {
+        self.store.clone()
+    }
+
+    fn load(&self) -> Result<Snapshot, StateError> {
+        let _calls = self.serialize_calls();
+        self.guarded(|| {
+            let Some(reader) = self.open_reader()? else {
+                return Ok(Snapshot::default());
+            };
+            let txn = reader
+                .begin_read()
+                .map_err(|e| self.redb_err("starting a read", e))?;
+            self.read_snapshot(&txn)
+        })
+    }
+
+    fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
+        let _calls = self.serialize_calls();
+        self.guarded(|| {
+            if mutations.is_empty() {
+                let Some(reader) = self.open_reader()? else {
+                    return Ok(0);
+                };
+                let txn = reader
+                    .begin_read()
+                    .map_err(|e| self.redb_err("starting a read", e))?;
+                return Ok(self.read_meta_txn(&txn)?.serial);
+            }
+            self.create_files()?;
+            let db = self
+                .open_retrying(|| Builder::new().create(&self.db_path))
+                .map_err(|e| self.redb_err("opening the state file", e))?;
+            let txn = db
+                .begin_write()
+                .map_err(|e| self.redb_err("starting a write", e))?;
+            // On error the transaction is dropped, which aborts it.
+            let serial = self.apply(&txn, mutations)?;
+            txn.commit().map_err(|e| self.redb_err("committing", e))?;
+            // The commit is durable; an error while closing only costs a repair on the
+            // next open, so it is not reported as a failed commit.
+            let _ = db.close();
+            Ok(serial)
+        })
+    }
+
+    fn lock(&self, operation: &str, wait: Duration) -> Result<Box<dyn LockGuard>, StateError> {
+        Ok(Box::new(lock::acquire(
+            &self.lock_paths(),
+            operation,
+            wait,
+        )?))
+    }
+
+    fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
+        lock::holder(&self.lock_paths())
+    }
+
+    fn force_unlock(&self, id: &str) -> Result<LockInfo, StateError> {
+        lock::force_unlock(&self.lock_paths(), id)
+    }
+
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        let _calls = self.serialize_calls();
+        self.guarded(|| {
+            let Some(reader) = self.open_reader()? else {
+                return Ok(Vec::new());
+            };
+            let txn = reader
+                .begin_read()
+                .map_err(|e| self.redb_err("starting a read", e))?;
+            self.read_meta_txn(&txn)?;
+            let Some(table) = self.read_table(&txn, HISTORY)? else {
+                return Ok(Vec::new());
+            };
+            let iter = table
+                .iter()
+                .map_err(|e| self.redb_err("reading table `history`", e))?;
+            let mut out = Vec::new();
+            for item in iter.rev().take(limit) {
+                let (k, v) = item.map_err(|e| self.redb_err("reading table `history`", e))?;
+                let head: HistoryHead = serde_json::from_slice(v.value()).map_err(|e| {
+                    self.corrupt(format!("table `history`, key `{}`: {e}", k.value()))
+                })?;
+                out.push(head.entry);
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clusterform_core::Action;
+
+    use super::*;
+
+    fn record(name: &str, index: u32, id: &str) -> ResourceState {
+        let mut attrs = clusterform_core::Attrs::new();
+        attrs.insert("size".to_string(), serde_json::json!("t3.micro"));
+        attrs.insert("index".to_string(), serde_json::json!(index));
+        ResourceState {
+            address: Address::indexed("machine", name, index),
+            provider: "sim".to_string(),
+            id: id.to_string(),
+            attrs,
+            dependencies: vec![Address::new("network", "main")],
+        }
+    }
+
+    fn entry(op_id: &str) -> JournalEntry {
+        JournalEntry {
+            op_id: op_id.to_string(),
+            address: Address::indexed("machine", "w", 0),
+            action: Action::Create,
+            idempotency_key: format!("key-{op_id}"),
+            provider: "sim".to_string(),
+            kind: "machine".to_string(),
+            object_id: None,
+            dependencies: vec![Address::new("network", "main")],
+            started_at: "2025-01-01T00:00:00Z".to_string(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, LocalStore) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(tmp.path().join(".clusterform"));
+        (tmp, store)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn round_trips_records_and_journal() {
+        let (_tmp, store) = store();
+        let a = record("w", 0, "i-0");
+        let b = record("w", 10, "i-10");
+        let serial = store
+            .commit(&[
+                Mutation::Put(a.clone()),
+                Mutation::Put(b.clone()),
+                Mutation::JournalOpen(entry("op-1")),
+                Mutation::JournalOpen(entry("op-2")),
+            ])
+            .expect("commit");
+        assert_eq!(serial, 1);
+        let snap = store.load().expect("load");
+        assert_eq!(snap.serial, 1);
+        assert_eq!(snap.resources.len(), 2);
+        assert_eq!(snap.resources.get(&a.address), Some(&a));
+        assert_eq!(snap.resources.get(&b.address), Some(&b));
+        assert_eq!(snap.journal, vec![entry("op-1"), entry("op-2")]);
+
+        store
+            .commit(&[
+                Mutation::Remove(a.address.clone()),
+                Mutation::JournalClose("op-1".to_string()),
+            ])
+            .expect("commit");
+        let snap = store.load().expect("load");
+        assert_eq!(
+            snap.resources.keys().cloned().collect::<Vec<_>>(),
+            vec![b.address.clone()]
+        );
+        assert_eq!(snap.journal, vec![entry("op-2")]);
+    }
+
+    #[test]
+    fn serial_increments_only_on_record_changes() {
+        let (_tmp, store) = store();
+        assert_eq!(store.commit(&[]).expect("empty commit"), 0);
+        assert_eq!(
+            store
+                .commit(&[Mutation::JournalOpen(entry("op-1"))])
+                .expect("journal"),
+            0
+        );
+        let snap = store.load().expect("load");
+        assert_eq!(snap.serial, 0);
+        assert_eq!(snap.journal.len(), 1);
+        assert!(
+            snap.lineage.is_some(),
+            "the first commit creates the lineage"
+        );
+
+        assert_eq!(
+            store
+                .commit(&[Mutation::Put(record("w", 0, "i-0"))])
+                .expect("put"),
+            1
+        );
+        assert_eq!(
+            store
+                .commit(&[Mutation::JournalClose("op-1".to_string())])
+                .expect("close"),
+            1
+        );
+        assert_eq!(store.commit(&[]).expect("empty"), 1);
+        // Removing an address that is not there is not an error, and counts as a change.
+        assert_eq!(
+            store
+                .commit(&[Mutation::Remove(Address::new("machine", "ghost"))])
+                .expect("remove missing"),
+            2
+        );
+        // Several record mutations in one commit: one increment.
+        assert_eq!(
+            store
+                .commit(&[
+                    Mutation::Put(record("w", 1, "i-1")),
+                    Mutation::Put(record("w", 2, "i-2")),
+                    Mutation::Remove(record("w", 0, "").address),
+                ])
+                .expect("batch"),
+            3
+        );
+        let snap = store.load().expect("load");
+        assert_eq!(snap.serial, 3);
+        assert!(snap.journal.is_empty());
+        assert_eq!(snap.resources.len(), 2);
+    }
+
+    #[test]
+    fn lineage_is_stable_across_commits_and_instances() {
+        let (_tmp, store) = store();
+        assert_eq!(store.load().expect("load").lineage, None);
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        let lineage = store.load().expect("load").lineage.expect("lineage");
+        assert!(uuid::Uuid::parse_str(&lineage).is_ok());
+        for i in 1..5 {
+            store
+                .commit(&[Mutation::Put(record("w", i, "b"))])
+                .expect("commit");
+        }
+        let other = LocalStore::new(store.dir().to_path_buf());
+        assert_eq!(other.load().expect("load").lineage, Some(lineage));
+    }
+
+    /// Reads the undo log of one history row straight from the file.
+    fn undo_log(store: &LocalStore, serial: u64) -> Option<HistoryRecord> {
+        let db = ReadOnlyDatabase::open(store.path()).expect("open");
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(HISTORY).expect("history");
+        let row = table.get(serial).expect("get")?;
+        Some(serde_json::from_slice(row.value()).expect("json"))
+    }
+
+    #[test]
+    fn history_keeps_previous_values_and_is_pruned_to_50() {
+        let (_tmp, store) = store();
+        assert!(store.history(10).expect("history").is_empty());
+        let v1 = record("w", 0, "one");
+        let v2 = record("w", 0, "two");
+        store.commit(&[Mutation::Put(v1.clone())]).expect("1");
+        store
+            .commit(&[
+                Mutation::Put(v2.clone()),
+                Mutation::Put(record("w", 0, "three")),
+                Mutation::Put(record("w", 1, "new")),
+            ])
+            .expect("2");
+        store
+            .commit(&[Mutation::Remove(v1.address.clone())])
+            .expect("3");
+
+        let h = store.history(10).expect("history");
+        assert_eq!(
+            h.iter().map(|e| e.serial).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        assert_eq!(
+            h[1].changed,
+            vec![v1.address.clone(), record("w", 1, "").address]
+        );
+        let undo2 = undo_log(&store, 2).expect("row 2");
+        // The value before the commit, not an intermediate one within it.
+        assert_eq!(undo2.previous.get("machine.w[0]"), Some(&Some(v1.clone())));
+        assert_eq!(undo2.previous.get("machine.w[1]"), Some(&None));
+        let undo3 = undo_log(&store, 3).expect("row 3");
+        assert_eq!(
+            undo3.previous.get("machine.w[0]"),
+            Some(&Some(record("w", 0, "three")))
+        );
+        let undo1 = undo_log(&store, 1).expect("row 1");
+        assert_eq!(undo1.previous.get("machine.w[0]"), Some(&None));
+
+        // A journal-only commit leaves no history.
+        store
+            .commit(&[Mutation::JournalOpen(entry("x"))])
+            .expect("journal");
+        assert_eq!(store.history(100).expect("history").len(), 3);
+
+        for i in 0..57 {
+            store
+                .commit(&[Mutation::Put(record("w", 2, &format!("v{i}")))])
+                .expect("commit");
+        }
+        let h = store.history(1000).expect("history");
+        assert_eq!(h.len(), 50);
+        assert_eq!(h[0].serial, 60);
+        assert_eq!(h[49].serial, 11);
+        assert!(undo_log(&store, 10).is_none());
+        assert!(undo_log(&store, 11).is_some());
+        assert_eq!(store.history(5).expect("history").len(), 5);
+    }
+
+    #[test]
+    fn load_of_a_missing_store_creates_nothing() {
+        let (_tmp, store) = store();
+        assert_eq!(store.load().expect("load"), Snapshot::default());
+        assert!(store.history(10).expect("history").is_empty());
+        assert_eq!(store.commit(&[]).expect("empty commit"), 0);
+        assert_eq!(store.lock_holder().expect("holder"), None);
+        assert!(!store.dir().exists());
+    }
+
+    #[test]
+    fn creates_folder_0700_and_file_0600() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        let guard = store.lock("apply", Duration::ZERO).expect("lock");
+        assert_eq!(mode(&store.dir().join("lock")), 0o600);
+        drop(guard);
+    }
+
+    #[test]
+    fn garbage_file_is_corrupt_not_a_panic() {
+        for len in [7usize, 512, 4096, 100_000] {
+            let (_tmp, store) = store();
+            std::fs::create_dir_all(store.dir()).expect("mkdir");
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+            std::fs::write(store.path(), &garbage).expect("write");
+            match store.load() {
+                Err(StateError::Corrupt { detail, .. }) => assert!(!detail.is_empty()),
+                other => panic!("{len} bytes: expected Corrupt, got {other:?}"),
+            }
+            assert!(matches!(
+                store.commit(&[Mutation::Put(record("w", 0, "a"))]),
+                Err(StateError::Corrupt { .. })
+            ));
+            assert!(matches!(store.history(3), Err(StateError::Corrupt { .. })));
+            // Untouched.
+            assert_eq!(std::fs::read(store.path()).expect("read"), garbage);
+        }
+    }
+
+    /// Writes raw bytes under `key` of `table`, bypassing the store.
+    fn poke(store: &LocalStore, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) {
+        let db = Database::open(store.path()).expect("open");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut t = txn.open_table(table).expect("table");
+            t.insert(key, value).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn record_that_is_not_json_is_corrupt_naming_the_key() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        poke(&store, RESOURCES, "machine.w[3]", b"{not json");
+        match store.load() {
+            Err(StateError::Corrupt { detail, .. }) => {
+                assert!(detail.contains("resources"), "{detail}");
+                assert!(detail.contains("machine.w[3]"), "{detail}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        poke(&store, RESOURCES, "machine.w[3]", b"{}");
+        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn journal_entry_that_is_not_json_is_corrupt_naming_the_key() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::JournalOpen(entry("op-1"))])
+            .expect("commit");
+        poke(&store, JOURNAL, "op-9", b"[1,2");
+        match store.load() {
+            Err(StateError::Corrupt { detail, .. }) => {
+                assert!(
+                    detail.contains("journal") && detail.contains("op-9"),
+                    "{detail}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn newer_format_version_is_refused() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        poke(&store, META, KEY_FORMAT_VERSION, &2u32.to_le_bytes());
+        assert!(matches!(
+            store.load(),
+            Err(StateError::Version {
+                found: 2,
+                supported: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.commit(&[Mutation::Put(record("w", 1, "b"))]),
+            Err(StateError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn a_reader_loads_between_commits_of_another_instance() {
+        let (_tmp, writer) = store();
+        writer
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        let reader = LocalStore::new(writer.dir().to_path_buf());
+        let writer = Arc::new(writer);
+        let w = Arc::clone(&writer);
+        let handle = std::thread::spawn(move || {
+            for i in 0..40 {
+                w.commit(&[
+                    Mutation::Put(record("w", i % 5, &format!("v{i}"))),
+                    Mutation::JournalOpen(entry(&format!("op-{i}"))),
+                ])
+                .expect("commit");
+            }
+        });
+        let mut last = 0;
+        let mut loads = 0;
+        while !handle.is_finished() || loads < 5 {
+            let snap = reader.load().expect("load between commits");
+            assert!(snap.serial >= last);
+            last = snap.serial;
+            loads += 1;
+            assert!(reader.history(3).expect("history").len() <= 3);
+        }
+        handle.join().expect("writer thread");
+        assert_eq!(reader.load().expect("load").serial, 41);
+    }
+
+    #[test]
+    fn open_held_by_another_handle_times_out_as_database_error() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        let mut store = store;
+        store.open_timeout = Duration::from_millis(200);
+        let held = Database::open(store.path()).expect("hold it open");
+        let started = Instant::now();
+        match store.load() {
+            Err(StateError::Database { detail, .. }) => {
+                assert!(detail.contains("another process"), "{detail}")
+            }
+            other => panic!("expected Database, got {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        drop(held);
+        assert_eq!(store.load().expect("load").serial, 1);
+    }
+
+    const CHILD_ENV: &str = "CLUSTERFORM_STATE_TEST_CHILD";
+
+    /// Not a test of its own: the body of the child processes the crash tests start. It
+    /// does its part and exits without running destructors, like a killed process.
+    #[test]
+    fn child_process() {
+        let Ok(spec) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let (what, dir) = spec.split_once(':').expect("spec");
+        let store = LocalStore::new(PathBuf::from(dir));
+        match what {
+            "commit-then-die" => {
+                store.create_files().expect("files");
+                let db = Builder::new().create(store.path()).expect("open");
+                let txn = db.begin_write().expect("write");
+                let serial = store
+                    .apply(&txn, &[Mutation::Put(record("w", 9, "from-child"))])
+                    .expect("apply");
+                txn.commit().expect("commit");
+                assert_eq!(serial, 2);
+                std::process::exit(0);
+            }
+            "lock-then-die" => {
+                let guard = store.lock("apply", Duration::ZERO).expect("lock");
+                std::mem::forget(guard);
+                std::process::exit(0);
+            }
+            other => panic!("unknown child action {other}"),
+        }
+    }
+
+    fn run_child(what: &str, dir: &Path) -> u32 {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", "local::tests::child_process", "--nocapture"])
+            .env(CHILD_ENV, format!("{what}:{}", dir.display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "child {what} failed: {status}");
+        pid
+    }
+
+    #[test]
+    fn a_writer_that_died_without_closing_is_repaired_on_load() {
+        let (_tmp, store) = store();
+        store
+            .commit(&[Mutation::Put(record("w", 0, "a"))])
+            .expect("commit");
+        run_child("commit-then-die", store.dir());
+        assert!(
+            matches!(
+                Builder::new().open_read_only(store.path()),
+                Err(DatabaseError::RepairAborted)
+            ),
+            "the child left the file needing a repair"
+        );
+        let snap = store.load().expect("load after a crash");
+        assert_eq!(snap.serial, 2);
+        assert_eq!(
+            snap.resources
+                .get(&Address::indexed("machine", "w", 9))
+                .map(|r| r.id.as_str()),
+            Some("from-child")
+        );
+        assert_eq!(
+            store
+                .commit(&[Mutation::Put(record("w", 1, "b"))])
+                .expect("commit"),
+            3
+        );
+    }
+
+    #[test]
+    fn the_lock_of_a_dead_process_is_taken_over() {
+        let (_tmp, store) = store();
+        let pid = run_child("lock-then-die", store.dir());
+        assert_eq!(store.lock_holder().expect("holder"), None);
+        match store.force_unlock("not-it") {
+            Err(StateError::WrongLockId {
+                current: Some(info),
+                ..
+            }) => assert_eq!(info.pid, pid),
+            other => panic!("expected WrongLockId, got {other:?}"),
+        }
+        let guard = store.lock("apply", Duration::ZERO).expect("takeover");
+        let note = guard.note().expect("note");
+        assert!(note.contains(&format!("pid {pid}")), "{note}");
+        assert!(note.contains("its process is gone"), "{note}");
+    }
+
+    /// Timings for 10,000 records and a 1,000-put commit:
+    /// `cargo test -p clusterform-state --release -- --ignored --nocapture timings`.
+    #[test]
+    #[ignore]
+    fn timings() {
+        let (_tmp, store) = store();
+        let all: Vec<Mutation> = (0..10_000)
+            .map(|i| Mutation::Put(record("w", i, &format!("i-{i:08}"))))
+            .collect();
+        let t = Instant::now();
+        store.commit(&all).expect("commit");
+        println!("commit of 10,000 puts: {:?}", t.elapsed());
+
+        let t = Instant::now();
+        let snap = store.load().expect("load");
+        println!("load of 10,000 records: {:?}", t.elapsed());
+        assert_eq!(snap.resources.len(), 10_000);
+
+        let batch: Vec<Mutation> = (0..1_000)
+            .map(|i| Mutation::Put(record("w", i * 7, &format!("j-{i:08}"))))
+            .collect();
+        let t = Instant::now();
+        store.commit(&batch).expect("commit");
+        println!(
+            "commit of 1,000 puts into 10,000 records: {:?}",
+            t.elapsed()
+        );
+
+        let t = Instant::now();
+        store
+            .commit(&[Mutation::JournalOpen(entry("op"))])
+            .expect("journal");
+        println!("journal-only commit: {:?}", t.elapsed());
+
+        let t = Instant::now();
+        let h = store.history(50).expect("history");
+        println!("history(50): {:?} ({} entries)", t.elapsed(), h.len());
+        println!(
+            "file size: {} bytes",
+            std::fs::metadata(store.path()).expect("metadata").len()
+        );
+    }
+}
