@@ -8,7 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterform_core::{Address, ProviderSchema, Resource, ResourceGraph};
+use clusterform_core::{Address, GraphError, ProviderSchema, Resource, ResourceGraph};
+use toml::de::DeTable;
+
+use crate::reader::Cx;
+
+mod blueprint;
+mod link;
+mod reader;
+mod resources;
+mod settings;
+#[cfg(test)]
+mod tests;
 
 /// A byte range in the cluster file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +54,14 @@ pub struct Diagnostic {
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.span.is_some() {
-            write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         } else {
             write!(f, "{}: {}", self.path.display(), self.message)
         }
@@ -123,7 +141,13 @@ pub struct Model {
 
 impl Model {
     /// A diagnostic pointing at `span` of this file.
-    pub fn diagnostic(&self, span: Option<Span>, message: String, label: String, help: Option<String>) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        span: Option<Span>,
+        message: String,
+        label: String,
+        help: Option<String>,
+    ) -> Diagnostic {
         diagnostic_at(&self.path, &self.source, span, message, label, help)
     }
 }
@@ -165,6 +189,137 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// Read and validate the cluster file at `path` against the schemas of the providers
 /// this build has.
 pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
-    let _ = (path, schemas);
-    todo!("implemented by the config work")
+    match std::fs::read_to_string(path) {
+        Ok(source) => {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            parse(&path, &source, schemas)
+        }
+        Err(e) => {
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            Err(Diagnostics(vec![diagnostic_at(
+                &abs,
+                &Arc::from(""),
+                None,
+                format!("cannot read the cluster file `{}`: {e}", path.display()),
+                "unreadable".to_string(),
+                Some("check the path (the default is `cluster.toml` in the current folder) and that the file is readable UTF-8 text".to_string()),
+            )]))
+        }
+    }
+}
+
+/// The top-level tables of a cluster file.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "cluster", "state", "provider", "network", "central", "workers", "resource",
+];
+
+/// Validate `source` as the text of the cluster file at `path` (which need not exist:
+/// it names the file in diagnostics and anchors relative paths such as `[state] path`
+/// and Butane files).
+pub fn parse(path: &Path, source: &str, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let source: Arc<str> = Arc::from(source);
+    let mut cx = Cx::new(&path, &source);
+
+    let doc = match DeTable::parse(&source) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            let help = if msg.contains("duplicate") {
+                "each key and table may appear only once"
+            } else {
+                "see https://toml.io for the syntax"
+            };
+            cx.error(
+                e.span().map(reader::span),
+                format!("invalid TOML: {msg}"),
+                msg,
+                Some(help.to_string()),
+            );
+            return Err(Diagnostics(cx.diags));
+        }
+    };
+    let doc = doc.get_ref();
+    cx.check_keys(doc, TOP_LEVEL_KEYS, "the file");
+
+    let cluster = settings::cluster(&mut cx, doc, schemas);
+    let state = settings::state(&mut cx, doc, &dir);
+    let providers = settings::providers(&mut cx, doc, schemas);
+    let network = settings::network(&mut cx, doc);
+    let central = settings::group(&mut cx, doc, "central", &dir);
+    let workers = settings::group(&mut cx, doc, "workers", &dir);
+
+    let expansion = match cluster.settings.blueprint.as_deref() {
+        Some("dev-test") => Some(blueprint::dev_test(
+            &mut cx, &cluster, &network, &central, &workers, schemas,
+        )),
+        Some(_) => None, // unknown or not implemented: reported
+        None => {
+            for (table, at) in [
+                ("network", network.span),
+                ("central", central.span),
+                ("workers", workers.span),
+            ] {
+                if at.is_some() {
+                    settings::needs_blueprint(&mut cx, table, at);
+                }
+            }
+            None
+        }
+    };
+
+    let plain = resources::plain(&mut cx, doc, &cluster.settings, &providers, schemas);
+    let (resources, spans) = link::link(&mut cx, expansion, plain, &cluster.settings.name);
+
+    if !cx.diags.is_empty() {
+        let mut diags = cx.diags;
+        diags.sort_by_key(|d| d.span.map_or(0, |s| s.offset));
+        return Err(Diagnostics(diags));
+    }
+
+    let graph = match ResourceGraph::build(&resources) {
+        Ok(g) => g,
+        Err(GraphError::Cycle(mut cycle)) => {
+            // The graph's path follows creation order; show it as "depends on".
+            cycle.reverse();
+            let at = cycle.first().and_then(|a| spans.get(a)).copied();
+            let path_text = cycle
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            cx.error(
+                at,
+                format!("dependency cycle: {path_text}"),
+                "part of a cycle",
+                Some("remove one of these `depends_on` entries or references".to_string()),
+            );
+            return Err(Diagnostics(cx.diags));
+        }
+        Err(e @ GraphError::UnknownDependency { .. }) => {
+            let at = match &e {
+                GraphError::UnknownDependency { from, .. } => spans.get(from).copied(),
+                GraphError::Cycle(_) => None,
+            };
+            cx.error(
+                at,
+                e.to_string(),
+                "unknown dependency",
+                Some("define the missing resource, or remove the dependency".to_string()),
+            );
+            return Err(Diagnostics(cx.diags));
+        }
+    };
+
+    Ok(Model {
+        path: path.clone(),
+        source: source.clone(),
+        cluster: cluster.settings,
+        state,
+        providers,
+        resources,
+        graph,
+        spans,
+    })
 }

@@ -1,7 +1,7 @@
 //! The resource graph: one node per resource instance, an edge from each dependency to
 //! its dependent; topological order, cycle detection with the cycle's path, DOT output.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use petgraph::algo::{tarjan_scc, toposort};
@@ -64,14 +64,20 @@ impl ResourceGraph {
             let i = graph.add_node(a.clone());
             index.insert(a.clone(), i);
         }
+        // `add_edge` after de-duplicating per node: `update_edge` scans the source's
+        // edges on every call, quadratic for a network with 10,000 machines.
+        let mut seen = HashSet::new();
         for (a, deps) in &nodes {
             let to = index[a];
+            seen.clear();
             for d in deps {
                 let from = *index.get(d).ok_or_else(|| GraphError::UnknownDependency {
                     from: a.clone(),
                     to: d.clone(),
                 })?;
-                graph.update_edge(from, to, ());
+                if seen.insert(from) {
+                    graph.add_edge(from, to, ());
+                }
             }
         }
         let order = match toposort(&graph, None) {

@@ -1,0 +1,553 @@
+//! The settings tables: `[cluster]`, `[state]`, `[provider.NAME]`, and the blueprint
+//! inputs `[network]`, `[central]`, `[workers]`, each read with defaults and checks.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use clusterform_core::ProviderSchema;
+use ipnet::Ipv4Net;
+use toml::de::DeTable;
+
+use crate::reader::{Cx, expected_one_of, span, tick_list};
+use crate::{ClusterSettings, ProviderBlock, Span, StateSettings};
+
+/// Every blueprint name the format knows.
+pub(crate) const BLUEPRINTS: &[&str] = &[
+    "dev-vm",
+    "small",
+    "dev-test",
+    "central-services",
+    "large-scale",
+];
+/// The blueprints this version can expand.
+pub(crate) const IMPLEMENTED_BLUEPRINTS: &[&str] = &["dev-test"];
+/// Flatcar channels.
+pub(crate) const CHANNELS: &[&str] = &["stable", "beta", "alpha", "lts"];
+/// Default Flatcar channel.
+pub(crate) const DEFAULT_CHANNEL: &str = "stable";
+/// Default `[state] path`, relative to the cluster file's folder.
+pub(crate) const DEFAULT_STATE_PATH: &str = ".clusterform";
+/// Default `[state] prefix` for etcd.
+pub(crate) const DEFAULT_ETCD_PREFIX: &str = "/clusterform";
+/// Default `[state] endpoints` for etcd (etcdctl's own default).
+pub(crate) const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// Default `[network] cidr`.
+pub(crate) const DEFAULT_CIDR: &str = "10.0.0.0/16";
+/// Default offset of the first central address from the network address.
+pub(crate) const DEFAULT_FIRST_ADDRESS_OFFSET: u32 = 101;
+
+/// `[cluster]` plus the spans later steps point at.
+pub(crate) struct Cluster {
+    pub(crate) settings: ClusterSettings,
+    /// The `[cluster]` header.
+    pub(crate) span: Option<Span>,
+    /// The `blueprint` value.
+    pub(crate) blueprint_span: Option<Span>,
+}
+
+fn valid_cluster_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 40
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The names of the providers this build has.
+pub(crate) fn provider_names(schemas: &[ProviderSchema]) -> Vec<&str> {
+    schemas.iter().map(|s| s.provider.as_str()).collect()
+}
+
+/// Read `[cluster]`.
+pub(crate) fn cluster(cx: &mut Cx<'_>, doc: &DeTable<'_>, schemas: &[ProviderSchema]) -> Cluster {
+    const SECTION: &str = "`[cluster]`";
+    const KEYS: &[&str] = &[
+        "name",
+        "blueprint",
+        "provider",
+        "channel",
+        "ssh_authorized_keys",
+        "expires_after",
+    ];
+    let mut settings = ClusterSettings {
+        name: String::new(),
+        blueprint: None,
+        provider: None,
+        channel: DEFAULT_CHANNEL.to_string(),
+        ssh_authorized_keys: Vec::new(),
+        expires_after: None,
+    };
+    let Some((key, node)) = doc.get_key_value("cluster") else {
+        cx.error(
+            None,
+            "the file has no `[cluster]` table",
+            "no `[cluster]`",
+            Some("add `[cluster]` with at least `name = \"demo\"`; see CONFIG.md".to_string()),
+        );
+        return Cluster {
+            settings,
+            span: None,
+            blueprint_span: None,
+        };
+    };
+    let header = cx.table_span(key, node);
+    let Some(t) = cx.as_table("cluster", "the file", node) else {
+        return Cluster {
+            settings,
+            span: Some(header),
+            blueprint_span: None,
+        };
+    };
+    cx.check_keys(t, KEYS, SECTION);
+
+    match t.get("name") {
+        None => cx.error(
+            Some(header),
+            "`[cluster]` has no `name`",
+            "missing `name`",
+            Some("add `name = \"demo\"`: a-z, 0-9 and `-`, starting with a letter, at most 40 characters".to_string()),
+        ),
+        Some(node) => {
+            if let Some(name) = cx.str_of("name", SECTION, node) {
+                if !valid_cluster_name(name) {
+                    cx.error(
+                        Some(span(node.span())),
+                        format!("`{name}` is not a valid cluster name"),
+                        "invalid name",
+                        Some("use a-z, 0-9 and `-`, starting with a letter, at most 40 characters (it goes into every name and tag)".to_string()),
+                    );
+                }
+                settings.name = name.to_string();
+            }
+        }
+    }
+
+    let mut blueprint_span = None;
+    if let Some((bp, at)) = cx.get_str(t, "blueprint", SECTION) {
+        blueprint_span = Some(at);
+        if !BLUEPRINTS.contains(&bp) {
+            cx.error(
+                Some(at),
+                format!("unknown blueprint `{bp}`"),
+                "unknown blueprint",
+                Some(format!(
+                    "expected one of {}, or leave `blueprint` out and write [resource.*] tables",
+                    tick_list(BLUEPRINTS)
+                )),
+            );
+        } else if !IMPLEMENTED_BLUEPRINTS.contains(&bp) {
+            cx.error(
+                Some(at),
+                format!("blueprint `{bp}` is not implemented yet"),
+                "not implemented yet",
+                Some(
+                    "use `dev-test`, or leave `blueprint` out and write [resource.*] tables"
+                        .to_string(),
+                ),
+            );
+        }
+        settings.blueprint = Some(bp.to_string());
+    }
+
+    if let Some((p, at)) = cx.get_str(t, "provider", SECTION) {
+        if !schemas.iter().any(|s| s.provider == p) {
+            unknown_provider(cx, p, at, schemas);
+        }
+        settings.provider = Some(p.to_string());
+    }
+
+    if let Some((c, at)) = cx.get_str(t, "channel", SECTION) {
+        if CHANNELS.contains(&c) {
+            settings.channel = c.to_string();
+        } else {
+            cx.error(
+                Some(at),
+                format!("unknown Flatcar channel `{c}`"),
+                "unknown channel",
+                Some(expected_one_of(CHANNELS)),
+            );
+        }
+    }
+
+    if let Some(keys) = cx.get_str_list(t, "ssh_authorized_keys", SECTION) {
+        settings.ssh_authorized_keys = keys.into_iter().map(|(k, _)| k.to_string()).collect();
+    }
+
+    if let Some((e, at)) = cx.get_str(t, "expires_after", SECTION) {
+        match humantime::parse_duration(e) {
+            Ok(d) => settings.expires_after = Some(d),
+            Err(err) => cx.error(
+                Some(at),
+                format!("`{e}` is not a duration: {err}"),
+                "not a duration",
+                Some("write a duration like \"8h\", \"30m\" or \"2days\"".to_string()),
+            ),
+        }
+    }
+
+    Cluster {
+        settings,
+        span: Some(header),
+        blueprint_span,
+    }
+}
+
+/// Report a provider name this build does not have.
+pub(crate) fn unknown_provider(cx: &mut Cx<'_>, name: &str, at: Span, schemas: &[ProviderSchema]) {
+    let names = provider_names(schemas);
+    cx.error(
+        Some(at),
+        format!("unknown provider `{name}`"),
+        "unknown provider",
+        Some(if names.is_empty() {
+            "this build has no providers".to_string()
+        } else {
+            format!("this build has {}", tick_list(&names))
+        }),
+    );
+}
+
+/// Read `[state]`; `dir` is the cluster file's folder.
+pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, dir: &Path) -> StateSettings {
+    const SECTION: &str = "`[state]`";
+    let default_local = || StateSettings::Local {
+        path: dir.join(DEFAULT_STATE_PATH),
+    };
+    let Some(node) = doc.get("state") else {
+        return default_local();
+    };
+    let Some(t) = cx.as_table("state", "the file", node) else {
+        return default_local();
+    };
+    cx.check_keys(t, &["backend", "path", "endpoints", "prefix"], SECTION);
+    let backend = match cx.get_str(t, "backend", SECTION) {
+        None => "local",
+        Some(("local", _)) => "local",
+        Some(("etcd", _)) => "etcd",
+        Some((other, at)) => {
+            cx.error(
+                Some(at),
+                format!("unknown state backend `{other}`"),
+                "unknown backend",
+                Some(expected_one_of(&["local", "etcd"])),
+            );
+            return default_local();
+        }
+    };
+    let misplaced: &[&str] = if backend == "local" {
+        &["endpoints", "prefix"]
+    } else {
+        &["path"]
+    };
+    for key in misplaced {
+        if let Some((k, _)) = t.get_key_value(*key) {
+            let other = if backend == "local" { "etcd" } else { "local" };
+            cx.error(
+                Some(span(k.span())),
+                format!("`{key}` is a setting of `backend = \"{other}\"`, not `{backend}`"),
+                "does not fit the backend",
+                Some(format!("remove `{key}`, or set `backend = \"{other}\"`")),
+            );
+        }
+    }
+    if backend == "local" {
+        let path = match cx.get_str(t, "path", SECTION) {
+            Some((p, _)) => dir.join(p),
+            None => dir.join(DEFAULT_STATE_PATH),
+        };
+        StateSettings::Local { path }
+    } else {
+        let endpoints = match cx.get_str_list(t, "endpoints", SECTION) {
+            Some(list) if list.is_empty() => {
+                if let Some(n) = t.get("endpoints") {
+                    cx.error(
+                        Some(span(n.span())),
+                        "`endpoints` is empty",
+                        "no endpoints",
+                        Some(format!(
+                            "name at least one etcd client URL, like \"{DEFAULT_ETCD_ENDPOINT}\""
+                        )),
+                    );
+                }
+                Vec::new()
+            }
+            Some(list) => list.into_iter().map(|(e, _)| e.to_string()).collect(),
+            None => vec![DEFAULT_ETCD_ENDPOINT.to_string()],
+        };
+        let prefix = cx
+            .get_str(t, "prefix", SECTION)
+            .map_or_else(|| DEFAULT_ETCD_PREFIX.to_string(), |(p, _)| p.to_string());
+        StateSettings::Etcd { endpoints, prefix }
+    }
+}
+
+/// Read `[provider.NAME]` tables.
+pub(crate) fn providers(
+    cx: &mut Cx<'_>,
+    doc: &DeTable<'_>,
+    schemas: &[ProviderSchema],
+) -> BTreeMap<String, ProviderBlock> {
+    let mut out = BTreeMap::new();
+    let Some(node) = doc.get("provider") else {
+        return out;
+    };
+    let Some(t) = cx.as_table("provider", "the file", node) else {
+        return out;
+    };
+    for (k, v) in t.iter() {
+        let name = k.get_ref().as_ref();
+        if !schemas.iter().any(|s| s.provider == name) {
+            unknown_provider(cx, name, span(k.span()), schemas);
+            continue;
+        }
+        let section = format!("`[provider.{name}]`");
+        let Some(table) = cx.as_table(name, &section, v) else {
+            continue;
+        };
+        let config = cx.table_to_json(table);
+        let at = cx.table_span(k, v);
+        out.insert(
+            name.to_string(),
+            ProviderBlock {
+                name: name.to_string(),
+                config,
+                span: at,
+            },
+        );
+    }
+    out
+}
+
+/// `[network]`, with defaults filled in.
+pub(crate) struct Network {
+    /// The table's header, when the table is there.
+    pub(crate) span: Option<Span>,
+    /// The cidr as written (or the default).
+    pub(crate) cidr_text: String,
+    /// The parsed cidr, truncated to its network address.
+    pub(crate) cidr: Ipv4Net,
+    /// The gateway.
+    pub(crate) gateway: Ipv4Addr,
+    /// DNS servers.
+    pub(crate) dns: Vec<String>,
+    /// False when a value was wrong (already reported).
+    pub(crate) ok: bool,
+}
+
+/// The default network, `10.0.0.0/16`.
+fn default_net() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default()
+}
+
+/// The first host address of `net`.
+fn first_host(net: Ipv4Net) -> Ipv4Addr {
+    net.hosts().next().unwrap_or(net.network())
+}
+
+/// Read `[network]`.
+pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
+    const SECTION: &str = "`[network]`";
+    let mut net = Network {
+        span: None,
+        cidr_text: DEFAULT_CIDR.to_string(),
+        cidr: default_net(),
+        gateway: first_host(default_net()),
+        dns: Vec::new(),
+        ok: true,
+    };
+    let Some((key, node)) = doc.get_key_value("network") else {
+        return net;
+    };
+    net.span = Some(cx.table_span(key, node));
+    let Some(t) = cx.as_table("network", "the file", node) else {
+        net.ok = false;
+        return net;
+    };
+    cx.check_keys(t, &["cidr", "gateway", "dns"], SECTION);
+    if let Some((c, at)) = cx.get_str(t, "cidr", SECTION) {
+        match c.parse::<Ipv4Net>() {
+            Ok(n) => {
+                net.cidr_text = c.to_string();
+                net.cidr = n.trunc();
+                net.gateway = first_host(net.cidr);
+            }
+            Err(_) => {
+                net.ok = false;
+                cx.error(
+                    Some(at),
+                    format!("`{c}` is not an IPv4 network"),
+                    "not an IPv4 cidr",
+                    Some("write it as address/prefix, like \"10.0.0.0/16\"".to_string()),
+                );
+            }
+        }
+    } else if t.contains_key("cidr") {
+        net.ok = false;
+    }
+    if let Some((g, at)) = cx.get_str(t, "gateway", SECTION) {
+        match g.parse::<Ipv4Addr>() {
+            Ok(ip) if net.ok && !net.cidr.contains(&ip) => {
+                net.ok = false;
+                cx.error(
+                    Some(at),
+                    format!("gateway `{ip}` is outside the network `{}`", net.cidr_text),
+                    "outside the network",
+                    Some(format!(
+                        "pick an address in {}, or leave `gateway` out for {}",
+                        net.cidr,
+                        first_host(net.cidr)
+                    )),
+                );
+            }
+            Ok(ip) => net.gateway = ip,
+            Err(_) => {
+                net.ok = false;
+                cx.error(
+                    Some(at),
+                    format!("`{g}` is not an IPv4 address"),
+                    "not an IPv4 address",
+                    Some("write it like \"10.0.0.1\"".to_string()),
+                );
+            }
+        }
+    }
+    if let Some(dns) = cx.get_str_list(t, "dns", SECTION) {
+        for (d, at) in &dns {
+            if d.parse::<std::net::IpAddr>().is_err() {
+                cx.error(
+                    Some(*at),
+                    format!("`{d}` is not an IP address"),
+                    "not an IP address",
+                    Some("list DNS servers by address, like \"1.1.1.1\"".to_string()),
+                );
+            }
+        }
+        net.dns = dns.into_iter().map(|(d, _)| d.to_string()).collect();
+    }
+    net
+}
+
+/// `[central]` or `[workers]`.
+pub(crate) struct Group {
+    /// The table's header, when the table is there.
+    pub(crate) span: Option<Span>,
+    /// `count` as written: (value if valid, its span).
+    pub(crate) count: Option<(Option<u32>, Span)>,
+    /// `size`.
+    pub(crate) size: Option<String>,
+    /// `zones` (None when absent).
+    pub(crate) zones: Option<Vec<String>>,
+    /// `first_address` (central only): the address if valid, and its span.
+    pub(crate) first_address: Option<(Option<Ipv4Addr>, Span)>,
+    /// `protect`.
+    pub(crate) protect: bool,
+}
+
+impl Group {
+    /// The count, `default` when absent, None when invalid.
+    pub(crate) fn count_or(&self, default: u32) -> Option<u32> {
+        match self.count {
+            None => Some(default),
+            Some((c, _)) => c,
+        }
+    }
+}
+
+/// Read `[central]` (`table = "central"`) or `[workers]`; butane files are checked
+/// relative to `dir`.
+pub(crate) fn group(cx: &mut Cx<'_>, doc: &DeTable<'_>, table: &'static str, dir: &Path) -> Group {
+    let mut g = Group {
+        span: None,
+        count: None,
+        size: None,
+        zones: None,
+        first_address: None,
+        protect: false,
+    };
+    let Some((key, node)) = doc.get_key_value(table) else {
+        return g;
+    };
+    g.span = Some(cx.table_span(key, node));
+    let section = format!("`[{table}]`");
+    let Some(t) = cx.as_table(table, "the file", node) else {
+        return g;
+    };
+    let keys: &[&str] = if table == "central" {
+        &[
+            "count",
+            "size",
+            "zones",
+            "first_address",
+            "protect",
+            "butane",
+        ]
+    } else {
+        &["count", "size", "zones", "protect", "butane"]
+    };
+    cx.check_keys(t, keys, &section);
+    g.count = cx.get_count(t, "count", &section);
+    g.size = cx.get_str(t, "size", &section).map(|(s, _)| s.to_string());
+    if let Some(zones) = cx.get_str_list(t, "zones", &section) {
+        if zones.is_empty() {
+            if let Some(n) = t.get("zones") {
+                cx.error(
+                    Some(span(n.span())),
+                    "`zones` is empty",
+                    "no zones",
+                    Some("name at least one zone, or leave `zones` out".to_string()),
+                );
+            }
+        } else {
+            g.zones = Some(zones.into_iter().map(|(z, _)| z.to_string()).collect());
+        }
+    }
+    if table == "central"
+        && let Some((a, at)) = cx.get_str(t, "first_address", &section)
+    {
+        let ip = a.parse::<Ipv4Addr>().ok();
+        if ip.is_none() {
+            cx.error(
+                Some(at),
+                format!("`{a}` is not an IPv4 address"),
+                "not an IPv4 address",
+                Some("write it like \"10.0.1.101\"".to_string()),
+            );
+        }
+        g.first_address = Some((ip, at));
+    }
+    g.protect = cx.get_bool(t, "protect", &section).unwrap_or(false);
+    if let Some(files) = cx.get_str_list(t, "butane", &section) {
+        for (f, at) in files {
+            check_butane(cx, dir, f, at);
+        }
+    }
+    g
+}
+
+fn check_butane(cx: &mut Cx<'_>, dir: &Path, file: &str, at: Span) {
+    let p: PathBuf = dir.join(file);
+    if !p.is_file() {
+        cx.error(
+            Some(at),
+            format!(
+                "Butane file `{file}` does not exist (looked for {})",
+                p.display()
+            ),
+            "file not found",
+            Some("name a file relative to the folder of the cluster file".to_string()),
+        );
+    }
+}
+
+/// Check that `node` (the `[network]`/`[central]`/`[workers]` table) is only used with a
+/// blueprint.
+pub(crate) fn needs_blueprint(cx: &mut Cx<'_>, table: &str, at: Option<Span>) {
+    cx.error(
+        at,
+        format!("`[{table}]` needs `[cluster] blueprint`"),
+        "no blueprint",
+        Some(format!(
+            "add `blueprint = \"dev-test\"` to `[cluster]`, or remove `[{table}]` and write [resource.*] tables"
+        )),
+    );
+}
