@@ -1,0 +1,127 @@
+//! [`SimCloud`]: direct access to the sim cloud, outside any provider call, for tests
+//! and for `clusterform sim ...` (looking at the cloud, or changing it "out of band" to
+//! create drift, as a user would in a cloud console).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use clusterform_provider::Object;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::db::{self, SimError};
+
+/// The methods that change the cloud, summed by [`SimCloud::mutations`].
+const MUTATIONS: [&str; 4] = ["create", "update", "delete", "import"];
+
+/// The sim cloud in one folder, opened directly.
+pub struct SimCloud {
+    dir: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SimCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCloud")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimCloud {
+    /// Open the cloud in `dir`, creating `cloud.db` there when it is missing. The
+    /// folder itself must exist (a mistyped folder is an error, not a new empty cloud).
+    pub fn open(dir: &Path) -> Result<SimCloud, SimError> {
+        if !dir.is_dir() {
+            return Err(SimError::NoCloud(dir.to_path_buf()));
+        }
+        Ok(SimCloud {
+            dir: dir.to_path_buf(),
+            conn: Mutex::new(db::open(dir)?),
+        })
+    }
+
+    /// The folder holding the cloud.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every object (of one cluster, when given), sorted by id.
+    pub fn list(&self, cluster: Option<&str>) -> Result<Vec<Object>, SimError> {
+        db::list(&self.conn(), cluster)
+    }
+
+    /// One object by id.
+    pub fn get(&self, id: &str) -> Result<Option<Object>, SimError> {
+        db::get(&self.conn(), id)
+    }
+
+    /// How many objects of each kind exist.
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>, SimError> {
+        db::counts(&self.conn())
+    }
+
+    /// Objects that share a cluster and an address (a create that ran twice):
+    /// (cluster, address, ids sorted), sorted by cluster then address.
+    pub fn duplicates(&self) -> Result<Vec<(String, String, Vec<String>)>, SimError> {
+        db::duplicates(&self.conn())
+    }
+
+    /// Delete an object regardless of what depends on it; false when there is none.
+    pub fn delete(&self, id: &str) -> Result<bool, SimError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM objects WHERE id = ?1", [id])?;
+        Ok(n > 0)
+    }
+
+    /// Set (or, with `null`, remove) one attribute of an object; false when there is
+    /// no such object.
+    pub fn set_attr(
+        &self,
+        id: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<bool, SimError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(mut o) = db::get(&tx, id)? else {
+            return Ok(false);
+        };
+        if value.is_null() {
+            o.attrs.remove(key);
+        } else {
+            o.attrs.insert(key.to_string(), value);
+        }
+        let attrs = serde_json::to_string(&o.attrs).map_err(|e| SimError::Corrupt {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+        tx.execute("UPDATE objects SET attrs = ?2 WHERE id = ?1", [id, &attrs])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// How many times each provider method was called (`read`, `read_batch`,
+    /// `find_by_key`, `list_cluster`, `create`, `update`, `delete`, `import`), by every
+    /// process using this folder, since the last [`SimCloud::reset_calls`].
+    pub fn calls(&self) -> Result<BTreeMap<String, u64>, SimError> {
+        db::calls(&self.conn())
+    }
+
+    /// The number of create, update, delete and import calls.
+    pub fn mutations(&self) -> Result<u64, SimError> {
+        let calls = self.calls()?;
+        Ok(MUTATIONS.iter().filter_map(|m| calls.get(*m)).sum())
+    }
+
+    /// Set every call counter back to zero.
+    pub fn reset_calls(&self) -> Result<(), SimError> {
+        self.conn().execute("DELETE FROM calls", [])?;
+        Ok(())
+    }
+}
