@@ -1,1 +1,219 @@
-fn main() {}
+//! Scale benchmarks for clusterform, run against the release binary on the sim provider:
+//!
+//! 1. no-op `plan` of a dev-test cluster with 10,000 workers against a warm state:
+//!    wall time and peak memory (target <= 1 s, <= 300 MB on 2 cores);
+//! 2. `apply` of 1,000 workers at 200 ms sim latency: wall time of the walk against the
+//!    critical-path bound (3 operations deep x 200 ms; target ratio <= 1.1).
+//!
+//! Usage: `cargo run --release -p clusterform-bench [-- --workers 10000 --apply-workers 1000 --runs 5]`.
+//! It builds `clusterform` in release mode first and prints one line per measurement.
+
+// wait4() is the one way to get a child's own peak RSS; nothing else here is unsafe.
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Measured {
+    code: i32,
+    wall: Duration,
+    max_rss_mb: f64,
+    stderr: String,
+}
+
+// The child is reaped by wait4 below, which std's Child does not know about.
+#[allow(clippy::zombie_processes)]
+fn run(bin: &Path, dir: &Path, args: &[&str]) -> Measured {
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env("CLUSTERFORM_SIM_DIR", dir.join("sim"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let pid = child.id() as libc::pid_t;
+    let mut stderr_pipe = child.stderr;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = stderr_pipe.as_mut() {
+            let _ = std::io::Read::read_to_string(p, &mut s);
+        }
+        s
+    });
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(rc, pid, "wait4 failed");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Measured {
+        code,
+        wall,
+        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        stderr: reader.join().unwrap_or_default(),
+    }
+}
+
+fn cluster(workers: u32, latency_ms: u64) -> String {
+    format!(
+        r#"[cluster]
+name = "bench"
+blueprint = "dev-test"
+provider = "sim"
+
+[provider.sim]
+latency_ms = {latency_ms}
+
+[network]
+cidr = "10.0.0.0/8"
+
+[central]
+size = "2cpu-4gb"
+
+[workers]
+count = {workers}
+size = "2cpu-4gb"
+"#
+    )
+}
+
+fn build_release() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-q", "-p", "clusterform-cli"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "release build failed");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
+        .join("clusterform")
+}
+
+fn arg(name: &str, default: u32) -> u32 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The walk time the CLI logs at -v: "walk finished in 0.612s".
+fn walk_secs(stderr: &str) -> Option<f64> {
+    stderr.lines().find_map(|l| {
+        let rest = l.split("walk finished in ").nth(1)?;
+        rest.split('s').next()?.trim().parse().ok()
+    })
+}
+
+fn main() {
+    let workers = arg("--workers", 10_000);
+    let apply_workers = arg("--apply-workers", 1_000);
+    let runs = arg("--runs", 5).max(1);
+    let bin = build_release();
+    println!(
+        "clusterform bench: {} ({} cores)",
+        bin.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. No-op plan at scale.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.toml"), cluster(workers, 0)).expect("write");
+    let setup = run(
+        &bin,
+        dir.path(),
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1024",
+        ],
+    );
+    assert_eq!(setup.code, 0, "setup apply failed: {}", setup.stderr);
+    println!(
+        "setup: apply of {} resources took {:.2}s",
+        workers + 2,
+        setup.wall.as_secs_f64()
+    );
+    let _warm = run(&bin, dir.path(), &["plan", "cluster.toml"]);
+    let mut walls = Vec::new();
+    let mut peak: f64 = 0.0;
+    for _ in 0..runs {
+        let m = run(
+            &bin,
+            dir.path(),
+            &["plan", "cluster.toml", "--detailed-exitcode"],
+        );
+        assert_eq!(m.code, 0, "the plan was not a no-op: {}", m.stderr);
+        walls.push(m.wall.as_secs_f64());
+        peak = peak.max(m.max_rss_mb);
+    }
+    walls.sort_by(f64::total_cmp);
+    let median = walls[walls.len() / 2];
+    println!(
+        "no-op plan, {} workers: median {:.3}s, max {:.3}s over {runs} runs; peak RSS {:.0} MB (targets: <= 1 s, <= 300 MB) {}",
+        workers,
+        median,
+        walls[walls.len() - 1],
+        peak,
+        if median <= 1.0 && peak <= 300.0 {
+            "OK"
+        } else {
+            "MISSED"
+        }
+    );
+
+    // 2. Apply against the critical-path bound.
+    let latency_ms = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        cluster(apply_workers, latency_ms),
+    )
+    .expect("write");
+    let par = (apply_workers + 2).to_string();
+    let m = run(
+        &bin,
+        dir.path(),
+        &[
+            "-v",
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            &par,
+        ],
+    );
+    assert_eq!(m.code, 0, "apply failed: {}", m.stderr);
+    // network -> etcd machine -> workers: 3 operations deep.
+    let bound = 3.0 * latency_ms as f64 / 1000.0;
+    let walk = walk_secs(&m.stderr).unwrap_or(f64::NAN);
+    println!(
+        "apply, {} workers at {latency_ms} ms latency: walk {:.3}s, whole command {:.3}s; critical-path bound {:.3}s; ratio {:.3} (walk) / {:.3} (command) (target <= 1.1) {}",
+        apply_workers,
+        walk,
+        m.wall.as_secs_f64(),
+        bound,
+        walk / bound,
+        m.wall.as_secs_f64() / bound,
+        if walk / bound <= 1.1 { "OK" } else { "MISSED" }
+    );
+}

@@ -4,10 +4,6 @@
 //! `.clusterform/` beside the cluster file. A shared backend (etcd) implements the same
 //! trait.
 
-// `StateError` carries the lock holder by value (the variants are part of the contract the
-// engine is written against); errors are rare and cold, so their size does not matter.
-#![allow(clippy::result_large_err)]
-
 mod local;
 mod lock;
 
@@ -128,7 +124,7 @@ pub enum StateError {
         /// The store.
         path: String,
         /// Who holds it.
-        holder: LockInfo,
+        holder: Box<LockInfo>,
     },
     /// `force-unlock` with an id that is not the current lock's.
     #[error("the state at `{path}` is not locked with id `{id}`{}", .current.as_ref().map(|c| format!(" (current: {c})")).unwrap_or_default())]
@@ -138,7 +134,7 @@ pub enum StateError {
         /// The id given.
         id: String,
         /// The lock there is, if any.
-        current: Option<LockInfo>,
+        current: Option<Box<LockInfo>>,
     },
     /// The state file cannot be decoded.
     #[error("the state at `{path}` is corrupt: {detail}")]
@@ -175,7 +171,7 @@ pub enum StateError {
         /// The store.
         path: String,
         /// Who holds it.
-        holder: LockInfo,
+        holder: Box<LockInfo>,
     },
     /// An error from the database engine.
     #[error("state database `{path}`: {detail}")]

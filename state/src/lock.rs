@@ -214,7 +214,7 @@ pub(crate) fn acquire(
         if now >= deadline {
             return Err(StateError::Locked {
                 path: paths.store.to_string(),
-                holder: read_live_holder(paths.file)?,
+                holder: Box::new(read_live_holder(paths.file)?),
             });
         }
         std::thread::sleep(POLL.min(deadline - now));
@@ -285,7 +285,7 @@ pub(crate) fn force_unlock(paths: &LockPaths<'_>, id: &str) -> Result<LockInfo, 
     let wrong = |current: Option<LockInfo>| StateError::WrongLockId {
         path: paths.store.to_string(),
         id: id.to_string(),
-        current,
+        current: current.map(Box::new),
     };
     let Some(file) = open_existing(paths.file, true)? else {
         return Err(wrong(None));
@@ -312,7 +312,7 @@ pub(crate) fn force_unlock(paths: &LockPaths<'_>, id: &str) -> Result<LockInfo, 
     }
     Err(StateError::LockHeldByLiveProcess {
         path: paths.store.to_string(),
-        holder,
+        holder: Box::new(holder),
     })
 }
 
@@ -367,7 +367,7 @@ mod tests {
         let started = Instant::now();
         match b.lock("destroy", Duration::from_millis(250)) {
             Err(StateError::Locked { holder, .. }) => {
-                assert_eq!(holder, info);
+                assert_eq!(*holder, info);
             }
             Err(e) => panic!("expected Locked, got {e}"),
             Ok(_) => panic!("expected Locked, got the lock"),
@@ -467,7 +467,7 @@ mod tests {
         match a.force_unlock("nope") {
             Err(StateError::WrongLockId { id, current, .. }) => {
                 assert_eq!(id, "nope");
-                assert_eq!(current, Some(stale_info(4242)));
+                assert_eq!(current.map(|c| *c), Some(stale_info(4242)));
             }
             other => panic!("expected WrongLockId, got {other:?}"),
         }

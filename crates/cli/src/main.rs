@@ -1,1 +1,58 @@
-fn main() {}
+//! The `clusterform` binary: parses arguments, runs one command, renders errors once
+//! (miette) and maps outcomes to exit codes (0 ok / no changes, 1 error, 2 changes with
+//! `--detailed-exitcode`).
+
+mod args;
+mod commands;
+mod context;
+mod errors;
+mod planfile;
+mod progress;
+mod render;
+mod style;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let argv = args::normalize(std::env::args_os());
+    let cli = args::Cli::parse_from(argv);
+    let color = style::init(cli.no_color);
+    errors::install_hook(color);
+    init_tracing(cli.verbose);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERFORM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -190,14 +190,10 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// this build has.
 pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
     match std::fs::read_to_string(path) {
-        Ok(source) => {
-            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-            parse(&path, &source, schemas)
-        }
+        Ok(source) => parse(path, &source, schemas),
         Err(e) => {
-            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             Err(Diagnostics(vec![diagnostic_at(
-                &abs,
+                path,
                 &Arc::from(""),
                 None,
                 format!("cannot read the cluster file `{}`: {e}", path.display()),
@@ -217,6 +213,20 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 /// it names the file in diagnostics and anchors relative paths such as `[state] path`
 /// and Butane files).
 pub fn parse(path: &Path, source: &str, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
+    // Diagnostics name the file as the user wrote it; the model keeps it absolute.
+    parse_absolute(path, source, schemas).map_err(|mut d| {
+        for x in &mut d.0 {
+            x.path = path.to_path_buf();
+        }
+        d
+    })
+}
+
+fn parse_absolute(
+    path: &Path,
+    source: &str,
+    schemas: &[ProviderSchema],
+) -> Result<Model, Diagnostics> {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let source: Arc<str> = Arc::from(source);

@@ -30,12 +30,12 @@ pub(crate) fn tick_list<S: AsRef<str>>(items: &[S]) -> String {
         .join(", ")
 }
 
-/// "expected one of `a`, `b`; see CONFIG.md".
+/// "expected one of `a`, `b`; see docs/CONFIG.md".
 pub(crate) fn expected_one_of<S: AsRef<str>>(items: &[S]) -> String {
     if items.is_empty() {
-        "nothing is allowed here; see CONFIG.md".to_string()
+        "nothing is allowed here; see docs/CONFIG.md".to_string()
     } else {
-        format!("expected one of {}; see CONFIG.md", tick_list(items))
+        format!("expected one of {}; see docs/CONFIG.md", tick_list(items))
     }
 }
 
@@ -123,7 +123,7 @@ impl<'a> Cx<'a> {
                 describe_found(node.get_ref())
             ),
             format!("expected {expected}"),
-            Some(format!("write `{key}` as {expected}; see CONFIG.md")),
+            Some(format!("write `{key}` as {expected}; see docs/CONFIG.md")),
         );
     }
 

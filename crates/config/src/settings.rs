@@ -82,7 +82,7 @@ pub(crate) fn cluster(cx: &mut Cx<'_>, doc: &DeTable<'_>, schemas: &[ProviderSch
             None,
             "the file has no `[cluster]` table",
             "no `[cluster]`",
-            Some("add `[cluster]` with at least `name = \"demo\"`; see CONFIG.md".to_string()),
+            Some("add `[cluster]` with at least `name = \"demo\"`; see docs/CONFIG.md".to_string()),
         );
         return Cluster {
             settings,

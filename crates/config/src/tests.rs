@@ -516,7 +516,7 @@ fn error_unknown_key_in_cluster() {
     assert_eq!(
         d.help.as_deref(),
         Some(
-            "expected one of `name`, `blueprint`, `provider`, `channel`, `ssh_authorized_keys`, `expires_after`; see CONFIG.md"
+            "expected one of `name`, `blueprint`, `provider`, `channel`, `ssh_authorized_keys`, `expires_after`; see docs/CONFIG.md"
         )
     );
 }
@@ -617,7 +617,7 @@ fn error_unknown_resource_kind() {
     assert_diag(&d, "provider `sim` has no resource kind `server`", 4, 11);
     assert_eq!(
         d.help.as_deref(),
-        Some("expected one of `network`, `subnet`, `machine`, `volume`; see CONFIG.md")
+        Some("expected one of `network`, `subnet`, `machine`, `volume`; see docs/CONFIG.md")
     );
 }
 

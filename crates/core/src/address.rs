@@ -86,7 +86,9 @@ impl FromStr for Address {
                 let idx = idx
                     .strip_suffix(']')
                     .ok_or_else(|| AddressError::Index(s.to_string()))?;
-                let idx: u32 = idx.parse().map_err(|_| AddressError::Index(s.to_string()))?;
+                let idx: u32 = idx
+                    .parse()
+                    .map_err(|_| AddressError::Index(s.to_string()))?;
                 (name, Some(idx))
             }
             None => (rest, None),
@@ -138,11 +140,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        assert!(matches!("machine".parse::<Address>(), Err(AddressError::Shape(_))));
-        assert!(matches!("machine.w[x]".parse::<Address>(), Err(AddressError::Index(_))));
-        assert!(matches!("machine.w[1".parse::<Address>(), Err(AddressError::Index(_))));
-        assert!(matches!("Machine.w".parse::<Address>(), Err(AddressError::Characters(_))));
-        assert!(matches!("t3.micro".parse::<Address>(), Ok(_)));
+        assert!(matches!(
+            "machine".parse::<Address>(),
+            Err(AddressError::Shape(_))
+        ));
+        assert!(matches!(
+            "machine.w[x]".parse::<Address>(),
+            Err(AddressError::Index(_))
+        ));
+        assert!(matches!(
+            "machine.w[1".parse::<Address>(),
+            Err(AddressError::Index(_))
+        ));
+        assert!(matches!(
+            "Machine.w".parse::<Address>(),
+            Err(AddressError::Characters(_))
+        ));
+        assert!("t3.micro".parse::<Address>().is_ok());
     }
 
     #[test]

@@ -230,7 +230,10 @@ mod tests {
         let c = diff_resource(&desired("s", "a"), None, &schema(), &known_net());
         assert_eq!(c.action, Action::Create);
         assert_eq!(c.after_unknown, vec!["address", "id", "state"]);
-        assert_eq!(c.after.as_ref().and_then(|a| a.get("network")), Some(&json!("net-1")));
+        assert_eq!(
+            c.after.as_ref().and_then(|a| a.get("network")),
+            Some(&json!("net-1"))
+        );
     }
 
     #[test]
@@ -246,8 +249,14 @@ mod tests {
         let c = diff_resource(&desired("l", "a"), Some(&cur), &schema(), &known_net());
         assert_eq!(c.action, Action::Update);
         assert_eq!(c.changed, vec!["size"]);
-        assert_eq!(c.after.as_ref().and_then(|a| a.get("size")), Some(&json!("l")));
-        assert_eq!(c.after.as_ref().and_then(|a| a.get("address")), Some(&json!("10.0.0.7")));
+        assert_eq!(
+            c.after.as_ref().and_then(|a| a.get("size")),
+            Some(&json!("l"))
+        );
+        assert_eq!(
+            c.after.as_ref().and_then(|a| a.get("address")),
+            Some(&json!("10.0.0.7"))
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
+use petgraph::Direction;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
-use petgraph::Direction;
 
 use crate::{Address, Resource};
 
@@ -201,7 +201,10 @@ mod tests {
     #[test]
     fn orders_dependencies_first() {
         let g = ResourceGraph::from_edges([
-            (a("machine.w[0]"), vec![a("machine.c[0]"), a("network.main")]),
+            (
+                a("machine.w[0]"),
+                vec![a("machine.c[0]"), a("network.main")],
+            ),
             (a("machine.c[0]"), vec![a("network.main")]),
             (a("network.main"), vec![]),
         ])
@@ -228,8 +231,8 @@ mod tests {
 
     #[test]
     fn reports_self_loop() {
-        let err = ResourceGraph::from_edges([(a("machine.a"), vec![a("machine.a")])])
-            .expect_err("cycle");
+        let err =
+            ResourceGraph::from_edges([(a("machine.a"), vec![a("machine.a")])]).expect_err("cycle");
         assert_eq!(err, GraphError::Cycle(vec![a("machine.a"), a("machine.a")]));
     }
 
@@ -247,6 +250,9 @@ mod tests {
             (a("network.main"), vec![]),
         ])
         .expect("dag");
-        assert!(g.to_dot("demo").contains("\"network.main\" -> \"machine.w[0]\";"));
+        assert!(
+            g.to_dot("demo")
+                .contains("\"network.main\" -> \"machine.w[0]\";")
+        );
     }
 }

@@ -256,17 +256,23 @@ pub async fn apply(
     let results = {
         let ctx = ctx.clone();
         let nodes = nodes.clone();
-        walk(&sched.deps, options.parallelism, options.stop.clone(), move |n| {
-            let ctx = ctx.clone();
-            let (ci, phase) = nodes[n];
-            async move { run(&ctx, ci, phase).await }
-        })
+        walk(
+            &sched.deps,
+            options.parallelism,
+            options.stop.clone(),
+            move |n| {
+                let ctx = ctx.clone();
+                let (ci, phase) = nodes[n];
+                async move { run(&ctx, ci, phase).await }
+            },
+        )
         .await
     };
     let elapsed = started.elapsed();
 
     // Fold node results into one outcome per change.
-    let mut per_change: Vec<Vec<(Phase, &NodeResult<String>)>> = vec![Vec::new(); plan.changes.len()];
+    let mut per_change: Vec<Vec<(Phase, &NodeResult<String>)>> =
+        vec![Vec::new(); plan.changes.len()];
     for (n, r) in results.iter().enumerate() {
         let (ci, phase) = sched.nodes[n];
         per_change[ci].push((phase, r));
@@ -310,7 +316,11 @@ fn now_rfc3339() -> String {
 
 async fn run(ctx: &Ctx, ci: usize, phase: Phase) -> Result<(), String> {
     let c = &ctx.changes[ci];
-    let provider = ctx.providers.get(&c.provider).map_err(|e| e.to_string())?.clone();
+    let provider = ctx
+        .providers
+        .get(&c.provider)
+        .map_err(|e| e.to_string())?
+        .clone();
     let action = match (c.action, phase) {
         (_, Phase::Destroy) => Action::Delete,
         (Action::Update, Phase::Apply) => Action::Update,
@@ -365,7 +375,11 @@ async fn run(ctx: &Ctx, ci: usize, phase: Phase) -> Result<(), String> {
                 .map(|()| (vec![Mutation::Remove(c.address.clone())], None))
         }
         Action::Update => {
-            let attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let mut attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            // The request carries inputs only; computed values are the provider's.
+            if let Some(kind) = provider.schema().kind(&c.address.kind) {
+                attrs.retain(|k, _| kind.attr(k).is_some_and(|a| a.input));
+            }
             let req = UpdateRequest {
                 address: c.address.clone(),
                 kind: c.address.kind.clone(),
@@ -428,9 +442,9 @@ async fn run(ctx: &Ctx, ci: usize, phase: Phase) -> Result<(), String> {
         Err(e) => {
             let msg = match &e {
                 // Keep the journal entry: the object may exist; the next run looks it up.
-                ProviderError::Ambiguous(_) => format!(
-                    "{e}; the next run checks whether the object was made"
-                ),
+                ProviderError::Ambiguous(_) => {
+                    format!("{e}; the next run checks whether the object was made")
+                }
                 _ => {
                     let _ = ctx.commit(vec![Mutation::JournalClose(op_id)]).await;
                     e.to_string()
@@ -524,7 +538,10 @@ mod tests {
             find(1, Phase::Apply),
         );
         assert!(s.deps[dn].contains(&dm), "machine deleted before network");
-        assert!(s.deps[cn].contains(&dn), "network deleted before it is created");
+        assert!(
+            s.deps[cn].contains(&dn),
+            "network deleted before it is created"
+        );
         assert!(s.deps[cm].contains(&cn), "network created before machine");
         assert!(s.deps[cm].contains(&dm));
         assert_eq!(longest_chain(&s.deps), 4);

@@ -12,9 +12,7 @@ pub enum EngineError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A resource uses a provider that is not configured.
-    #[error(
-        "provider `{0}` is not configured: add a `[provider.{0}]` table to the cluster file"
-    )]
+    #[error("provider `{0}` is not configured: add a `[provider.{0}]` table to the cluster file")]
     NoProvider(String),
     /// The provider does not manage this kind.
     #[error("provider `{provider}` has no resource kind `{kind}` (needed by `{address}`)")]

@@ -27,14 +27,15 @@ pub fn plan(
     for addr in graph.topo_order() {
         let Some(r) = by_addr.get(addr) else { continue };
         let provider = providers.get(&r.provider)?;
-        let schema = provider
-            .schema()
-            .kind(&r.address.kind)
-            .ok_or_else(|| EngineError::NoKind {
-                provider: r.provider.clone(),
-                kind: r.address.kind.clone(),
-                address: r.address.clone(),
-            })?;
+        let schema =
+            provider
+                .schema()
+                .kind(&r.address.kind)
+                .ok_or_else(|| EngineError::NoKind {
+                    provider: r.provider.clone(),
+                    kind: r.address.kind.clone(),
+                    address: r.address.clone(),
+                })?;
         let mut refs = BTreeMap::new();
         for (attr, target) in &r.refs {
             let v = match actions.get(target) {

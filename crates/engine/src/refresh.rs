@@ -10,6 +10,9 @@ use futures::stream::{self, StreamExt};
 
 use crate::{EngineError, Providers, RetryPolicy};
 
+/// One refreshed record: the state's view and the provider's answer.
+type ReadAnswer<'a> = (&'a ResourceState, Option<clusterform_provider::Object>);
+
 /// The state as the providers see it now.
 #[derive(Clone, Debug, Default)]
 pub struct Refreshed {
@@ -44,35 +47,34 @@ pub async fn refresh(
     }
     let calls = batches.len();
 
-    let results: Vec<Result<Vec<(&ResourceState, Option<clusterform_provider::Object>)>, EngineError>> =
-        stream::iter(batches)
-            .map(|(provider, chunk)| async move {
-                let reqs: Vec<ReadRequest> = chunk
-                    .iter()
-                    .map(|r| ReadRequest {
-                        address: r.address.clone(),
-                        kind: r.address.kind.clone(),
-                        id: r.id.clone(),
-                    })
-                    .collect();
-                let answers = read_with_retry(provider.as_ref(), &reqs, retry).await;
-                let mut out = Vec::with_capacity(chunk.len());
-                for (r, a) in chunk.into_iter().zip(answers) {
-                    match a {
-                        Ok(obj) => out.push((r, obj)),
-                        Err(source) => {
-                            return Err(EngineError::Refresh {
-                                address: r.address.clone(),
-                                source,
-                            });
-                        }
+    let results: Vec<Result<Vec<ReadAnswer<'_>>, EngineError>> = stream::iter(batches)
+        .map(|(provider, chunk)| async move {
+            let reqs: Vec<ReadRequest> = chunk
+                .iter()
+                .map(|r| ReadRequest {
+                    address: r.address.clone(),
+                    kind: r.address.kind.clone(),
+                    id: r.id.clone(),
+                })
+                .collect();
+            let answers = read_with_retry(provider.as_ref(), &reqs, retry).await;
+            let mut out = Vec::with_capacity(chunk.len());
+            for (r, a) in chunk.into_iter().zip(answers) {
+                match a {
+                    Ok(obj) => out.push((r, obj)),
+                    Err(source) => {
+                        return Err(EngineError::Refresh {
+                            address: r.address.clone(),
+                            source,
+                        });
                     }
                 }
-                Ok(out)
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
+            }
+            Ok(out)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
 
     let mut refreshed = Refreshed {
         calls,

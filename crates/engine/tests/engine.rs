@@ -127,8 +127,16 @@ impl World {
         let refreshed = refresh(&self.providers, &snap.resources, 4, RetryPolicy::default())
             .await
             .expect("refresh");
-        plan("demo", desired, &graph, &refreshed, &self.providers, snap.lineage, snap.serial)
-            .expect("plan")
+        plan(
+            "demo",
+            desired,
+            &graph,
+            &refreshed,
+            &self.providers,
+            snap.lineage,
+            snap.serial,
+        )
+        .expect("plan")
     }
 
     async fn apply(&self, p: &clusterform_core::Plan) -> clusterform_engine::ApplyReport {
@@ -154,7 +162,11 @@ impl World {
         state_ids.sort();
         cloud_ids.sort();
         assert_eq!(state_ids, cloud_ids);
-        assert!(snap.journal.is_empty(), "journal left open: {:?}", snap.journal);
+        assert!(
+            snap.journal.is_empty(),
+            "journal left open: {:?}",
+            snap.journal
+        );
     }
 }
 
@@ -219,8 +231,14 @@ async fn a_failure_skips_dependents_and_independents_finish() {
             .expect("outcome")
     };
     assert!(matches!(outcome("machine.central[0]"), Outcome::Failed(_)));
-    assert_eq!(outcome("machine.workers[0]"), Outcome::Skipped(a("machine.central[0]")));
-    assert_eq!(outcome("machine.workers[1]"), Outcome::Skipped(a("machine.central[0]")));
+    assert_eq!(
+        outcome("machine.workers[0]"),
+        Outcome::Skipped(a("machine.central[0]"))
+    );
+    assert_eq!(
+        outcome("machine.workers[1]"),
+        Outcome::Skipped(a("machine.central[0]"))
+    );
     assert_eq!(outcome("network.main"), Outcome::Done);
     assert_eq!(outcome("network.other"), Outcome::Done);
     assert_eq!((r.failed(), r.skipped()), (1, 2));
@@ -240,11 +258,22 @@ async fn changing_a_force_new_input_of_the_network_replaces_its_machines_in_orde
         .iter()
         .map(|c| (c.address.to_string(), c.action))
         .collect();
-    assert!(actions.iter().all(|(_, act)| *act == Action::Replace), "{actions:?}");
+    assert!(
+        actions.iter().all(|(_, act)| *act == Action::Replace),
+        "{actions:?}"
+    );
     assert_eq!(actions.len(), 4);
-    let net = p.changes.iter().find(|c| c.address == a("network.main")).expect("net");
+    let net = p
+        .changes
+        .iter()
+        .find(|c| c.address == a("network.main"))
+        .expect("net");
     assert_eq!(net.replace_because, vec!["cidr"]);
-    let m = p.changes.iter().find(|c| c.address == a("machine.central[0]")).expect("m");
+    let m = p
+        .changes
+        .iter()
+        .find(|c| c.address == a("machine.central[0]"))
+        .expect("m");
     assert_eq!(m.replace_because, vec!["network"]);
     let r = w.apply(&p).await;
     assert!(r.success(), "{r:?}");
@@ -264,7 +293,11 @@ async fn refresh_reports_drift_and_plan_restores() {
     w.fake.remove(&w1);
     let p = w.plan(&cluster(2, "small")).await;
     assert_eq!(p.drift.len(), 2);
-    assert!(p.drift.iter().any(|d| d.address == a("machine.workers[1]") && d.deleted));
+    assert!(
+        p.drift
+            .iter()
+            .any(|d| d.address == a("machine.workers[1]") && d.deleted)
+    );
     let actions: BTreeMap<String, Action> = p
         .changes
         .iter()
@@ -285,7 +318,11 @@ async fn refresh_is_batched() {
     assert!(p.is_empty());
     let after = w.fake.calls();
     // 252 objects, batches of 100: 3 calls, none of them single reads.
-    assert_eq!(after.get("read_batch").copied().unwrap_or(0) - before.get("read_batch").copied().unwrap_or(0), 3);
+    assert_eq!(
+        after.get("read_batch").copied().unwrap_or(0)
+            - before.get("read_batch").copied().unwrap_or(0),
+        3
+    );
     assert_eq!(after.get("read"), before.get("read"));
 }
 
@@ -335,7 +372,9 @@ async fn an_open_create_entry_is_adopted_and_a_missing_one_cleared() {
         ])
         .expect("commit");
     let snap = w.store.load().expect("load");
-    let notes = recover(&w.providers, w.store.as_ref(), &snap).await.expect("recover");
+    let notes = recover(&w.providers, w.store.as_ref(), &snap)
+        .await
+        .expect("recover");
     assert_eq!(notes.len(), 2);
     let snap = w.store.load().expect("load");
     assert!(snap.journal.is_empty());

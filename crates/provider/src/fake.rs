@@ -172,7 +172,10 @@ impl Provider for FakeProvider {
         let id = format!("fake-{}", inner.next);
         let mut attrs = req.attrs.clone();
         if req.kind == "machine" && !attrs.contains_key("address") {
-            attrs.insert("address".into(), Value::String(format!("10.9.0.{}", inner.next)));
+            attrs.insert(
+                "address".into(),
+                Value::String(format!("10.9.0.{}", inner.next)),
+            );
         }
         let o = Object {
             kind: req.kind.clone(),

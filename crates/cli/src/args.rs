@@ -1,0 +1,261 @@
+//! Command-line arguments (clap). Parsing only: no logic here.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Plan and apply Flatcar Container Linux clusters.
+#[derive(Debug, Parser)]
+#[command(name = "clusterform", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Plain output without colours (also when NO_COLOR is set).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// More log output on stderr (-v info, -vv debug); CLUSTERFORM_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a cluster file: syntax, references, dependency cycles, provider settings.
+    Validate {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
+    /// Show what apply would change.
+    Plan(PlanArgs),
+    /// Make the providers match the cluster file (or run a saved plan).
+    Apply(ApplyArgs),
+    /// Delete every object of the cluster, in reverse dependency order.
+    Destroy(DestroyArgs),
+    /// Show the state (or a saved plan file).
+    Show {
+        /// The cluster file, or a plan file written by `plan --out`.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or edit the state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Remove a lock left by a process that is gone.
+    ForceUnlock {
+        /// [cluster file] and the lock id (from the "locked" message).
+        #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ID")]
+        args: Vec<String>,
+    },
+    /// Print the dependency graph.
+    Graph {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// dot (Graphviz source) or svg (needs Graphviz `dot` installed).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Look at or change the simulated cloud (the `sim` provider) directly.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+/// Graph output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz source.
+    Dot,
+    /// An SVG drawn by Graphviz.
+    Svg,
+}
+
+/// Flags shared by plan, apply and destroy.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Operations in flight at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: u32,
+    /// Wait this long for a state lock held by another run (e.g. 30s).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+/// `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The cluster file.
+    #[arg(default_value = "cluster.toml")]
+    pub file: PathBuf,
+    /// Save the plan here, for `apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Plan the destruction of everything.
+    #[arg(long)]
+    pub destroy: bool,
+    /// Shared flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The cluster file, or a plan file written by `plan --out`.
+    #[arg(default_value = "cluster.toml")]
+    pub file: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Shared flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `destroy`.
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The cluster file.
+    #[arg(default_value = "cluster.toml")]
+    pub file: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Shared flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `state ...`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List the addresses in the state.
+    List {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
+    /// Show one resource's record.
+    Show {
+        /// [cluster file] and the address.
+        #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ADDR")]
+        args: Vec<String>,
+    },
+    /// Forget resources (the objects stay at the provider).
+    Rm {
+        /// [cluster file] and one or more addresses.
+        #[arg(num_args = 1.., required = true, value_name = "FILE] [ADDR")]
+        args: Vec<String>,
+    },
+}
+
+/// `sim ...`.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// List the objects in the simulated cloud.
+    List {
+        /// Only this cluster's objects.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The sim folder (default: CLUSTERFORM_SIM_DIR, then the XDG data dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Object counts by kind, duplicates, and API calls by method.
+    Stats {
+        /// The sim folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Delete an object behind clusterform's back (to try drift).
+    Delete {
+        /// The object id.
+        id: String,
+        /// The sim folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Change an attribute behind clusterform's back (to try drift): KEY=VALUE, VALUE as JSON or a plain string.
+    Set {
+        /// The object id.
+        id: String,
+        /// KEY=VALUE.
+        assignment: String,
+        /// The sim folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Accept Terraform's single-dash long flags (`-out=FILE`, `-auto-approve`,
+/// `-detailed-exitcode`...) by turning them into `--` flags.
+pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const LONG: &[&str] = &[
+        "out",
+        "json",
+        "detailed-exitcode",
+        "destroy",
+        "auto-approve",
+        "parallelism",
+        "lock-timeout",
+        "no-color",
+        "format",
+    ];
+    args.into_iter()
+        .map(|a| {
+            if let Some(s) = a.to_str()
+                && let Some(rest) = s.strip_prefix('-')
+                && !rest.starts_with('-')
+            {
+                let name = rest.split('=').next().unwrap_or(rest);
+                if LONG.contains(&name) {
+                    return OsString::from(format!("-{s}"));
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_dash_long_flags_are_accepted() {
+        let v = normalize(
+            [
+                "clusterform",
+                "plan",
+                "-out=x.plan",
+                "-v",
+                "-detailed-exitcode",
+            ]
+            .map(OsString::from),
+        );
+        assert_eq!(
+            v,
+            [
+                "clusterform",
+                "plan",
+                "--out=x.plan",
+                "-v",
+                "--detailed-exitcode"
+            ]
+            .map(OsString::from)
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! `apply` (from the cluster file or a saved plan) and `destroy`: plan, confirm, walk,
+//! summarize; Ctrl-C once stops starting operations, twice aborts.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clusterform_core::Plan;
+use clusterform_engine::{ApplyOptions, ClusterInfo, Providers};
+use clusterform_state::{Snapshot, StateStore};
+use miette::Result;
+
+use crate::args::{ApplyArgs, DestroyArgs, RunArgs};
+use crate::commands::plan::prepare;
+use crate::context;
+use crate::planfile::PlanFile;
+use crate::{errors, progress, render};
+
+/// Exit code after an interrupt.
+const INTERRUPTED: u8 = 130;
+
+/// `clusterform apply`.
+pub async fn apply(a: ApplyArgs) -> Result<u8> {
+    if let Some(pf) = PlanFile::read(&a.file)? {
+        return apply_saved(pf, &a.run).await;
+    }
+    let ctx = context::load(&a.file)?;
+    let p = prepare(&ctx, false, &a.run, "apply").await?;
+    print!("{}", render::recoveries(&p.recovered));
+    print!("{}", render::plan(&p.plan));
+    if p.plan.is_empty() {
+        return Ok(0);
+    }
+    if !a.auto_approve
+        && !confirm(
+            "Do you want to perform these actions?",
+            "clusterform will perform the actions described above.",
+        )?
+    {
+        println!("\nApply cancelled.");
+        return Ok(1);
+    }
+    run(
+        &p.plan,
+        &p.snapshot,
+        &ctx.providers,
+        ctx.store.clone(),
+        &ctx.cluster,
+        &a.run,
+        false,
+    )
+    .await
+}
+
+/// `clusterform destroy`.
+pub async fn destroy(a: DestroyArgs) -> Result<u8> {
+    let ctx = context::load(&a.file)?;
+    let p = prepare(&ctx, true, &a.run, "destroy").await?;
+    print!("{}", render::recoveries(&p.recovered));
+    print!("{}", render::plan(&p.plan));
+    if p.plan.is_empty() {
+        return Ok(0);
+    }
+    if !a.auto_approve
+        && !confirm(
+            "Do you really want to destroy all resources?",
+            "clusterform will destroy all the objects of this cluster. There is no undo.",
+        )?
+    {
+        println!("\nDestroy cancelled.");
+        return Ok(1);
+    }
+    run(
+        &p.plan,
+        &p.snapshot,
+        &ctx.providers,
+        ctx.store.clone(),
+        &ctx.cluster,
+        &a.run,
+        true,
+    )
+    .await
+}
+
+async fn apply_saved(pf: PlanFile, run_args: &RunArgs) -> Result<u8> {
+    let providers =
+        context::build_providers(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
+            errors::plain(format!("provider `{name}` in the plan file: {msg}"))
+        })?;
+    let store = context::open_location(&pf.state);
+    let guard = store
+        .lock("apply", run_args.lock_timeout)
+        .map_err(errors::state)?;
+    if let Some(note) = guard.note() {
+        eprintln!("note: {note}");
+    }
+    let snapshot = store.load().map_err(errors::state)?;
+    let plan = &pf.plan;
+    // A plan made against an empty state has no lineage yet; the serial tells.
+    let other_lineage = plan.state_lineage.is_some() && snapshot.lineage != plan.state_lineage;
+    if other_lineage || snapshot.serial != plan.state_serial || !snapshot.journal.is_empty() {
+        let why = if other_lineage {
+            "it belongs to a different state (lineage differs)".to_string()
+        } else if !snapshot.journal.is_empty() {
+            "the state has unfinished operations to resolve first".to_string()
+        } else {
+            format!(
+                "the state moved from serial {} to {}",
+                plan.state_serial, snapshot.serial
+            )
+        };
+        return Err(errors::hint(
+            format!("the saved plan is stale: {why}"),
+            format!(
+                "make a new plan: clusterform plan {} --out FILE",
+                pf.cluster_file.display()
+            ),
+        ));
+    }
+    print!("{}", render::plan(plan));
+    if plan.is_empty() {
+        return Ok(0);
+    }
+    let cluster = ClusterInfo {
+        name: plan.cluster.clone(),
+        expires_after: pf.expires_after_secs.map(std::time::Duration::from_secs),
+    };
+    let code = run(
+        plan,
+        &snapshot,
+        &providers,
+        store,
+        &cluster,
+        run_args,
+        plan.destroy,
+    )
+    .await;
+    drop(guard);
+    code
+}
+
+async fn run(
+    plan: &Plan,
+    snapshot: &Snapshot,
+    providers: &Providers,
+    store: Arc<dyn StateStore>,
+    cluster: &ClusterInfo,
+    run_args: &RunArgs,
+    destroy: bool,
+) -> Result<u8> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupts = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut count = 0;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                count += 1;
+                if count == 1 {
+                    stop.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "\nInterrupt received: finishing the operations in flight and starting no new ones. Press Ctrl-C again to abort at once."
+                    );
+                } else {
+                    eprintln!(
+                        "\nAborted. The state journal records what was in flight; the next run resolves it."
+                    );
+                    std::process::exit(i32::from(INTERRUPTED));
+                }
+            }
+        })
+    };
+    println!();
+    let options = ApplyOptions {
+        parallelism: run_args.parallelism as usize,
+        stop: stop.clone(),
+        ..ApplyOptions::default()
+    };
+    let report = clusterform_engine::apply(
+        plan,
+        &snapshot.resources,
+        providers,
+        store,
+        cluster,
+        &options,
+        progress::observer(),
+    )
+    .await
+    .map_err(errors::engine);
+    interrupts.abort();
+    let report = report?;
+    tracing::info!(
+        "walk finished in {:.3}s, critical path {} operations, {} state serial",
+        report.elapsed.as_secs_f64(),
+        report.critical_path,
+        report.serial
+    );
+    print!("\n{}", render::apply_summary(&report, destroy));
+    if stop.load(Ordering::SeqCst) {
+        return Ok(INTERRUPTED);
+    }
+    Ok(if report.success() { 0 } else { 1 })
+}
+
+/// Ask for "yes" on stdin.
+fn confirm(question: &str, detail: &str) -> Result<bool> {
+    let mut out = std::io::stdout();
+    let _ = write!(
+        out,
+        "\n{}\n  {detail}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ",
+        crate::style::bold(question)
+    );
+    let _ = out.flush();
+    let mut line = String::new();
+    let stdin = std::io::stdin();
+    if stdin.lock().read_line(&mut line).is_err() || line.is_empty() {
+        if !stdin.is_terminal() {
+            return Err(errors::hint(
+                "no answer to the confirmation (standard input is closed)",
+                "pass --auto-approve to run without asking",
+            ));
+        }
+        return Ok(false);
+    }
+    Ok(line.trim() == "yes")
+}

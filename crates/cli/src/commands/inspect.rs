@@ -1,0 +1,247 @@
+//! Commands that read (or hand-edit) without planning: validate, show, state list/show/rm,
+//! force-unlock, graph.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clusterform_core::{Address, ResourceState};
+use clusterform_state::Mutation;
+use miette::Result;
+use serde_json::json;
+
+use crate::args::{GraphFormat, StateCommand};
+use crate::context::{self, split_file_arg};
+use crate::planfile::PlanFile;
+use crate::{errors, render};
+
+/// `clusterform validate`.
+pub fn validate(file: &Path) -> Result<u8> {
+    let ctx = context::load(file)?;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &ctx.model.resources {
+        *kinds.entry(r.address.kind.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!(
+        "{} is valid: cluster `{}`, {} resources ({}).",
+        file.display(),
+        ctx.cluster.name,
+        ctx.model.resources.len(),
+        counts.join(", ")
+    );
+    Ok(0)
+}
+
+fn record_text(r: &ResourceState) -> String {
+    let mut out = format!("# {}:\n{} {{\n", r.address, r.address);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", json!(r.id).to_string()),
+        ("provider", json!(r.provider).to_string()),
+    ];
+    for (k, v) in &r.attrs {
+        rows.push((k, v.to_string()));
+    }
+    if !r.dependencies.is_empty() {
+        let deps: Vec<String> = r.dependencies.iter().map(ToString::to_string).collect();
+        rows.push(("depends_on", json!(deps).to_string()));
+    }
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        out.push_str(&format!("    {k:<w$} = {v}\n"));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `clusterform show`.
+pub fn show(file: &Path, as_json: bool) -> Result<u8> {
+    if let Some(pf) = PlanFile::read(file)? {
+        if as_json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&render::plan_json(&pf.plan))
+                    .map_err(|e| errors::plain(e.to_string()))?
+            );
+        } else {
+            print!("{}", render::plan(&pf.plan));
+        }
+        return Ok(0);
+    }
+    let ctx = context::load(file)?;
+    let snap = ctx.store.load().map_err(errors::state)?;
+    if as_json {
+        let v = json!({
+            "format_version": "1",
+            "lineage": snap.lineage,
+            "serial": snap.serial,
+            "resources": snap.resources.values().collect::<Vec<_>>(),
+            "pending": snap.journal,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| errors::plain(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    if snap.resources.is_empty() {
+        println!(
+            "The state is empty. Run `clusterform apply {}` to create the cluster.",
+            file.display()
+        );
+        return Ok(0);
+    }
+    for r in snap.resources.values() {
+        println!("{}", record_text(r));
+    }
+    println!(
+        "serial {}, lineage {}",
+        snap.serial,
+        snap.lineage.unwrap_or_default()
+    );
+    Ok(0)
+}
+
+fn parse_addr(s: &str) -> Result<Address> {
+    s.parse::<Address>().map_err(|e| {
+        errors::hint(
+            e.to_string(),
+            "addresses look like `machine.workers[0]`; `clusterform state list` prints them",
+        )
+    })
+}
+
+/// `clusterform state ...`.
+pub fn state(cmd: StateCommand) -> Result<u8> {
+    match cmd {
+        StateCommand::List { file } => {
+            let ctx = context::load(&file)?;
+            let snap = ctx.store.load().map_err(errors::state)?;
+            let mut out = std::io::stdout().lock();
+            for a in snap.resources.keys() {
+                let _ = writeln!(out, "{a}");
+            }
+            Ok(0)
+        }
+        StateCommand::Show { args } => {
+            let (file, rest) = split_file_arg(&args);
+            let [addr] = rest else {
+                return Err(errors::hint(
+                    "`state show` takes one address",
+                    "clusterform state show cluster.toml machine.workers[0]",
+                ));
+            };
+            let addr = parse_addr(addr)?;
+            let ctx = context::load(&file)?;
+            let snap = ctx.store.load().map_err(errors::state)?;
+            match snap.resources.get(&addr) {
+                Some(r) => {
+                    print!("{}", record_text(r));
+                    Ok(0)
+                }
+                None => Err(errors::hint(
+                    format!("`{addr}` is not in the state"),
+                    "`clusterform state list` prints the addresses it has",
+                )),
+            }
+        }
+        StateCommand::Rm { args } => {
+            let (file, rest) = split_file_arg(&args);
+            if rest.is_empty() {
+                return Err(errors::hint(
+                    "`state rm` needs at least one address",
+                    "clusterform state rm cluster.toml machine.workers[0]",
+                ));
+            }
+            let addrs: Vec<Address> = rest.iter().map(|s| parse_addr(s)).collect::<Result<_>>()?;
+            let ctx = context::load(&file)?;
+            let _guard = ctx
+                .store
+                .lock("state rm", Duration::ZERO)
+                .map_err(errors::state)?;
+            let snap = ctx.store.load().map_err(errors::state)?;
+            let mut removed = Vec::new();
+            for a in &addrs {
+                let matching: Vec<&ResourceState> = snap
+                    .resources
+                    .values()
+                    .filter(|r| a.names(&r.address))
+                    .collect();
+                if matching.is_empty() {
+                    return Err(errors::hint(
+                        format!("`{a}` is not in the state; nothing was removed"),
+                        "`clusterform state list` prints the addresses it has",
+                    ));
+                }
+                removed.extend(matching);
+            }
+            ctx.store
+                .commit(
+                    &removed
+                        .iter()
+                        .map(|r| Mutation::Remove(r.address.clone()))
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(errors::state)?;
+            for r in removed {
+                println!(
+                    "Removed {} from the state (the object {} stays at provider `{}`).",
+                    r.address, r.id, r.provider
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `clusterform force-unlock [FILE] ID`.
+pub fn force_unlock(args: &[String]) -> Result<u8> {
+    let (file, rest) = split_file_arg(args);
+    let [id] = rest else {
+        return Err(errors::hint(
+            "force-unlock takes the lock id",
+            "clusterform force-unlock cluster.toml LOCK_ID",
+        ));
+    };
+    let ctx = context::load(&file)?;
+    let info = ctx.store.force_unlock(id).map_err(errors::state)?;
+    println!("Released {info}.");
+    Ok(0)
+}
+
+/// `clusterform graph`.
+pub fn graph(file: &Path, format: GraphFormat) -> Result<u8> {
+    let model = context::load_model(file)?;
+    let dot = model.graph.to_dot(&model.cluster.name);
+    match format {
+        GraphFormat::Dot => {
+            print!("{dot}");
+            Ok(0)
+        }
+        GraphFormat::Svg => {
+            let child = Command::new("dot")
+                .arg("-Tsvg")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::inherit())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(_) => {
+                    return Err(errors::hint(
+                        "`--format svg` needs Graphviz's `dot`, which is not installed",
+                        "install it (Debian/Ubuntu: `apt-get install graphviz`), or use `--format dot` and render elsewhere",
+                    ));
+                }
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(dot.as_bytes());
+            }
+            let status = child
+                .wait()
+                .map_err(|e| errors::plain(format!("`dot` failed: {e}")))?;
+            Ok(if status.success() { 0 } else { 1 })
+        }
+    }
+}

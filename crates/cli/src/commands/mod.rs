@@ -1,0 +1,25 @@
+//! The commands. Each returns the process exit code or an error report.
+
+mod apply;
+mod inspect;
+mod plan;
+mod sim;
+
+use miette::Result;
+
+use crate::args::{Cli, Command};
+
+/// Run the command `cli` names.
+pub async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Validate { file } => inspect::validate(&file),
+        Command::Plan(a) => plan::plan(a).await,
+        Command::Apply(a) => apply::apply(a).await,
+        Command::Destroy(a) => apply::destroy(a).await,
+        Command::Show { file, json } => inspect::show(&file, json),
+        Command::State(s) => inspect::state(s),
+        Command::ForceUnlock { args } => inspect::force_unlock(&args),
+        Command::Graph { file, format } => inspect::graph(&file, format),
+        Command::Sim(s) => sim::run(s),
+    }
+}

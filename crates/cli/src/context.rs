@@ -1,0 +1,163 @@
+//! What every command starts from: the loaded cluster file, its providers and its state
+//! store. The list of providers this build has lives here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clusterform_config::{Model, StateSettings};
+use clusterform_core::ProviderSchema;
+use clusterform_engine::{ClusterInfo, Providers};
+use clusterform_provider::{Provider, ProviderConfig};
+use clusterform_state::{LocalStore, StateStore};
+use miette::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::errors;
+
+/// The schemas of every provider this build has.
+pub fn schemas() -> Vec<ProviderSchema> {
+    vec![clusterform_provider_sim::schema()]
+}
+
+/// Where the state lives, as recorded in plan files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum StateLocation {
+    /// The local redb store.
+    Local {
+        /// Its folder.
+        path: PathBuf,
+    },
+}
+
+/// A loaded cluster file with its providers and state store.
+pub struct Context {
+    /// The cluster file, validated.
+    pub model: Model,
+    /// Its providers.
+    pub providers: Providers,
+    /// Their settings (no secrets: those come from the environment).
+    pub provider_configs: BTreeMap<String, ProviderConfig>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// Where it is.
+    pub state_location: StateLocation,
+    /// Name and expiry.
+    pub cluster: ClusterInfo,
+}
+
+/// Load and validate the cluster file (no provider or state access).
+pub fn load_model(file: &Path) -> Result<Model> {
+    if !file.exists() {
+        return Err(errors::hint(
+            format!("cluster file `{}` not found", file.display()),
+            "pass the path of a cluster.toml (see examples/), or run from its folder",
+        ));
+    }
+    clusterform_config::load(file, &schemas()).map_err(errors::config)
+}
+
+/// Load the cluster file, build its providers and open its state store.
+pub fn load(file: &Path) -> Result<Context> {
+    let model = load_model(file)?;
+    let base_dir = model
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+
+    // Every provider named anywhere: tables, the cluster default, resources.
+    let mut configs: BTreeMap<String, ProviderConfig> = BTreeMap::new();
+    for (name, block) in &model.providers {
+        configs.insert(name.clone(), block.config.clone().into_iter().collect());
+    }
+    if let Some(p) = &model.cluster.provider {
+        configs.entry(p.clone()).or_default();
+    }
+    for r in &model.resources {
+        configs.entry(r.provider.clone()).or_default();
+    }
+    let providers = build_providers(&configs, &base_dir).map_err(|(name, msg)| {
+        let span = model.providers.get(&name).map(|b| b.span);
+        errors::one(clusterform_config::diagnostic_at(
+            file,
+            &model.source,
+            span,
+            format!("provider `{name}`: {msg}"),
+            "in these settings".to_string(),
+            Some(format!(
+                "fix the `[provider.{name}]` table; see docs/CONFIG.md"
+            )),
+        ))
+    })?;
+
+    let (store, state_location) = open_store(&model)?;
+    let cluster = ClusterInfo {
+        name: model.cluster.name.clone(),
+        expires_after: model.cluster.expires_after,
+    };
+    Ok(Context {
+        model,
+        providers,
+        provider_configs: configs,
+        store,
+        state_location,
+        cluster,
+    })
+}
+
+/// Build providers from their settings; on error returns (provider, message).
+pub fn build_providers(
+    configs: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+) -> std::result::Result<Providers, (String, String)> {
+    let mut providers = Providers::new();
+    for (name, config) in configs {
+        let p: Arc<dyn Provider> = match name.as_str() {
+            "sim" => Arc::new(
+                clusterform_provider_sim::SimProvider::from_config(config, base_dir)
+                    .map_err(|e| (name.clone(), e.to_string()))?,
+            ),
+            other => {
+                return Err((
+                    other.to_string(),
+                    "this build has no such provider yet (available: sim)".to_string(),
+                ));
+            }
+        };
+        providers.insert(p);
+    }
+    Ok(providers)
+}
+
+fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {
+    match &model.state {
+        StateSettings::Local { path } => Ok((
+            Arc::new(LocalStore::new(path.clone())),
+            StateLocation::Local { path: path.clone() },
+        )),
+        StateSettings::Etcd { .. } => Err(errors::hint(
+            "the etcd state backend is not available in this build yet",
+            "remove `backend = \"etcd\"` from `[state]` to use the local store",
+        )),
+    }
+}
+
+/// Open the store a plan file points at.
+pub fn open_location(location: &StateLocation) -> Arc<dyn StateStore> {
+    match location {
+        StateLocation::Local { path } => Arc::new(LocalStore::new(path.clone())),
+    }
+}
+
+/// Split `[FILE] REST...` arguments: the first is the cluster file when it ends in
+/// `.toml` or names an existing file; otherwise the file is `cluster.toml`.
+pub fn split_file_arg(args: &[String]) -> (PathBuf, &[String]) {
+    match args.split_first() {
+        Some((first, rest)) if first.ends_with(".toml") || Path::new(first).is_file() => {
+            (PathBuf::from(first), rest)
+        }
+        _ => (PathBuf::from("cluster.toml"), args),
+    }
+}

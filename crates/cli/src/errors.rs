@@ -1,0 +1,138 @@
+//! Error reports: config diagnostics become miette reports with the source snippet;
+//! everything else gets a message and a hint. This is the only place errors are rendered.
+
+use std::sync::Arc;
+
+use clusterform_config::{Diagnostic as ConfigDiagnostic, Diagnostics};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+
+/// Set up miette's renderer: unicode, colour only when asked, a stable width.
+pub fn install_hook(color: bool) {
+    let _ = miette::set_hook(Box::new(move |_| {
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        Box::new(
+            GraphicalReportHandler::new_themed(theme)
+                .with_width(100)
+                .with_links(false),
+        )
+    }));
+}
+
+/// One located problem in a file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+pub struct SourceError {
+    message: String,
+    #[source_code]
+    src: NamedSource<Arc<str>>,
+    #[label("{label}")]
+    span: Option<SourceSpan>,
+    label: String,
+    #[help]
+    help: Option<String>,
+}
+
+impl From<&ConfigDiagnostic> for SourceError {
+    fn from(d: &ConfigDiagnostic) -> Self {
+        SourceError {
+            message: d.to_string(),
+            src: NamedSource::new(d.path.display().to_string(), d.source.clone()),
+            span: d.span.map(|s| SourceSpan::new(s.offset.into(), s.len)),
+            label: d.label.clone(),
+            help: d.help.clone(),
+        }
+    }
+}
+
+/// All the problems found in a cluster file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{}", headline(.errors))]
+pub struct ConfigReport {
+    #[related]
+    errors: Vec<SourceError>,
+}
+
+fn headline(errors: &[SourceError]) -> String {
+    match errors.len() {
+        1 => "the cluster file has an error".to_string(),
+        n => format!("the cluster file has {n} errors"),
+    }
+}
+
+/// Turn config diagnostics into a report.
+pub fn config(d: Diagnostics) -> miette::Report {
+    let mut errors: Vec<SourceError> = d.0.iter().map(SourceError::from).collect();
+    if errors.len() == 1
+        && let Some(only) = errors.pop()
+    {
+        return miette::Report::new(only);
+    }
+    miette::Report::new(ConfigReport { errors })
+}
+
+/// Turn one config diagnostic into a report.
+pub fn one(d: ConfigDiagnostic) -> miette::Report {
+    config(Diagnostics(vec![d]))
+}
+
+/// An error with a hint.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+pub struct Hinted {
+    message: String,
+    #[help]
+    help: Option<String>,
+}
+
+/// An error message with what to do about it.
+pub fn hint(message: impl Into<String>, help: impl Into<String>) -> miette::Report {
+    miette::Report::new(Hinted {
+        message: message.into(),
+        help: Some(help.into()),
+    })
+}
+
+/// An error message without a hint.
+pub fn plain(message: impl Into<String>) -> miette::Report {
+    miette::Report::new(Hinted {
+        message: message.into(),
+        help: None,
+    })
+}
+
+/// A state error with what to do.
+pub fn state(e: clusterform_state::StateError) -> miette::Report {
+    use clusterform_state::StateError as S;
+    let help = match &e {
+        S::Locked { holder, .. } => format!(
+            "wait for that run to finish (or pass --lock-timeout 60s to wait); if its process is gone, run `clusterform force-unlock {}`",
+            holder.id
+        ),
+        S::Corrupt { .. } => "restore the state folder from a backup; do not delete it, the machines it records would be orphaned".to_string(),
+        S::Version { .. } => "use a newer clusterform".to_string(),
+        S::WrongLockId { .. } => "use the id from the lock message, or `clusterform state list` to see the current holder".to_string(),
+        _ => "check that the state folder exists and is writable".to_string(),
+    };
+    hint(e.to_string(), help)
+}
+
+/// An engine error with what to do.
+pub fn engine(e: clusterform_engine::EngineError) -> miette::Report {
+    use clusterform_engine::EngineError as E;
+    match e {
+        E::State(s) => state(s),
+        E::NoProvider(p) => hint(
+            format!("provider `{p}` is not configured"),
+            format!("add a `[provider.{p}]` table to the cluster file"),
+        ),
+        E::Refresh { .. } | E::Recover { .. } => hint(
+            e.to_string(),
+            "check the provider's settings and reachability, then run the command again",
+        ),
+        other => plain(other.to_string()),
+    }
+}

@@ -1,0 +1,318 @@
+//! Terraform-style text for plans and apply results, and the JSON forms.
+
+use std::fmt::Write as _;
+
+use clusterform_core::{Action, Change, Plan, Value};
+use clusterform_engine::{ApplyReport, Outcome, Recovery};
+use serde_json::json;
+
+use crate::style::{bold, dim, green, red, yellow};
+
+fn value(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn symbol_colored(a: Action) -> String {
+    match a {
+        Action::Create => green("+"),
+        Action::Update => yellow("~"),
+        Action::Delete => red("-"),
+        Action::Replace => format!("{}/{}", red("-"), green("+")),
+        Action::NoOp => " ".to_string(),
+    }
+}
+
+/// Notes about journal entries resolved before planning.
+pub fn recoveries(notes: &[Recovery]) -> String {
+    let mut out = String::new();
+    if notes.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{}\n",
+        bold(&format!(
+            "Resolved {} unfinished operation(s) from an earlier run:",
+            notes.len()
+        ))
+    );
+    for n in notes {
+        let _ = writeln!(
+            out,
+            "  - {} ({}): {}",
+            n.address,
+            n.action.name(),
+            n.resolution
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// The whole plan as text.
+pub fn plan(p: &Plan) -> String {
+    let mut out = String::new();
+    if !p.drift.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}\n",
+            bold("Note: Objects have changed outside of clusterform")
+        );
+        for d in &p.drift {
+            if d.deleted {
+                let _ = writeln!(out, "  # {} has been deleted", bold(&d.address.to_string()));
+            } else {
+                let _ = writeln!(out, "  # {} has changed", bold(&d.address.to_string()));
+                let w = d.changed.iter().map(|c| c.0.len()).max().unwrap_or(0);
+                for (k, before, after) in &d.changed {
+                    let _ = writeln!(
+                        out,
+                        "    {} {k:<w$} = {} -> {}",
+                        yellow("~"),
+                        value(before),
+                        value(after)
+                    );
+                }
+            }
+        }
+        out.push('\n');
+    }
+    if p.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} Your cluster matches the configuration; nothing to do.",
+            bold("No changes.")
+        );
+        return out;
+    }
+    if !p.changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "Resource actions are indicated with the following symbols:"
+        );
+        let used = |a: Action| p.changes.iter().any(|c| c.action == a);
+        if used(Action::Create) {
+            let _ = writeln!(out, "  {} create", green("+"));
+        }
+        if used(Action::Update) {
+            let _ = writeln!(out, "  {} update in-place", yellow("~"));
+        }
+        if used(Action::Delete) {
+            let _ = writeln!(out, "  {} destroy", red("-"));
+        }
+        if used(Action::Replace) {
+            let _ = writeln!(
+                out,
+                "{} destroy and then create replacement",
+                symbol_colored(Action::Replace)
+            );
+        }
+        let _ = writeln!(out, "\nclusterform will perform the following actions:\n");
+        for c in &p.changes {
+            change(&mut out, c);
+        }
+    }
+    for a in &p.forget {
+        let _ = writeln!(out, "  # {a} is gone and will be removed from the state\n");
+    }
+    let s = p.summary();
+    let _ = writeln!(
+        out,
+        "{} {} to add, {} to change, {} to destroy.",
+        bold("Plan:"),
+        s.add,
+        s.change,
+        s.destroy
+    );
+    out
+}
+
+fn change(out: &mut String, c: &Change) {
+    let reason = if c.action == Action::Replace && !c.replace_because.is_empty() {
+        format!(" (because {} changed)", c.replace_because.join(", "))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "  # {} {}{}",
+        bold(&c.address.to_string()),
+        c.action.phrase(),
+        reason
+    );
+    let sym = symbol_colored(c.action);
+    let pad = if c.action == Action::Replace {
+        ""
+    } else {
+        "  "
+    };
+    let _ = writeln!(out, "{pad}{sym} {} {{", c.address);
+
+    let empty = Default::default();
+    let before = c.before.as_ref().unwrap_or(&empty);
+    let after = c.after.as_ref().unwrap_or(&empty);
+    let unknown = |k: &str| c.after_unknown.iter().any(|u| u == k);
+    // Rows: (marker, name, text).
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut hidden = 0;
+    match c.action {
+        Action::Create => {
+            let mut keys: Vec<&String> = after.keys().chain(c.after_unknown.iter()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let v = if unknown(k) {
+                    dim("(known after apply)")
+                } else {
+                    value(&after[k.as_str()])
+                };
+                rows.push((green("+"), k.clone(), v));
+            }
+        }
+        Action::Delete => {
+            let id = c.id.clone().map(Value::String).unwrap_or(Value::Null);
+            let mut all: Vec<(&str, &Value)> =
+                before.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            if !before.contains_key("id") {
+                all.push(("id", &id));
+            }
+            all.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in all {
+                rows.push((red("-"), k.to_string(), format!("{} -> null", value(v))));
+            }
+        }
+        Action::Update | Action::Replace => {
+            if let Some(id) = &c.id {
+                if c.action == Action::Replace {
+                    rows.push((
+                        yellow("~"),
+                        "id".into(),
+                        format!(
+                            "{} -> {}",
+                            value(&Value::String(id.clone())),
+                            dim("(known after apply)")
+                        ),
+                    ));
+                } else {
+                    rows.push((" ".into(), "id".into(), value(&Value::String(id.clone()))));
+                }
+            }
+            let mut keys: Vec<&String> = c.changed.iter().collect();
+            keys.sort();
+            for k in keys {
+                let old = before
+                    .get(k.as_str())
+                    .map(value)
+                    .unwrap_or_else(|| "null".into());
+                let new = if unknown(k) {
+                    dim("(known after apply)")
+                } else {
+                    after
+                        .get(k.as_str())
+                        .map(value)
+                        .unwrap_or_else(|| "null".into())
+                };
+                let forces = if c.replace_because.contains(k) {
+                    format!(" {}", red("# forces replacement"))
+                } else {
+                    String::new()
+                };
+                rows.push((yellow("~"), k.clone(), format!("{old} -> {new}{forces}")));
+            }
+            hidden = before
+                .keys()
+                .filter(|k| k.as_str() != "id" && !c.changed.contains(k))
+                .count();
+        }
+        Action::NoOp => {}
+    }
+    let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    for (m, k, v) in rows {
+        let _ = writeln!(out, "      {m} {k:<w$} = {v}");
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "        {}",
+            dim(&format!("# ({hidden} unchanged attributes hidden)"))
+        );
+    }
+    let _ = writeln!(out, "    }}\n");
+}
+
+/// The plan as JSON for machines (`plan --json`).
+pub fn plan_json(p: &Plan) -> serde_json::Value {
+    let s = p.summary();
+    json!({
+        "format_version": "1",
+        "cluster": p.cluster,
+        "destroy": p.destroy,
+        "state": { "lineage": p.state_lineage, "serial": p.state_serial },
+        "summary": { "add": s.add, "change": s.change, "destroy": s.destroy, "unchanged": p.unchanged },
+        "resource_changes": p.changes,
+        "drift": p.drift,
+        "forget": p.forget,
+    })
+}
+
+/// The end of an apply or destroy.
+pub fn apply_summary(r: &ApplyReport, destroy: bool) -> String {
+    let mut out = String::new();
+    for (addr, _, o) in &r.outcomes {
+        match o {
+            Outcome::Failed(e) => {
+                let _ = writeln!(out, "{} {addr}: {e}", red("Error:"));
+            }
+            Outcome::Skipped(cause) => {
+                let _ = writeln!(
+                    out,
+                    "{} {addr}: skipped because `{cause}` failed",
+                    yellow("Skipped:")
+                );
+            }
+            Outcome::Cancelled => {
+                let _ = writeln!(
+                    out,
+                    "{} {addr}: not started (interrupted)",
+                    yellow("Cancelled:")
+                );
+            }
+            Outcome::Done => {}
+        }
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    let head = match (r.success(), destroy) {
+        (true, false) => green(&bold("Apply complete!")),
+        (true, true) => green(&bold("Destroy complete!")),
+        (false, false) => red(&bold("Apply failed.")),
+        (false, true) => red(&bold("Destroy failed.")),
+    };
+    let _ = write!(
+        out,
+        "{head} Resources: {} added, {} changed, {} destroyed.",
+        r.added, r.changed, r.destroyed
+    );
+    let mut extra = Vec::new();
+    if r.failed() > 0 {
+        extra.push(format!("{} failed", r.failed()));
+    }
+    if r.skipped() > 0 {
+        extra.push(format!("{} skipped", r.skipped()));
+    }
+    if r.cancelled() > 0 {
+        extra.push(format!("{} not started", r.cancelled()));
+    }
+    if r.retries > 0 {
+        extra.push(format!("{} retries", r.retries));
+    }
+    if !extra.is_empty() {
+        let _ = write!(out, " ({})", extra.join(", "));
+    }
+    out.push('\n');
+    out
+}

@@ -1,0 +1,62 @@
+//! Colour on or off (`--no-color`, `NO_COLOR`, not a terminal) and the few styles used.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use owo_colors::OwoColorize;
+
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Decide once whether to colour output; returns the decision.
+pub fn init(no_color: bool) -> bool {
+    let on = !no_color
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::stdout().is_terminal();
+    COLOR.store(on, Ordering::SeqCst);
+    on
+}
+
+fn on() -> bool {
+    COLOR.load(Ordering::Relaxed)
+}
+
+/// Green (create).
+pub fn green(s: &str) -> String {
+    if on() {
+        s.green().to_string()
+    } else {
+        s.to_string()
+    }
+}
+/// Yellow (update).
+pub fn yellow(s: &str) -> String {
+    if on() {
+        s.yellow().to_string()
+    } else {
+        s.to_string()
+    }
+}
+/// Red (delete, errors).
+pub fn red(s: &str) -> String {
+    if on() {
+        s.red().to_string()
+    } else {
+        s.to_string()
+    }
+}
+/// Bold.
+pub fn bold(s: &str) -> String {
+    if on() {
+        s.bold().to_string()
+    } else {
+        s.to_string()
+    }
+}
+/// Dim (hints, unchanged).
+pub fn dim(s: &str) -> String {
+    if on() {
+        s.dimmed().to_string()
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,170 @@
+//! The smaller commands: validate, graph, state list/show/rm, force-unlock, sim.
+
+use clusterform_tests::{World, dev_test};
+
+#[test]
+fn validate_and_graph() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 2, "s", ""));
+    let r = w.run_ok(&["validate", "cluster.toml"], 0);
+    assert!(
+        r.stdout.contains("4 resources (3 machine, 1 network)"),
+        "{}",
+        r.stdout
+    );
+    let r = w.run_ok(&["graph", "cluster.toml"], 0);
+    assert!(r.stdout.starts_with("digraph \"demo\" {"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("\"machine.central[0]\" -> \"machine.workers[1]\";"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("\"network.main\" -> \"machine.central[0]\";"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn state_list_show_rm() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    let r = w.run_ok(&["state", "list", "cluster.toml"], 0);
+    assert_eq!(
+        r.stdout,
+        "machine.central[0]\nmachine.workers[0]\nnetwork.main\n"
+    );
+    // The cluster file defaults to ./cluster.toml.
+    let r = w.run_ok(&["state", "show", "machine.central[0]"], 0);
+    assert!(
+        r.stdout.contains("address") && r.stdout.contains("\"10.0.0.101\""),
+        "{}",
+        r.stdout
+    );
+    let r = w.run_ok(&["state", "rm", "cluster.toml", "machine.workers[0]"], 0);
+    assert!(
+        r.stdout.contains("Removed machine.workers[0]"),
+        "{}",
+        r.stdout
+    );
+    let r = w.run_ok(&["state", "list"], 0);
+    assert_eq!(r.stdout, "machine.central[0]\nnetwork.main\n");
+    // The object is still in the cloud; the next plan wants a new one.
+    assert_eq!(w.objects().len(), 3);
+    let r = w.run_ok(&["state", "rm", "machine.nope"], 1);
+    assert!(r.stderr.contains("is not in the state"), "{}", r.stderr);
+}
+
+#[test]
+fn force_unlock_needs_the_right_id_and_clears_a_stale_lock() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    std::fs::create_dir_all(w.path().join(".clusterform")).expect("mkdir");
+    let stale = r#"{"id":"1111-dead","operation":"apply","user":"someone","host":"elsewhere","pid":999999,"started_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#;
+    w.write(".clusterform/lock", stale);
+    let r = w.run_ok(&["force-unlock", "cluster.toml", "wrong-id"], 1);
+    assert!(
+        r.stderr.contains("not locked with id `wrong-id`"),
+        "{}",
+        r.stderr
+    );
+    let r = w.run_ok(&["force-unlock", "cluster.toml", "1111-dead"], 0);
+    assert!(r.stdout.contains("Released lock 1111-dead"), "{}", r.stdout);
+}
+
+#[test]
+fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_note() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    std::fs::create_dir_all(w.path().join(".clusterform")).expect("mkdir");
+    let stale = r#"{"id":"2222-dead","operation":"apply","user":"someone","host":"here","pid":999999,"started_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#;
+    w.write(".clusterform/lock", stale);
+    let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    assert!(
+        r.stderr.contains("2222-dead") && r.stderr.contains("999999"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn sim_commands_make_drift_that_plan_sees() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 2, "s", ""));
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    let sim = w.sim_dir();
+    let sim = sim.to_str().expect("utf-8");
+    let ids = w.state_ids("cluster.toml");
+    let id = |addr: &str| {
+        ids.iter()
+            .find(|(a, _)| a == addr)
+            .map(|x| x.1.clone())
+            .expect("id")
+    };
+    w.run_ok(
+        &[
+            "sim",
+            "set",
+            &id("machine.workers[0]"),
+            "size=tiny",
+            "--dir",
+            sim,
+        ],
+        0,
+    );
+    w.run_ok(
+        &["sim", "delete", &id("machine.workers[1]"), "--dir", sim],
+        0,
+    );
+    let r = w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 2);
+    assert!(
+        r.stdout
+            .contains("Objects have changed outside of clusterform"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("# machine.workers[1] has been deleted"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("Plan: 1 to add, 1 to change, 0 to destroy."),
+        "{}",
+        r.stdout
+    );
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 0);
+    w.assert_state_matches_cloud("cluster.toml");
+    let r = w.run_ok(&["sim", "stats", "--dir", sim], 0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["duplicates"], 0);
+}
+
+#[test]
+fn examples_all_validate_and_plan() {
+    let root = clusterform_tests::workspace_root().join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).expect("examples/") {
+        let dir = entry.expect("entry").path();
+        for f in std::fs::read_dir(&dir).expect("example dir") {
+            let f = f.expect("entry").path();
+            if f.extension().is_some_and(|e| e == "toml") {
+                // Copy so the example's folder gets no state.
+                let w = World::new();
+                let text = std::fs::read_to_string(&f).expect("read");
+                w.write("cluster.toml", &text);
+                w.run_ok(&["validate", "cluster.toml"], 0);
+                let r = w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 2);
+                assert!(r.stdout.contains("to add"), "{}: {}", f.display(), r.stdout);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 1, "no example cluster files found");
+}
