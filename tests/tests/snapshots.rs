@@ -20,7 +20,16 @@ fn plan_create_dev_test() {
 fn plan_no_changes() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     insta::assert_snapshot!(plan_text(&w));
 }
 
@@ -28,7 +37,16 @@ fn plan_no_changes() {
 fn plan_update_in_place() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     w.write("cluster.toml", &dev_test("demo", 1, "4cpu-8gb", ""));
     insta::assert_snapshot!(plan_text(&w));
 }
@@ -37,7 +55,16 @@ fn plan_update_in_place() {
 fn plan_replace_because_network_changed() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     let changed = dev_test("demo", 1, "2cpu-4gb", "").replace("10.0.0.0/16", "10.0.0.0/17");
     w.write("cluster.toml", &changed);
     insta::assert_snapshot!(plan_text(&w));
@@ -47,7 +74,16 @@ fn plan_replace_because_network_changed() {
 fn plan_scale_down_destroys_workers() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 3, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
     insta::assert_snapshot!(plan_text(&w));
 }
@@ -56,7 +92,16 @@ fn plan_scale_down_destroys_workers() {
 fn plan_drift_outside_clusterform() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 2, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     let cloud = w.cloud();
     let objs = w.objects();
     let find = |addr: &str| {
@@ -84,7 +129,16 @@ fn plan_drift_outside_clusterform() {
 fn plan_destroy() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
     let r = w.run_ok(&["plan", "cluster.toml", "--destroy"], 0);
     insta::assert_snapshot!(r.stdout);
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use clusterform_core::{Action, Change, Plan, Value};
-use clusterform_engine::{ApplyReport, Outcome, Recovery};
+use clusterform_engine::{ApplyReport, Outcome, Recovery, Resolution};
 use serde_json::json;
 
 use crate::style::{bold, dim, green, red, yellow};
@@ -25,7 +25,8 @@ fn symbol_colored(a: Action) -> String {
     }
 }
 
-/// Notes about journal entries resolved before planning.
+/// Notes about journal entries resolved before planning: each adoption and removal,
+/// and a count of the operations that had not taken effect.
 pub fn recoveries(notes: &[Recovery]) -> String {
     let mut out = String::new();
     if notes.is_empty() {
@@ -35,17 +36,32 @@ pub fn recoveries(notes: &[Recovery]) -> String {
         out,
         "{}\n",
         bold(&format!(
-            "Resolved {} unfinished operation(s) from an earlier run:",
+            "Resolved {} unfinished operation(s) of an earlier run:",
             notes.len()
         ))
     );
+    let mut not_done = 0;
     for n in notes {
+        let what = match &n.resolution {
+            Resolution::Adopted(id) => {
+                format!("it had been created (id {id}); adopted into the state")
+            }
+            Resolution::Removed => "the delete had finished; removed from the state".to_string(),
+            Resolution::Refresh => {
+                "the update may or may not have happened; refresh reads the object as it is"
+                    .to_string()
+            }
+            Resolution::NotDone => {
+                not_done += 1;
+                continue;
+            }
+        };
+        let _ = writeln!(out, "  - {} ({}): {what}", n.address, n.action.name());
+    }
+    if not_done > 0 {
         let _ = writeln!(
             out,
-            "  - {} ({}): {}",
-            n.address,
-            n.action.name(),
-            n.resolution
+            "  - {not_done} operation(s) had not taken effect; nothing to adopt"
         );
     }
     out.push('\n');

@@ -201,6 +201,9 @@ pub fn critical_path(plan: &Plan) -> usize {
 
 struct Ctx {
     changes: Vec<Change>,
+    nodes: Vec<(usize, Phase)>,
+    /// The journal entry of each node, committed before the walk starts.
+    entries: Vec<JournalEntry>,
     providers: Providers,
     cluster: ClusterInfo,
     committer: Committer,
@@ -235,12 +238,32 @@ pub async fn apply(
     }
 
     let sched = schedule(&plan.changes);
+    // Journal every operation before any starts: one durable commit instead of one per
+    // dependency level. Entries of operations that never start are closed at the end;
+    // after a crash the next run resolves them (there is nothing to find for those).
+    let entries: Vec<JournalEntry> = sched
+        .nodes
+        .iter()
+        .map(|&(ci, phase)| journal_entry(&plan.changes[ci], phase))
+        .collect();
+    if !entries.is_empty() {
+        serial = committer
+            .commit(entries.iter().cloned().map(Mutation::JournalOpen).collect())
+            .await
+            .map_err(|e| {
+                EngineError::Internal(format!(
+                    "could not write the state journal, nothing was done: {e}"
+                ))
+            })?;
+    }
     let ids = current
         .iter()
         .map(|(a, r)| (a.clone(), r.id.clone()))
         .collect();
     let ctx = Arc::new(Ctx {
         changes: plan.changes.clone(),
+        nodes: sched.nodes.clone(),
+        entries,
         providers: providers.clone(),
         cluster: cluster.clone(),
         committer,
@@ -252,23 +275,32 @@ pub async fn apply(
     });
 
     let started = Instant::now();
-    let nodes = Arc::new(sched.nodes.clone());
     let results = {
         let ctx = ctx.clone();
-        let nodes = nodes.clone();
         walk(
             &sched.deps,
             options.parallelism,
             options.stop.clone(),
             move |n| {
                 let ctx = ctx.clone();
-                let (ci, phase) = nodes[n];
-                async move { run(&ctx, ci, phase).await }
+                async move { run(&ctx, n).await }
             },
         )
         .await
     };
     let elapsed = started.elapsed();
+
+    // Operations that never started: nothing was done, close their entries.
+    let unstarted: Vec<Mutation> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, NodeResult::Skipped(_) | NodeResult::Cancelled))
+        .map(|(n, _)| Mutation::JournalClose(ctx.entries[n].op_id.clone()))
+        .collect();
+    if !unstarted.is_empty() {
+        // If this fails the entries stay open and the next run clears them.
+        let _ = ctx.commit(unstarted).await;
+    }
 
     // Fold node results into one outcome per change.
     let mut per_change: Vec<Vec<(Phase, &NodeResult<String>)>> =
@@ -314,38 +346,47 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-async fn run(ctx: &Ctx, ci: usize, phase: Phase) -> Result<(), String> {
+/// What a node does: a replace is a delete node and a create node.
+fn node_action(action: Action, phase: Phase) -> Action {
+    match (action, phase) {
+        (_, Phase::Destroy) => Action::Delete,
+        (Action::Update, Phase::Apply) => Action::Update,
+        _ => Action::Create,
+    }
+}
+
+fn journal_entry(c: &Change, phase: Phase) -> JournalEntry {
+    let action = node_action(c.action, phase);
+    let op_id = uuid::Uuid::new_v4().to_string();
+    JournalEntry {
+        idempotency_key: format!("cf-{op_id}"),
+        op_id,
+        address: c.address.clone(),
+        action,
+        provider: c.provider.clone(),
+        kind: c.address.kind.clone(),
+        object_id: match action {
+            Action::Create => None,
+            _ => c.id.clone(),
+        },
+        dependencies: c.depends_on.clone(),
+        started_at: now_rfc3339(),
+    }
+}
+
+async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
+    let (ci, _) = ctx.nodes[n];
     let c = &ctx.changes[ci];
+    let entry = &ctx.entries[n];
     let provider = ctx
         .providers
         .get(&c.provider)
         .map_err(|e| e.to_string())?
         .clone();
-    let action = match (c.action, phase) {
-        (_, Phase::Destroy) => Action::Delete,
-        (Action::Update, Phase::Apply) => Action::Update,
-        _ => Action::Create,
-    };
-    let op_id = uuid::Uuid::new_v4().to_string();
-    let key = format!("cf-{op_id}");
-    let object_id = match action {
-        Action::Create => None,
-        _ => c.id.clone(),
-    };
-    let entry = JournalEntry {
-        op_id: op_id.clone(),
-        address: c.address.clone(),
-        action,
-        idempotency_key: key.clone(),
-        provider: c.provider.clone(),
-        kind: c.address.kind.clone(),
-        object_id: object_id.clone(),
-        dependencies: c.depends_on.clone(),
-        started_at: now_rfc3339(),
-    };
-    ctx.commit(vec![Mutation::JournalOpen(entry)])
-        .await
-        .map_err(|e| format!("could not write the state journal, nothing was done: {e}"))?;
+    let action = entry.action;
+    let op_id = entry.op_id.clone();
+    let key = entry.idempotency_key.clone();
+    let object_id = entry.object_id.clone();
 
     (ctx.observer)(Event::Started {
         address: c.address.clone(),
@@ -520,6 +561,27 @@ mod tests {
         c.action = action;
         c.depends_on = deps.iter().map(|d| a(d)).collect();
         c
+    }
+
+    #[test]
+    fn destroy_runs_workers_then_etcd_machines_then_networks() {
+        let changes = vec![
+            change("machine.central[0]", Action::Delete, &[], &["network.main"]),
+            change(
+                "machine.workers[0]",
+                Action::Delete,
+                &[],
+                &["network.main", "machine.central[0]"],
+            ),
+            change("network.main", Action::Delete, &[], &[]),
+        ];
+        let s = schedule(&changes);
+        // One node per delete, in change order.
+        assert_eq!(s.deps[0], vec![1], "etcd machine waits for the worker");
+        assert_eq!(s.deps[1], Vec::<usize>::new(), "the worker goes first");
+        let mut net = s.deps[2].clone();
+        net.sort();
+        assert_eq!(net, vec![0, 1], "the network goes last");
     }
 
     #[test]

@@ -27,10 +27,17 @@ impl Committer {
                 let mutations: Vec<Mutation> =
                     batch.iter().flat_map(|(m, _)| m.iter().cloned()).collect();
                 let store = store.clone();
+                let started = std::time::Instant::now();
+                let count = mutations.len();
                 let result = tokio::task::spawn_blocking(move || store.commit(&mutations))
                     .await
                     .map_err(|e| format!("state commit task failed: {e}"))
                     .and_then(|r| r.map_err(|e| e.to_string()));
+                tracing::debug!(
+                    "state commit: {} callers, {count} mutations, {:.1} ms",
+                    batch.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
                 for (_, reply) in batch {
                     let _ = reply.send(result.clone());
                 }

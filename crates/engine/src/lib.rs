@@ -20,7 +20,7 @@ use clusterform_provider::Provider;
 pub use apply::{ApplyOptions, ApplyReport, Event, Observer, Outcome, apply, critical_path};
 pub use error::EngineError;
 pub use plan::{plan, plan_destroy};
-pub use recover::{Recovery, recover};
+pub use recover::{Recovery, Resolution, recover};
 pub use refresh::{Refreshed, refresh};
 pub use retry::RetryPolicy;
 

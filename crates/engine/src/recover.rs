@@ -1,98 +1,151 @@
 //! Crash recovery: resolve every journal entry that was opened and never closed (the
 //! process died, or the provider's answer was lost) before planning, by asking the
 //! provider what exists: a created object is adopted into state, a finished delete is
-//! recorded, and the entry is closed.
+//! recorded, and the entries are closed, all in one commit. Lookups are batched: one
+//! `list_cluster` per provider for creates (matched by idempotency key) and one
+//! `read_batch` per provider for deletes, however many entries are open.
 
-use clusterform_core::{Action, ResourceState};
-use clusterform_provider::ReadRequest;
-use clusterform_state::{Mutation, Snapshot, StateStore};
+use std::collections::{BTreeMap, HashMap};
+
+use clusterform_core::{Action, Address, ResourceState};
+use clusterform_provider::{Object, ReadRequest};
+use clusterform_state::{JournalEntry, Mutation, Snapshot, StateStore};
+use serde::Serialize;
 
 use crate::{EngineError, Providers};
 
-/// What recovery did with one open journal entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Recovery {
-    /// The resource.
-    pub address: clusterform_core::Address,
-    /// The unfinished action.
-    pub action: Action,
-    /// What was found and done, one sentence.
-    pub resolution: String,
+/// How an open journal entry was resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result", content = "id")]
+pub enum Resolution {
+    /// The create had reached the provider: the object was adopted into state.
+    Adopted(String),
+    /// The delete had finished: the record was removed.
+    Removed,
+    /// The operation had not taken effect: nothing to do.
+    NotDone,
+    /// An update whose outcome refresh will read.
+    Refresh,
 }
 
-/// Resolve the open entries of `snapshot.journal`, committing the result. Returns what
-/// was done; the caller reloads the state afterwards. The caller holds the lock.
+/// What recovery did with one open journal entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// The resource.
+    pub address: Address,
+    /// The unfinished action.
+    pub action: Action,
+    /// What was found and done.
+    pub resolution: Resolution,
+}
+
+/// Resolve the open entries of `snapshot.journal` for cluster `cluster`, committing the
+/// result at once. Returns what was done; the caller reloads the state afterwards. The
+/// caller holds the lock.
 pub async fn recover(
     providers: &Providers,
     store: &dyn StateStore,
     snapshot: &Snapshot,
+    cluster: &str,
 ) -> Result<Vec<Recovery>, EngineError> {
-    let mut notes = Vec::new();
-    for entry in &snapshot.journal {
-        let provider = providers.get(&entry.provider)?;
-        let err = |source| EngineError::Recover {
-            address: entry.address.clone(),
-            action: entry.action.name().to_string(),
-            source,
-        };
-        let mut mutations = Vec::new();
-        let resolution = match entry.action {
-            Action::Delete => {
-                let gone = match &entry.object_id {
-                    Some(id) => provider
-                        .read(&ReadRequest {
-                            address: entry.address.clone(),
-                            kind: entry.kind.clone(),
-                            id: id.clone(),
-                        })
-                        .await
-                        .map_err(err)?
-                        .is_none(),
-                    None => true,
-                };
-                if gone {
-                    let still_recorded = snapshot
-                        .resources
-                        .get(&entry.address)
-                        .is_some_and(|r| Some(&r.id) == entry.object_id.as_ref());
-                    if still_recorded {
-                        mutations.push(Mutation::Remove(entry.address.clone()));
-                    }
-                    "the delete had finished; removed from state".to_string()
-                } else {
-                    "the delete had not happened; the plan decides again".to_string()
+    let err = |e: &JournalEntry, source| EngineError::Recover {
+        address: e.address.clone(),
+        action: e.action.name().to_string(),
+        source,
+    };
+    let mut by_provider: BTreeMap<&str, Vec<&JournalEntry>> = BTreeMap::new();
+    for e in &snapshot.journal {
+        by_provider.entry(e.provider.as_str()).or_default().push(e);
+    }
+
+    // What each entry found at the provider.
+    let mut created: HashMap<&str, Object> = HashMap::new();
+    let mut still_there: HashMap<&str, bool> = HashMap::new();
+    for (name, entries) in &by_provider {
+        let provider = providers.get(name)?;
+        if let Some(first) = entries.iter().find(|e| e.action == Action::Create) {
+            let objects = provider
+                .list_cluster(cluster)
+                .await
+                .map_err(|s| err(first, s))?;
+            let mut by_key: HashMap<String, Object> = objects
+                .into_iter()
+                .filter_map(|o| o.owner.as_ref().map(|w| w.op.clone()).map(|k| (k, o)))
+                .collect();
+            for e in entries.iter().filter(|e| e.action == Action::Create) {
+                if let Some(o) = by_key.remove(&e.idempotency_key) {
+                    created.insert(e.op_id.as_str(), o);
                 }
             }
-            Action::Update => {
-                "the update may or may not have happened; refresh reads the object as it is"
-                    .to_string()
+        }
+        let deletes: Vec<&&JournalEntry> = entries
+            .iter()
+            .filter(|e| e.action == Action::Delete && e.object_id.is_some())
+            .collect();
+        for chunk in deletes.chunks(provider.max_batch().max(1)) {
+            let reqs: Vec<ReadRequest> = chunk
+                .iter()
+                .map(|e| ReadRequest {
+                    address: e.address.clone(),
+                    kind: e.kind.clone(),
+                    id: e.object_id.clone().unwrap_or_default(),
+                })
+                .collect();
+            let answers = provider.read_batch(&reqs).await;
+            for (e, a) in chunk.iter().zip(answers) {
+                let exists = a.map_err(|s| err(e, s))?.is_some();
+                still_there.insert(e.op_id.as_str(), exists);
             }
-            _ => match provider
-                .find_by_key(&entry.kind, &entry.idempotency_key)
-                .await
-                .map_err(err)?
-            {
+        }
+    }
+
+    // Deletes first, so that a replace's new object is recorded after the old one goes.
+    let mut ordered: Vec<&JournalEntry> = snapshot.journal.iter().collect();
+    ordered.sort_by_key(|e| e.action != Action::Delete);
+    let mut mutations = Vec::new();
+    let mut notes = Vec::new();
+    for e in ordered {
+        let resolution = match e.action {
+            Action::Delete => {
+                if still_there.get(e.op_id.as_str()).copied().unwrap_or(false) {
+                    Resolution::NotDone
+                } else {
+                    let recorded = snapshot
+                        .resources
+                        .get(&e.address)
+                        .is_some_and(|r| Some(&r.id) == e.object_id.as_ref());
+                    if recorded {
+                        mutations.push(Mutation::Remove(e.address.clone()));
+                    }
+                    Resolution::Removed
+                }
+            }
+            Action::Update => Resolution::Refresh,
+            _ => match created.remove(e.op_id.as_str()) {
                 Some(obj) => {
                     let id = obj.id.clone();
                     mutations.push(Mutation::Put(ResourceState {
-                        address: entry.address.clone(),
-                        provider: entry.provider.clone(),
+                        address: e.address.clone(),
+                        provider: e.provider.clone(),
                         id: obj.id,
                         attrs: obj.attrs,
-                        dependencies: entry.dependencies.clone(),
+                        dependencies: e.dependencies.clone(),
                     }));
-                    format!("the object had been created (id {id}); adopted into state")
+                    Resolution::Adopted(id)
                 }
-                None => "no object had been created; nothing to adopt".to_string(),
+                None => Resolution::NotDone,
             },
         };
-        mutations.push(Mutation::JournalClose(entry.op_id.clone()));
-        store.commit(&mutations)?;
+        mutations.push(Mutation::JournalClose(e.op_id.clone()));
         notes.push(Recovery {
-            address: entry.address.clone(),
-            action: entry.action,
+            address: e.address.clone(),
+            action: e.action,
             resolution,
         });
     }
+    if !mutations.is_empty() {
+        store.commit(&mutations)?;
+    }
+    notes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(notes)
 }

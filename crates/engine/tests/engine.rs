@@ -372,7 +372,7 @@ async fn an_open_create_entry_is_adopted_and_a_missing_one_cleared() {
         ])
         .expect("commit");
     let snap = w.store.load().expect("load");
-    let notes = recover(&w.providers, w.store.as_ref(), &snap)
+    let notes = recover(&w.providers, w.store.as_ref(), &snap, "demo")
         .await
         .expect("recover");
     assert_eq!(notes.len(), 2);

@@ -73,18 +73,27 @@ impl Faults {
         }
     }
 
-    /// Everything that happens before a call does its work, in order: the latency
-    /// sleep, the rate limit, the random failure, then `fail_on` (mutations, which
-    /// pass the address).
-    pub(crate) async fn before_call(&self, address: Option<&Address>) -> Result<(), ProviderError> {
+    /// The request leg of a call: sleep half the latency (plus jitter) and return when
+    /// the response is due (start + the whole latency). The work happens in between and
+    /// the caller sleeps until that instant, so, as with a real API, the call takes its
+    /// latency whenever the server's work fits inside it.
+    pub(crate) async fn request_leg(&self) -> tokio::time::Instant {
+        let start = tokio::time::Instant::now();
         let mut delay = self.latency;
         if self.jitter_ms > 0 {
             let extra = self.lock_rng().random_range(0..=self.jitter_ms);
             delay += Duration::from_millis(extra);
         }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let first = delay / 2;
+        if !first.is_zero() {
+            tokio::time::sleep(first).await;
         }
+        start + delay
+    }
+
+    /// What can refuse a call before it does its work, in order: the rate limit, the
+    /// random failure, then `fail_on` (mutations, which pass the address).
+    pub(crate) fn check(&self, address: Option<&Address>) -> Result<(), ProviderError> {
         if let Some(b) = &self.bucket {
             let taken = b.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Err(wait) = taken {

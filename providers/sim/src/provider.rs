@@ -159,17 +159,24 @@ impl SimProvider {
             .await
     }
 
-    /// Latency, rate limit, random failure and `fail_on`; a call that fails there is
-    /// still counted. Returns the open database.
-    async fn enter(&self, method: &'static str, address: Option<&Address>) -> Result<&Backend> {
-        if let Err(e) = self.faults.before_call(address).await {
+    /// The request leg of the latency, then rate limit, random failure and `fail_on`; a
+    /// call that fails there is still counted. Returns the open database and when the
+    /// response is due, to sleep until after the work.
+    async fn enter(
+        &self,
+        method: &'static str,
+        address: Option<&Address>,
+    ) -> Result<(&Backend, tokio::time::Instant)> {
+        let response_leg = self.faults.request_leg().await;
+        if let Err(e) = self.faults.check(address) {
             if let Ok(b) = self.backend().await {
                 // Best effort: the injected error is what the caller must see.
                 let _ = b.count(method).await;
             }
+            sleep_leg(response_leg).await;
             return Err(e);
         }
-        self.backend().await
+        Ok((self.backend().await?, response_leg))
     }
 
     /// Count a read call and run its query, both at once.
@@ -178,8 +185,9 @@ impl SimProvider {
         T: Send + 'static,
         F: FnOnce(&Connection) -> std::result::Result<T, SimError> + Send + 'static,
     {
-        let b = self.enter(method, None).await?;
+        let (b, response_leg) = self.enter(method, None).await?;
         let (counted, out) = tokio::join!(b.count(method), b.readers.with(f));
+        sleep_leg(response_leg).await;
         counted?;
         out
     }
@@ -191,9 +199,15 @@ impl SimProvider {
             Job::Delete(_) => "delete",
             Job::Count(m) => m,
         };
-        let b = self.enter(method, address).await?;
-        b.writer.submit(job).await
+        let (b, response_leg) = self.enter(method, address).await?;
+        let done = b.writer.submit(job).await;
+        sleep_leg(response_leg).await;
+        done
     }
+}
+
+async fn sleep_leg(due: tokio::time::Instant) {
+    tokio::time::sleep_until(due).await;
 }
 
 fn expect_object(d: Done) -> Result<Object> {

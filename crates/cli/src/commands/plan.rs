@@ -46,9 +46,14 @@ pub async fn prepare(
     let mut snapshot = ctx.store.load().map_err(errors::state)?;
     let mut recovered = Vec::new();
     if !snapshot.journal.is_empty() {
-        recovered = clusterform_engine::recover(&ctx.providers, ctx.store.as_ref(), &snapshot)
-            .await
-            .map_err(errors::engine)?;
+        recovered = clusterform_engine::recover(
+            &ctx.providers,
+            ctx.store.as_ref(),
+            &snapshot,
+            &ctx.cluster.name,
+        )
+        .await
+        .map_err(errors::engine)?;
         snapshot = ctx.store.load().map_err(errors::state)?;
     }
     tracing::info!(
@@ -105,12 +110,8 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
     let p = prepare(&ctx, a.destroy, &a.run, "plan").await?;
     if a.json {
         let mut v = render::plan_json(&p.plan);
-        v["recovered"] = serde_json::Value::Array(
-            p.recovered
-                .iter()
-                .map(|r| serde_json::json!({"address": r.address, "action": r.action, "resolution": r.resolution}))
-                .collect(),
-        );
+        v["recovered"] =
+            serde_json::to_value(&p.recovered).map_err(|e| errors::plain(e.to_string()))?;
         println!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| errors::plain(e.to_string()))?
