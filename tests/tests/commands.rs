@@ -29,6 +29,28 @@ fn validate_and_graph() {
 }
 
 #[test]
+fn graph_svg_draws_with_graphviz_or_says_how_to_get_it() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    let r = w.run(&["graph", "cluster.toml", "--format", "svg"]);
+    let have_dot = std::process::Command::new("dot")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_dot {
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.contains("<svg"), "{}", r.stdout);
+    } else {
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("apt-get install graphviz"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
 fn state_list_show_rm() {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
@@ -59,13 +81,21 @@ fn state_list_show_rm() {
     assert!(r.stderr.contains("is not in the state"), "{}", r.stderr);
 }
 
-#[test]
-fn force_unlock_needs_the_right_id_and_clears_a_stale_lock() {
+/// A dev-test world whose state folder holds the lock of a process that is gone
+/// (pid 999999, lock id `id`).
+fn with_stale_lock(id: &str) -> World {
     let w = World::new();
     w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
-    std::fs::create_dir_all(w.path().join(".clusterform")).expect("mkdir");
-    let stale = r#"{"id":"1111-dead","operation":"apply","user":"someone","host":"elsewhere","pid":999999,"started_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#;
-    w.write(".clusterform/lock", stale);
+    let stale = format!(
+        r#"{{"id":"{id}","operation":"apply","user":"someone","host":"elsewhere","pid":999999,"started_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}}"#
+    );
+    w.write(".clusterform/lock", &stale);
+    w
+}
+
+#[test]
+fn force_unlock_needs_the_right_id_and_clears_a_stale_lock() {
+    let w = with_stale_lock("1111-dead");
     let r = w.run_ok(&["force-unlock", "cluster.toml", "wrong-id"], 1);
     assert!(
         r.stderr.contains("not locked with id `wrong-id`"),
@@ -78,11 +108,7 @@ fn force_unlock_needs_the_right_id_and_clears_a_stale_lock() {
 
 #[test]
 fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_note() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
-    std::fs::create_dir_all(w.path().join(".clusterform")).expect("mkdir");
-    let stale = r#"{"id":"2222-dead","operation":"apply","user":"someone","host":"here","pid":999999,"started_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#;
-    w.write(".clusterform/lock", stale);
+    let w = with_stale_lock("2222-dead");
     let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
     assert!(
         r.stderr.contains("2222-dead") && r.stderr.contains("999999"),

@@ -20,6 +20,11 @@ fn dev_test_apply_plan_change_destroy() {
         "{}",
         r.stdout
     );
+    assert!(
+        !r.stdout.contains("Creating..."),
+        "no live progress when stdout is not a terminal: {}",
+        r.stdout
+    );
     assert_eq!(w.objects().len(), 5);
     w.assert_state_matches_cloud("cluster.toml");
     let serial_after_create = w.state_json("cluster.toml")["serial"]

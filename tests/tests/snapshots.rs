@@ -3,6 +3,24 @@
 
 use clusterform_tests::{World, dev_test};
 
+/// A world with a dev-test cluster applied one operation at a time (so that ids and
+/// addresses are the same on every run).
+fn applied(workers: u32) -> World {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", workers, "2cpu-4gb", ""));
+    w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
+    w
+}
+
 fn plan_text(w: &World) -> String {
     let r = w.run(&["plan", "cluster.toml"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -18,53 +36,20 @@ fn plan_create_dev_test() {
 
 #[test]
 fn plan_no_changes() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(1);
     insta::assert_snapshot!(plan_text(&w));
 }
 
 #[test]
 fn plan_update_in_place() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(1);
     w.write("cluster.toml", &dev_test("demo", 1, "4cpu-8gb", ""));
     insta::assert_snapshot!(plan_text(&w));
 }
 
 #[test]
 fn plan_replace_because_network_changed() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(1);
     let changed = dev_test("demo", 1, "2cpu-4gb", "").replace("10.0.0.0/16", "10.0.0.0/17");
     w.write("cluster.toml", &changed);
     insta::assert_snapshot!(plan_text(&w));
@@ -72,36 +57,14 @@ fn plan_replace_because_network_changed() {
 
 #[test]
 fn plan_scale_down_destroys_workers() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 3, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(3);
     w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
     insta::assert_snapshot!(plan_text(&w));
 }
 
 #[test]
 fn plan_drift_outside_clusterform() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 2, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(2);
     let cloud = w.cloud();
     let objs = w.objects();
     let find = |addr: &str| {
@@ -127,18 +90,7 @@ fn plan_drift_outside_clusterform() {
 
 #[test]
 fn plan_destroy() {
-    let w = World::new();
-    w.write("cluster.toml", &dev_test("demo", 1, "2cpu-4gb", ""));
-    w.run_ok(
-        &[
-            "apply",
-            "cluster.toml",
-            "--auto-approve",
-            "--parallelism",
-            "1",
-        ],
-        0,
-    );
+    let w = applied(1);
     let r = w.run_ok(&["plan", "cluster.toml", "--destroy"], 0);
     insta::assert_snapshot!(r.stdout);
 }

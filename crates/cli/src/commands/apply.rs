@@ -2,6 +2,7 @@
 //! summarize; Ctrl-C once stops starting operations, twice aborts.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,50 +25,44 @@ pub async fn apply(a: ApplyArgs) -> Result<u8> {
     if let Some(pf) = PlanFile::read(&a.file)? {
         return apply_saved(pf, &a.run).await;
     }
-    let ctx = context::load(&a.file)?;
-    let p = prepare(&ctx, false, &a.run, "apply").await?;
-    print!("{}", render::recoveries(&p.recovered));
-    print!("{}", render::plan(&p.plan));
-    if p.plan.is_empty() {
-        return Ok(0);
-    }
-    if !a.auto_approve
-        && !confirm(
-            "Do you want to perform these actions?",
-            "clusterform will perform the actions described above.",
-        )?
-    {
-        println!("\nApply cancelled.");
-        return Ok(1);
-    }
-    run(
-        &p.plan,
-        &p.snapshot,
-        &ctx.providers,
-        ctx.store.clone(),
-        &ctx.cluster,
-        &a.run,
-        false,
-    )
-    .await
+    plan_confirm_run(&a.file, false, a.auto_approve, &a.run).await
 }
 
 /// `clusterform destroy`.
 pub async fn destroy(a: DestroyArgs) -> Result<u8> {
-    let ctx = context::load(&a.file)?;
-    let p = prepare(&ctx, true, &a.run, "destroy").await?;
+    plan_confirm_run(&a.file, true, a.auto_approve, &a.run).await
+}
+
+/// Plan (or plan the destruction), show it, ask for "yes" unless auto-approved, apply.
+async fn plan_confirm_run(
+    file: &Path,
+    destroy: bool,
+    auto_approve: bool,
+    run_args: &RunArgs,
+) -> Result<u8> {
+    let ctx = context::load(file)?;
+    let operation = if destroy { "destroy" } else { "apply" };
+    let p = prepare(&ctx, destroy, run_args, operation).await?;
     print!("{}", render::recoveries(&p.recovered));
     print!("{}", render::plan(&p.plan));
     if p.plan.is_empty() {
         return Ok(0);
     }
-    if !a.auto_approve
-        && !confirm(
+    let (question, detail, cancelled) = if destroy {
+        (
             "Do you really want to destroy all resources?",
             "clusterform will destroy all the objects of this cluster. There is no undo.",
-        )?
-    {
-        println!("\nDestroy cancelled.");
+            "Destroy cancelled.",
+        )
+    } else {
+        (
+            "Do you want to perform these actions?",
+            "clusterform will perform the actions described above.",
+            "Apply cancelled.",
+        )
+    };
+    if !auto_approve && !confirm(question, detail)? {
+        println!("\n{cancelled}");
         return Ok(1);
     }
     run(
@@ -76,8 +71,8 @@ pub async fn destroy(a: DestroyArgs) -> Result<u8> {
         &ctx.providers,
         ctx.store.clone(),
         &ctx.cluster,
-        &a.run,
-        true,
+        run_args,
+        destroy,
     )
     .await
 }
