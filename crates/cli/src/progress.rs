@@ -60,9 +60,9 @@ pub fn observer() -> Observer {
                 }
                 let id = id.map(|i| format!(" [id={i}]")).unwrap_or_default();
                 let _ = multi.println(format!(
-                    "{address}: {} after {}s{id}",
+                    "{address}: {} after {:.1}s{id}",
                     verb(action).1,
-                    elapsed.as_secs()
+                    elapsed.as_secs_f64()
                 ));
             }
             Event::Failed {
