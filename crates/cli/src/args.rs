@@ -54,6 +54,18 @@ pub enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ID")]
         args: Vec<String>,
     },
+    /// Write each machine's Ignition config (its `user_data`), as providers receive it.
+    Render {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// Only this machine (`machine.workers[0]`), or all instances of one (`machine.workers`).
+        #[arg(long, value_name = "ADDR")]
+        machine: Option<String>,
+        /// Write `<ADDR>.ign` files into this folder instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Print the dependency graph.
     Graph {
         /// The cluster file.
@@ -213,6 +225,7 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "lock-timeout",
         "no-color",
         "format",
+        "machine",
     ];
     args.into_iter()
         .map(|a| {

@@ -15,9 +15,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors;
 
-/// The schemas of every provider this build has.
+/// Providers whose cluster files this build reads (validate, render, graph) but cannot
+/// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
+const PLANNED_PROVIDERS: &[&str] = &["ec2", "libvirt", "metal"];
+
+/// The schemas of every provider this build knows.
 pub fn schemas() -> Vec<ProviderSchema> {
-    vec![clusterform_provider_sim::schema()]
+    let sim = clusterform_provider_sim::schema();
+    let mut all = vec![sim.clone()];
+    for name in PLANNED_PROVIDERS {
+        all.push(ProviderSchema {
+            provider: (*name).to_string(),
+            ..sim.clone()
+        });
+    }
+    all
 }
 
 /// Where the state lives, as recorded in plan files.
@@ -67,30 +79,9 @@ pub fn load(file: &Path) -> Result<Context> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
 
-    // Every provider named anywhere: tables, the cluster default, resources.
-    let mut configs: BTreeMap<String, ProviderConfig> = BTreeMap::new();
-    for (name, block) in &model.providers {
-        configs.insert(name.clone(), block.config.clone().into_iter().collect());
-    }
-    if let Some(p) = &model.cluster.provider {
-        configs.entry(p.clone()).or_default();
-    }
-    for r in &model.resources {
-        configs.entry(r.provider.clone()).or_default();
-    }
-    let providers = build_providers(&configs, &base_dir).map_err(|(name, msg)| {
-        let span = model.providers.get(&name).map(|b| b.span);
-        errors::one(clusterform_config::diagnostic_at(
-            file,
-            &model.source,
-            span,
-            format!("provider `{name}`: {msg}"),
-            "in these settings".to_string(),
-            Some(format!(
-                "fix the `[provider.{name}]` table; see docs/CONFIG.md"
-            )),
-        ))
-    })?;
+    let configs = provider_configs(&model);
+    let providers = build_providers(&configs, &base_dir)
+        .map_err(|(name, msg)| provider_error(file, &model, &name, &msg))?;
 
     let (store, state_location) = open_store(&model)?;
     let cluster = ClusterInfo {
@@ -105,6 +96,42 @@ pub fn load(file: &Path) -> Result<Context> {
         state_location,
         cluster,
     })
+}
+
+/// Every provider the file names (tables, the cluster default, resources) with its
+/// settings (empty when it has no table).
+pub fn provider_configs(model: &Model) -> BTreeMap<String, ProviderConfig> {
+    let mut configs: BTreeMap<String, ProviderConfig> = BTreeMap::new();
+    for (name, block) in &model.providers {
+        configs.insert(name.clone(), block.config.clone().into_iter().collect());
+    }
+    if let Some(p) = &model.cluster.provider {
+        configs.entry(p.clone()).or_default();
+    }
+    for r in &model.resources {
+        configs.entry(r.provider.clone()).or_default();
+    }
+    configs
+}
+
+/// True when this build can plan and apply with the provider.
+pub fn can_apply(provider: &str) -> bool {
+    !PLANNED_PROVIDERS.contains(&provider)
+}
+
+/// A provider settings error, pointing at its `[provider.NAME]` table.
+pub fn provider_error(file: &Path, model: &Model, name: &str, msg: &str) -> miette::Report {
+    let span = model.providers.get(name).map(|b| b.span);
+    errors::one(clusterform_config::diagnostic_at(
+        file,
+        &model.source,
+        span,
+        format!("provider `{name}`: {msg}"),
+        "in these settings".to_string(),
+        Some(format!(
+            "fix the `[provider.{name}]` table; see docs/CONFIG.md"
+        )),
+    ))
 }
 
 /// Build providers from their settings; on error returns (provider, message).
@@ -122,7 +149,10 @@ pub fn build_providers(
             other => {
                 return Err((
                     other.to_string(),
-                    "this build has no such provider yet (available: sim)".to_string(),
+                    format!(
+                        "this build cannot plan or apply with `{other}` yet (it can: sim); \
+                         `validate`, `render` and `graph` work with this file"
+                    ),
                 ));
             }
         };

@@ -15,6 +15,25 @@ fn value(v: &Value) -> String {
     }
 }
 
+/// The attribute holding a machine's rendered Ignition config.
+const USER_DATA: &str = "user_data";
+
+/// An attribute's value as a plan shows it: user data as a one-line summary of the
+/// Ignition config, never a wall of JSON and base64.
+fn attr_value(key: &str, v: &Value) -> String {
+    match (key, v) {
+        (USER_DATA, Value::String(s)) => {
+            format!("({})", clusterform_ignition::summarize(s))
+        }
+        _ => value(v),
+    }
+}
+
+/// How an attribute is named in a sentence ("because user data changed").
+fn attr_label(key: &str) -> String {
+    key.replace('_', " ")
+}
+
 fn symbol_colored(a: Action) -> String {
     match a {
         Action::Create => green("+"),
@@ -88,8 +107,8 @@ pub fn plan(p: &Plan) -> String {
                         out,
                         "    {} {k:<w$} = {} -> {}",
                         yellow("~"),
-                        value(before),
-                        value(after)
+                        attr_value(k, before),
+                        attr_value(k, after)
                     );
                 }
             }
@@ -148,7 +167,8 @@ pub fn plan(p: &Plan) -> String {
 
 fn change(out: &mut String, c: &Change) {
     let reason = if c.action == Action::Replace && !c.replace_because.is_empty() {
-        format!(" (because {} changed)", c.replace_because.join(", "))
+        let names: Vec<String> = c.replace_because.iter().map(|k| attr_label(k)).collect();
+        format!(" (because {} changed)", names.join(", "))
     } else {
         String::new()
     };
@@ -174,6 +194,8 @@ fn change(out: &mut String, c: &Change) {
     // Rows: (marker, name, text).
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut hidden = 0;
+    // Lines shown under the user data row: what changed in the machine's config.
+    let mut details: Vec<String> = Vec::new();
     match c.action {
         Action::Create => {
             let mut keys: Vec<&String> = after.keys().chain(c.after_unknown.iter()).collect();
@@ -183,7 +205,7 @@ fn change(out: &mut String, c: &Change) {
                 let v = if unknown(k) {
                     dim("(known after apply)")
                 } else {
-                    value(&after[k.as_str()])
+                    attr_value(k, &after[k.as_str()])
                 };
                 rows.push((green("+"), k.clone(), v));
             }
@@ -197,7 +219,11 @@ fn change(out: &mut String, c: &Change) {
             }
             all.sort_by(|a, b| a.0.cmp(b.0));
             for (k, v) in all {
-                rows.push((red("-"), k.to_string(), format!("{} -> null", value(v))));
+                rows.push((
+                    red("-"),
+                    k.to_string(),
+                    format!("{} -> null", attr_value(k, v)),
+                ));
             }
         }
         Action::Update | Action::Replace => {
@@ -221,16 +247,23 @@ fn change(out: &mut String, c: &Change) {
             for k in keys {
                 let old = before
                     .get(k.as_str())
-                    .map(value)
+                    .map(|v| attr_value(k, v))
                     .unwrap_or_else(|| "null".into());
                 let new = if unknown(k) {
                     dim("(known after apply)")
                 } else {
                     after
                         .get(k.as_str())
-                        .map(value)
+                        .map(|v| attr_value(k, v))
                         .unwrap_or_else(|| "null".into())
                 };
+                // What changed inside the Ignition config: units and files, in short.
+                if k == USER_DATA
+                    && let (Some(Value::String(b)), Some(Value::String(a))) =
+                        (before.get(USER_DATA), after.get(USER_DATA))
+                {
+                    details = clusterform_ignition::diff_configs(b, a).lines;
+                }
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
                 } else {
@@ -248,6 +281,11 @@ fn change(out: &mut String, c: &Change) {
     let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     for (m, k, v) in rows {
         let _ = writeln!(out, "      {m} {k:<w$} = {v}");
+        if k == USER_DATA {
+            for line in &details {
+                let _ = writeln!(out, "          {}", dim(line));
+            }
+        }
     }
     if hidden > 0 {
         let _ = writeln!(

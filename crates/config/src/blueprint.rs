@@ -1,9 +1,13 @@
-//! Blueprint expansion: `dev-test` (one etcd machine + N workers on one network) into
-//! plain resources, with the addresses it owns and the table each comes from.
+//! Blueprint expansion: the five cluster architectures (`dev-vm`, `small`, `dev-test`,
+//! `central-services`, `large-scale`) into plain resources on `network.main`, with the
+//! addresses each owns, the table each comes from, and every machine's rendered
+//! Ignition config in `user_data`.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use clusterform_core::{Address, Attrs, ProviderSchema, Resource};
+use clusterform_ignition::{Config, EtcdMember, MachineSpec, Platform, StaticNetwork, render};
 use serde_json::Value;
 
 use crate::Span;
@@ -33,7 +37,7 @@ pub(crate) struct Expansion {
     pub(crate) resources: Vec<(Resource, Span)>,
 }
 
-/// Attribute names the dev-test blueprint sets, by kind, for the schema check.
+/// Attribute names the blueprints set, by kind, for the schema check.
 const NETWORK_ATTRS: &[&str] = &["name", "cidr", "gateway", "dns"];
 const MACHINE_ATTRS: &[&str] = &[
     "name",
@@ -46,10 +50,18 @@ const MACHINE_ATTRS: &[&str] = &[
     "ssh_authorized_keys",
     "channel",
     "protect",
+    "user_data",
 ];
 
 /// Check that the provider's schema has the kinds and attributes the blueprint sets.
-fn check_schema(cx: &mut Cx<'_>, provider: &str, schemas: &[ProviderSchema], at: Span) {
+fn check_schema(
+    cx: &mut Cx<'_>,
+    bp: Blueprint,
+    provider: &str,
+    schemas: &[ProviderSchema],
+    at: Span,
+) {
+    let bp = bp.name();
     let Some(ps) = schemas.iter().find(|s| s.provider == provider) else {
         return; // reported with `[cluster] provider`
     };
@@ -57,9 +69,7 @@ fn check_schema(cx: &mut Cx<'_>, provider: &str, schemas: &[ProviderSchema], at:
         let Some(ks) = ps.kind(kind) else {
             cx.error(
                 Some(at),
-                format!(
-                    "provider `{provider}` has no `{kind}` kind, which blueprint `dev-test` needs"
-                ),
+                format!("provider `{provider}` has no `{kind}` kind, which blueprint `{bp}` needs"),
                 "unsupported by the provider",
                 Some("pick another `[cluster] provider`, or write [resource.*] tables".to_string()),
             );
@@ -74,13 +84,151 @@ fn check_schema(cx: &mut Cx<'_>, provider: &str, schemas: &[ProviderSchema], at:
             cx.error(
                 Some(at),
                 format!(
-                    "provider `{provider}`'s `{kind}` lacks {}, which blueprint `dev-test` sets",
+                    "provider `{provider}`'s `{kind}` lacks {}, which blueprint `{bp}` sets",
                     crate::reader::tick_list(&missing)
                 ),
                 "unsupported by the provider",
                 Some("pick another `[cluster] provider`, or write [resource.*] tables".to_string()),
             );
         }
+    }
+}
+
+/// A cluster architecture (`[cluster] blueprint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blueprint {
+    /// One VM with the Docker API socket, for a laptop.
+    DevVm,
+    /// 3-9 machines, etcd on all of them.
+    Small,
+    /// One etcd machine and any number of workers.
+    DevTest,
+    /// 3-5 central etcd machines and workers running etcd proxies.
+    CentralServices,
+    /// Central services spread over at least 2 zones, workers running etcd proxies.
+    LargeScale,
+}
+
+/// How many central machines a blueprint allows.
+struct CentralRule {
+    min: u32,
+    max: u32,
+    default: u32,
+}
+
+impl Blueprint {
+    /// The blueprint called `name` (None for names `[cluster]` reported as unknown).
+    pub(crate) fn from_name(name: &str) -> Option<Blueprint> {
+        Some(match name {
+            "dev-vm" => Blueprint::DevVm,
+            "small" => Blueprint::Small,
+            "dev-test" => Blueprint::DevTest,
+            "central-services" => Blueprint::CentralServices,
+            "large-scale" => Blueprint::LargeScale,
+            _ => return None,
+        })
+    }
+
+    /// Its name in `[cluster] blueprint`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Blueprint::DevVm => "dev-vm",
+            Blueprint::Small => "small",
+            Blueprint::DevTest => "dev-test",
+            Blueprint::CentralServices => "central-services",
+            Blueprint::LargeScale => "large-scale",
+        }
+    }
+
+    /// The central-count rule (None for dev-vm, which has no `[central]`).
+    fn central_rule(self) -> Option<CentralRule> {
+        match self {
+            Blueprint::DevVm => None,
+            Blueprint::Small => Some(CentralRule {
+                min: 3,
+                max: 9,
+                default: 3,
+            }),
+            Blueprint::DevTest => Some(CentralRule {
+                min: 1,
+                max: 1,
+                default: 1,
+            }),
+            Blueprint::CentralServices | Blueprint::LargeScale => Some(CentralRule {
+                min: 3,
+                max: 5,
+                default: 3,
+            }),
+        }
+    }
+
+    /// Whether it has `[workers]`.
+    fn has_workers(self) -> bool {
+        matches!(
+            self,
+            Blueprint::DevTest | Blueprint::CentralServices | Blueprint::LargeScale
+        )
+    }
+
+    /// Whether its workers run a local etcd proxy (else they talk to the etcd machine).
+    fn workers_proxy(self) -> bool {
+        matches!(self, Blueprint::CentralServices | Blueprint::LargeScale)
+    }
+
+    /// The message and help for a central count outside the rule.
+    fn count_error(self, n: u32) -> (String, String) {
+        match self {
+            Blueprint::DevTest => (
+                "dev-test has exactly one etcd machine".to_string(),
+                "use blueprint `central-services` for 3-5".to_string(),
+            ),
+            Blueprint::Small => (
+                format!(
+                    "blueprint `small` runs 3 to 9 machines, not {n}: etcd on every machine needs at least 3 for a quorum; more than 9 is a central-services cluster"
+                ),
+                if n < 3 {
+                    "set `count` to 3 or more, or use blueprint `dev-test` for a single etcd machine".to_string()
+                } else {
+                    "set `count` to 9 or less, or use blueprint `central-services`: 3-5 etcd machines and any number of workers".to_string()
+                },
+            ),
+            Blueprint::CentralServices | Blueprint::LargeScale => (
+                format!(
+                    "blueprint `{}` runs 3 to 5 central machines, not {n}: etcd needs at least 3 for a quorum, and more members only slow every write down",
+                    self.name()
+                ),
+                if n < 3 {
+                    "set `count` to 3 or more, or use blueprint `dev-test` for a single etcd machine".to_string()
+                } else {
+                    "set `count` to 5 or less, and add capacity as `[workers]`".to_string()
+                },
+            ),
+            Blueprint::DevVm => (String::new(), String::new()),
+        }
+    }
+}
+
+/// The settings tables a blueprint reads.
+pub(crate) struct Inputs<'a> {
+    /// `[cluster]`.
+    pub(crate) cluster: &'a Cluster,
+    /// `[network]`.
+    pub(crate) network: &'a Network,
+    /// `[central]`.
+    pub(crate) central: &'a Group,
+    /// `[workers]`.
+    pub(crate) workers: &'a Group,
+    /// `[vm]`.
+    pub(crate) vm: &'a Group,
+}
+
+/// The Ignition platform of a provider.
+fn platform(provider: &str) -> Platform {
+    match provider {
+        "libvirt" => Platform::Libvirt,
+        "ec2" => Platform::Ec2,
+        "metal" => Platform::Metal,
+        _ => Platform::Sim,
     }
 }
 
@@ -91,35 +239,223 @@ fn zone(zones: &Option<Vec<String>>, i: u32) -> Option<Value> {
     z.get((i % n) as usize).map(|s| Value::String(s.clone()))
 }
 
-/// Expand blueprint `dev-test`.
-pub(crate) fn dev_test(
+/// The etcd client URL of a member.
+fn client_url(ip: Ipv4Addr) -> String {
+    format!("http://{ip}:2379")
+}
+
+/// The rendered Ignition config of `spec` with the table's Butane extras, as the
+/// `user_data` attribute.
+fn user_data(spec: &MachineSpec, extras: &[Config]) -> Value {
+    Value::String(clusterform_ignition::to_json(&render(spec, extras)))
+}
+
+/// Report a settings table the blueprint does not use.
+fn misfit(cx: &mut Cx<'_>, group: &Group, bp: Blueprint, why: &str, help: &str) {
+    if let Some(at) = group.span {
+        cx.error(
+            Some(at),
+            format!(
+                "`[{}]` does not fit blueprint `{}`: {why}",
+                group.table,
+                bp.name()
+            ),
+            "not used by this blueprint",
+            Some(help.to_string()),
+        );
+    }
+}
+
+/// Report a missing `size`.
+fn missing_size(cx: &mut Cx<'_>, group: &Group, bp: Blueprint, fallback: Span) {
+    let table = group.table;
+    let (msg, at) = match group.span {
+        Some(at) => (format!("`[{table}]` has no `size`"), at),
+        None => (
+            format!("blueprint `{}` needs `[{table}]` with a `size`", bp.name()),
+            fallback,
+        ),
+    };
+    cx.error(
+        Some(at),
+        msg,
+        "missing `size`",
+        Some(format!("add `size = \"...\"` to `[{table}]`: the machine type (instance type, Metal plan, libvirt \"2cpu-4gb\")")),
+    );
+}
+
+/// The `n` static addresses of a group: `first_address` (or the default, the cidr's
+/// 101st host) and up, each checked to be in the network. None when one is not (reported).
+fn static_addresses(
     cx: &mut Cx<'_>,
-    cluster: &Cluster,
     network: &Network,
-    central: &Group,
-    workers: &Group,
+    group: &Group,
+    name: &str,
+    n: u32,
+    at_table: Span,
+) -> Option<Vec<Ipv4Addr>> {
+    let key = group.address_key();
+    let (ip, at, explicit) = match group.first_address {
+        Some((Some(ip), at)) => (ip, at, true),
+        Some((None, _)) => return None, // reported
+        None => {
+            let a = u32::from(network.cidr.network()).checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)?;
+            (Ipv4Addr::from(a), at_table, false)
+        }
+    };
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let addr = u32::from(ip).checked_add(i).map(Ipv4Addr::from);
+        match addr {
+            Some(a) if !network.ok || network.cidr.contains(&a) => out.push(a),
+            _ => {
+                let shown =
+                    addr.map_or_else(|| "beyond 255.255.255.255".to_string(), |a| a.to_string());
+                let machine = if group.table == "vm" {
+                    "machine.vm".to_string()
+                } else {
+                    format!("machine.{name}[{i}]")
+                };
+                let (message, help) = if explicit {
+                    (
+                        format!(
+                            "address `{shown}` of `{machine}` is outside the network `{}`",
+                            network.cidr_text
+                        ),
+                        if n > 1 {
+                            format!(
+                                "pick a `{key}` in {} with room for {n} machines",
+                                network.cidr
+                            )
+                        } else {
+                            format!("pick a `{key}` in {}", network.cidr)
+                        },
+                    )
+                } else {
+                    (
+                        format!(
+                            "the default first address `{shown}` is outside the network `{}`",
+                            network.cidr_text
+                        ),
+                        format!(
+                            "set `{key}` in `[{}]` to an address in {}",
+                            group.table, network.cidr
+                        ),
+                    )
+                };
+                cx.error(Some(at), message, "outside the network", Some(help));
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Values every machine of the cluster shares, built once.
+struct Shared {
+    provider: String,
+    cname: String,
+    platform: Platform,
+    ssh_keys: Vec<String>,
+    ssh: Option<Value>,
+    channel: Value,
+    net_refs: BTreeMap<String, Address>,
+    network: Option<NetTemplate>,
+}
+
+/// The static-network parts shared by every statically addressed machine.
+#[derive(Clone)]
+struct NetTemplate {
+    prefix: u8,
+    gateway: Ipv4Addr,
+    dns: Vec<Ipv4Addr>,
+}
+
+impl NetTemplate {
+    fn at(&self, address: Ipv4Addr) -> StaticNetwork {
+        StaticNetwork {
+            address,
+            prefix: self.prefix,
+            gateway: self.gateway,
+            dns: self.dns.clone(),
+        }
+    }
+}
+
+impl Shared {
+    /// The attributes every machine gets.
+    fn machine_attrs(&self, name: String, role: &Value, size: Option<&Value>) -> Attrs {
+        let mut attrs = Attrs::new();
+        attrs.insert("name".into(), Value::String(name));
+        attrs.insert("role".into(), role.clone());
+        if let Some(s) = size {
+            attrs.insert("size".into(), s.clone());
+        }
+        if let Some(k) = &self.ssh {
+            attrs.insert("ssh_authorized_keys".into(), k.clone());
+        }
+        attrs.insert("channel".into(), self.channel.clone());
+        attrs
+    }
+
+    /// A machine spec with nothing but the shared parts.
+    fn spec(&self, hostname: String) -> MachineSpec {
+        MachineSpec {
+            hostname,
+            platform: self.platform,
+            ssh_authorized_keys: self.ssh_keys.clone(),
+            network: None,
+            docker_tcp: false,
+            etcd: None,
+            etcd_proxy: None,
+            etcd_endpoints: Vec::new(),
+        }
+    }
+
+    fn resource(&self, address: Address, attrs: Attrs, depends_on: Vec<Address>) -> Resource {
+        Resource {
+            address,
+            provider: self.provider.clone(),
+            attrs,
+            refs: self.net_refs.clone(),
+            depends_on,
+        }
+    }
+}
+
+/// Expand blueprint `bp` into plain resources.
+pub(crate) fn expand(
+    cx: &mut Cx<'_>,
+    bp: Blueprint,
+    inputs: &Inputs<'_>,
     schemas: &[ProviderSchema],
 ) -> Expansion {
+    let Inputs {
+        cluster,
+        network,
+        central,
+        workers,
+        vm,
+    } = *inputs;
     let fallback = cluster
         .blueprint_span
         .or(cluster.span)
         .unwrap_or(Span { offset: 0, len: 0 });
     let net_span = network.span.unwrap_or(fallback);
-    let central_span = central.span.unwrap_or(fallback);
-    let workers_span = workers.span.unwrap_or(fallback);
     let settings = &cluster.settings;
     let cname = settings.name.as_str();
+    let name = bp.name();
 
     let provider = match &settings.provider {
         Some(p) => {
-            check_schema(cx, p, schemas, fallback);
+            check_schema(cx, bp, p, schemas, fallback);
             p.clone()
         }
         None => {
             let example = schemas.first().map_or("sim", |s| s.provider.as_str());
             cx.error(
                 Some(fallback),
-                "blueprint `dev-test` needs `[cluster] provider`",
+                format!("blueprint `{name}` needs `[cluster] provider`"),
                 "which provider?",
                 Some(format!("add `provider = \"{example}\"` to `[cluster]`")),
             );
@@ -127,108 +463,32 @@ pub(crate) fn dev_test(
         }
     };
 
-    // Counts.
-    let central_count = match central.count {
-        None => Count::Counted(1),
-        Some((Some(1), _)) => Count::Counted(1),
-        Some((Some(_), at)) => {
-            cx.error(
-                Some(at),
-                "dev-test has exactly one etcd machine",
-                "must be 1",
-                Some("use blueprint `central-services` for 3-5".to_string()),
-            );
-            Count::Unknown
+    // Tables that do not fit the blueprint.
+    match bp {
+        Blueprint::DevVm => {
+            let help = "describe the one machine in `[vm]` (size, zone, address, protect, butane); for etcd machines and workers use blueprint `dev-test`, `small` or `central-services`";
+            misfit(cx, central, bp, "it makes one machine, `[vm]`", help);
+            misfit(cx, workers, bp, "it makes one machine, `[vm]`", help);
         }
-        Some((None, _)) => Count::Unknown,
-    };
-    let workers_count = match workers.count_or(0) {
-        Some(n) => Count::Counted(n),
-        None => Count::Unknown,
-    };
-    let n_central: u32 = 1;
-    let n_workers: u32 = match workers_count {
-        Count::Counted(n) => n,
-        _ => 0,
-    };
-
-    // Sizes.
-    let central_size = match &central.size {
-        Some(s) => Some(s.clone()),
-        None => {
-            let (msg, at) = if central.span.is_some() {
-                ("`[central]` has no `size`", central_span)
-            } else {
-                (
-                    "blueprint `dev-test` needs `[central]` with a `size`",
-                    fallback,
-                )
-            };
-            cx.error(
-                Some(at),
-                msg,
-                "missing `size`",
-                Some("add `size = \"...\"` to `[central]`: the machine type (instance type, Metal plan, libvirt \"2cpu-4gb\")".to_string()),
-            );
-            None
-        }
-    };
-    let workers_size = workers.size.clone();
-    if workers_size.is_none() && n_workers > 0 {
-        cx.error(
-            Some(workers_span),
-            "`[workers]` has no `size`",
-            "missing `size`",
-            Some("add `size = \"...\"` to `[workers]`: the machine type (instance type, Metal plan, libvirt \"2cpu-4gb\")".to_string()),
+        _ => misfit(
+            cx,
+            vm,
+            bp,
+            "`[vm]` is for blueprint `dev-vm`",
+            "describe the machines in `[central]` and `[workers]`, or set `blueprint = \"dev-vm\"` for a single VM",
+        ),
+    }
+    if bp == Blueprint::Small {
+        misfit(
+            cx,
+            workers,
+            bp,
+            "small runs etcd on every machine; use central-services for workers",
+            "remove `[workers]` and raise `[central] count` (3 to 9), or set `blueprint = \"central-services\"`",
         );
     }
 
-    // Central addresses.
-    let first: Option<(Ipv4Addr, Span, bool)> = match central.first_address {
-        Some((Some(ip), at)) => Some((ip, at, true)),
-        Some((None, _)) => None, // reported
-        None => u32::from(network.cidr.network())
-            .checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)
-            .map(|a| (Ipv4Addr::from(a), central_span, false)),
-    };
-    let mut central_addrs: Vec<Ipv4Addr> = Vec::with_capacity(n_central as usize);
-    if let Some((ip, at, explicit)) = first {
-        for i in 0..n_central {
-            let addr = u32::from(ip).checked_add(i).map(Ipv4Addr::from);
-            match addr {
-                Some(a) if !network.ok || network.cidr.contains(&a) => central_addrs.push(a),
-                _ => {
-                    let shown = addr
-                        .map_or_else(|| "beyond 255.255.255.255".to_string(), |a| a.to_string());
-                    let (message, help) = if explicit {
-                        (
-                            format!(
-                                "address `{shown}` of `machine.central[{i}]` is outside the network `{}`",
-                                network.cidr_text
-                            ),
-                            format!("pick a `first_address` in {}", network.cidr),
-                        )
-                    } else {
-                        (
-                            format!(
-                                "the default first address `{shown}` is outside the network `{}`",
-                                network.cidr_text
-                            ),
-                            format!(
-                                "set `first_address` in `[central]` to an address in {}",
-                                network.cidr
-                            ),
-                        )
-                    };
-                    cx.error(Some(at), message, "outside the network", Some(help));
-                    break;
-                }
-            }
-        }
-    }
-
-    let mut resources: Vec<(Resource, Span)> =
-        Vec::with_capacity(1 + n_central as usize + n_workers as usize);
+    let mut resources: Vec<(Resource, Span)> = Vec::new();
 
     // network.main
     let mut attrs = Attrs::new();
@@ -250,117 +510,305 @@ pub(crate) fn dev_test(
         },
         net_span,
     ));
+    let mut decls = vec![BlueprintDecl {
+        kind: "network",
+        name: "main",
+        count: Count::Single,
+        table: "network",
+    }];
 
-    // Shared values, built once.
-    let ssh: Option<Value> = (!settings.ssh_authorized_keys.is_empty()).then(|| {
-        Value::Array(
-            settings
-                .ssh_authorized_keys
-                .iter()
-                .cloned()
-                .map(Value::String)
-                .collect(),
-        )
-    });
-    let channel = Value::String(settings.channel.clone());
-    let mut net_refs = std::collections::BTreeMap::new();
+    let mut net_refs = BTreeMap::new();
     net_refs.insert("network".to_string(), net_addr);
+    let shared = Shared {
+        platform: platform(&provider),
+        provider,
+        cname: cname.to_string(),
+        ssh_keys: settings.ssh_authorized_keys.clone(),
+        ssh: (!settings.ssh_authorized_keys.is_empty()).then(|| {
+            Value::Array(
+                settings
+                    .ssh_authorized_keys
+                    .iter()
+                    .cloned()
+                    .map(Value::String)
+                    .collect(),
+            )
+        }),
+        channel: Value::String(settings.channel.clone()),
+        net_refs,
+        network: network.ok.then(|| NetTemplate {
+            prefix: network.cidr.prefix_len(),
+            gateway: network.gateway,
+            // IPv6 servers do not fit the IPv4-only static network file.
+            dns: network
+                .dns
+                .iter()
+                .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+                .collect(),
+        }),
+    };
 
-    // machine.central[i]
-    let mut central_addresses = Vec::with_capacity(central_addrs.len());
-    for (i, ip) in (0..n_central).zip(central_addrs.iter()) {
-        let mut attrs = Attrs::new();
-        attrs.insert("name".into(), Value::String(format!("{cname}-central-{i}")));
-        attrs.insert("role".into(), Value::String("etcd".into()));
-        if let Some(s) = &central_size {
-            attrs.insert("size".into(), Value::String(s.clone()));
+    match bp.central_rule() {
+        None => dev_vm(
+            cx,
+            &shared,
+            network,
+            vm,
+            fallback,
+            &mut resources,
+            &mut decls,
+        ),
+        Some(rule) => {
+            etcd_cluster(
+                cx,
+                bp,
+                &rule,
+                &shared,
+                inputs,
+                fallback,
+                &mut resources,
+                &mut decls,
+            );
         }
+    }
+
+    Expansion {
+        blueprint: name,
+        decls,
+        resources,
+    }
+}
+
+/// `dev-vm`: `machine.vm` with the Docker API socket.
+fn dev_vm(
+    cx: &mut Cx<'_>,
+    shared: &Shared,
+    network: &Network,
+    vm: &Group,
+    fallback: Span,
+    resources: &mut Vec<(Resource, Span)>,
+    decls: &mut Vec<BlueprintDecl>,
+) {
+    let at = vm.span.unwrap_or(fallback);
+    let size = vm.size.clone().map(Value::String);
+    if size.is_none() {
+        missing_size(cx, vm, Blueprint::DevVm, fallback);
+    }
+    decls.push(BlueprintDecl {
+        kind: "machine",
+        name: "vm",
+        count: Count::Single,
+        table: "vm",
+    });
+    // A static address only when `[vm] address` is set; DHCP otherwise.
+    let address = match vm.first_address {
+        Some(_) => match static_addresses(cx, network, vm, "vm", 1, at) {
+            Some(a) => a.first().copied(),
+            None => return,
+        },
+        None => None,
+    };
+    let hostname = format!("{}-vm", shared.cname);
+    let mut attrs = shared.machine_attrs(
+        hostname.clone(),
+        &Value::String("dev".into()),
+        size.as_ref(),
+    );
+    if let Some(z) = zone(&vm.zones, 0) {
+        attrs.insert("zone".into(), z);
+    }
+    if let Some(a) = address {
+        attrs.insert("address".into(), Value::String(a.to_string()));
+    }
+    if vm.protect {
+        attrs.insert("protect".into(), Value::Bool(true));
+    }
+    let mut spec = shared.spec(hostname);
+    spec.docker_tcp = true;
+    spec.network = address.and_then(|a| shared.network.as_ref().map(|n| n.at(a)));
+    attrs.insert("user_data".into(), user_data(&spec, &vm.butane));
+    resources.push((
+        shared.resource(Address::new("machine", "vm"), attrs, Vec::new()),
+        at,
+    ));
+}
+
+/// `small`, `dev-test`, `central-services`, `large-scale`: `machine.central[i]` running
+/// etcd with static addresses, then `machine.workers[i]`.
+#[allow(clippy::too_many_arguments)]
+fn etcd_cluster(
+    cx: &mut Cx<'_>,
+    bp: Blueprint,
+    rule: &CentralRule,
+    shared: &Shared,
+    inputs: &Inputs<'_>,
+    fallback: Span,
+    resources: &mut Vec<(Resource, Span)>,
+    decls: &mut Vec<BlueprintDecl>,
+) {
+    let Inputs {
+        network,
+        central,
+        workers,
+        ..
+    } = *inputs;
+    let central_span = central.span.unwrap_or(fallback);
+    let workers_span = workers.span.unwrap_or(fallback);
+    let cname = shared.cname.as_str();
+
+    // Central count.
+    let central_count = match central.count {
+        None => Count::Counted(rule.default),
+        Some((Some(n), _)) if (rule.min..=rule.max).contains(&n) => Count::Counted(n),
+        Some((Some(n), at)) => {
+            let (message, help) = bp.count_error(n);
+            let label = if rule.min == rule.max {
+                format!("must be {}", rule.min)
+            } else {
+                format!("must be {} to {}", rule.min, rule.max)
+            };
+            cx.error(Some(at), message, label, Some(help));
+            Count::Unknown
+        }
+        Some((None, _)) => Count::Unknown,
+    };
+    decls.push(BlueprintDecl {
+        kind: "machine",
+        name: "central",
+        count: central_count,
+        table: "central",
+    });
+    // An invalid count (reported) still expands the default, to find more problems.
+    let n_central = match central_count {
+        Count::Counted(n) => n,
+        _ => rule.default,
+    };
+
+    // large-scale: central machines in at least two zones.
+    if bp == Blueprint::LargeScale {
+        let why = "large-scale spreads the central machines over zones: give at least 2";
+        match (&central.zones, central.zones_span) {
+            (Some(z), Some(at)) if z.len() < 2 => cx.error(
+                Some(at),
+                format!("{why}, not {}", z.len()),
+                "needs 2 or more zones",
+                Some("list the availability zones (or metros, or cabinets) to spread the central machines over, like [\"eu-west-1a\", \"eu-west-1b\", \"eu-west-1c\"]; for one zone use blueprint `central-services`".to_string()),
+            ),
+            (None, None) => cx.error(
+                Some(central_span),
+                format!("{why}; `[central]` has no `zones`"),
+                "no `zones`",
+                Some("add `zones = [\"...\", \"...\"]` to `[central]`: the availability zones (or metros, or cabinets); for one zone use blueprint `central-services`".to_string()),
+            ),
+            _ => {} // fine, or `zones` was wrong (reported)
+        }
+    }
+
+    // Sizes.
+    let central_size = central.size.clone().map(Value::String);
+    if central_size.is_none() {
+        missing_size(cx, central, bp, fallback);
+    }
+    let workers_count = if bp.has_workers() {
+        match workers.count_or(0) {
+            Some(n) => Count::Counted(n),
+            None => Count::Unknown,
+        }
+    } else {
+        Count::Counted(0)
+    };
+    let n_workers = match workers_count {
+        Count::Counted(n) => n,
+        _ => 0,
+    };
+    let workers_size = workers.size.clone().map(Value::String);
+    if workers_size.is_none() && n_workers > 0 {
+        missing_size(cx, workers, bp, fallback);
+    }
+
+    // Central machines: etcd members with static addresses.
+    let addrs = static_addresses(cx, network, central, "central", n_central, central_span)
+        .unwrap_or_default();
+    let names: Vec<String> = (0..addrs.len())
+        .map(|i| format!("{cname}-central-{i}"))
+        .collect();
+    let initial_cluster: Vec<(String, Ipv4Addr)> =
+        names.iter().cloned().zip(addrs.iter().copied()).collect();
+    resources.reserve(addrs.len() + n_workers as usize);
+    let etcd_role = Value::String("etcd".into());
+    let mut central_addresses = Vec::with_capacity(addrs.len());
+    for (i, (name, ip)) in (0u32..).zip(names.iter().zip(&addrs)) {
+        let mut attrs = shared.machine_attrs(name.clone(), &etcd_role, central_size.as_ref());
         if let Some(z) = zone(&central.zones, i) {
             attrs.insert("zone".into(), z);
         }
         attrs.insert("address".into(), Value::String(ip.to_string()));
-        if let Some(k) = &ssh {
-            attrs.insert("ssh_authorized_keys".into(), k.clone());
-        }
-        attrs.insert("channel".into(), channel.clone());
         if central.protect {
             attrs.insert("protect".into(), Value::Bool(true));
         }
+        let mut spec = shared.spec(name.clone());
+        spec.network = shared.network.as_ref().map(|n| n.at(*ip));
+        spec.etcd = Some(EtcdMember {
+            name: name.clone(),
+            address: *ip,
+            initial_cluster: initial_cluster.clone(),
+            cluster_token: cname.to_string(),
+        });
+        attrs.insert("user_data".into(), user_data(&spec, &central.butane));
         let address = Address::indexed("machine", "central", i);
         central_addresses.push(address.clone());
-        resources.push((
-            Resource {
-                address,
-                provider: provider.clone(),
-                attrs,
-                refs: net_refs.clone(),
-                depends_on: Vec::new(),
-            },
-            central_span,
-        ));
+        resources.push((shared.resource(address, attrs, Vec::new()), central_span));
     }
 
-    // machine.workers[i]
-    let endpoints = Value::Array(
-        central_addrs
+    if !bp.has_workers() {
+        return;
+    }
+    decls.push(BlueprintDecl {
+        kind: "machine",
+        name: "workers",
+        count: workers_count,
+        table: "workers",
+    });
+
+    // Workers: DHCP, after every etcd machine; they reach etcd directly (dev-test) or
+    // through a local proxy (central-services, large-scale). The `etcd_endpoints`
+    // attribute is what applications on the worker use; the central client URLs are in
+    // `user_data` either way.
+    let client_urls: Vec<String> = addrs.iter().map(|ip| client_url(*ip)).collect();
+    let mut spec = shared.spec(String::new());
+    if bp.workers_proxy() {
+        spec.etcd_proxy = Some(client_urls);
+        spec.etcd_endpoints = vec![crate::settings::DEFAULT_ETCD_ENDPOINT.to_string()];
+    } else {
+        spec.etcd_endpoints = client_urls;
+    }
+    let endpoints_attr = Value::Array(
+        spec.etcd_endpoints
             .iter()
-            .map(|ip| Value::String(format!("http://{ip}:2379")))
+            .cloned()
+            .map(Value::String)
             .collect(),
     );
-    let workers_size = workers_size.map(Value::String);
     let role = Value::String("worker".into());
     for i in 0..n_workers {
-        let mut attrs = Attrs::new();
-        attrs.insert("name".into(), Value::String(format!("{cname}-workers-{i}")));
-        attrs.insert("role".into(), role.clone());
-        if let Some(s) = &workers_size {
-            attrs.insert("size".into(), s.clone());
-        }
+        let name = format!("{cname}-workers-{i}");
+        spec.hostname.clone_from(&name);
+        let mut attrs = shared.machine_attrs(name, &role, workers_size.as_ref());
         if let Some(z) = zone(&workers.zones, i) {
             attrs.insert("zone".into(), z);
         }
-        attrs.insert("etcd_endpoints".into(), endpoints.clone());
-        if let Some(k) = &ssh {
-            attrs.insert("ssh_authorized_keys".into(), k.clone());
-        }
-        attrs.insert("channel".into(), channel.clone());
+        attrs.insert("etcd_endpoints".into(), endpoints_attr.clone());
         if workers.protect {
             attrs.insert("protect".into(), Value::Bool(true));
         }
+        attrs.insert("user_data".into(), user_data(&spec, &workers.butane));
         resources.push((
-            Resource {
-                address: Address::indexed("machine", "workers", i),
-                provider: provider.clone(),
+            shared.resource(
+                Address::indexed("machine", "workers", i),
                 attrs,
-                refs: net_refs.clone(),
-                depends_on: central_addresses.clone(),
-            },
+                central_addresses.clone(),
+            ),
             workers_span,
         ));
-    }
-
-    Expansion {
-        blueprint: "dev-test",
-        decls: vec![
-            BlueprintDecl {
-                kind: "network",
-                name: "main",
-                count: Count::Single,
-                table: "network",
-            },
-            BlueprintDecl {
-                kind: "machine",
-                name: "central",
-                count: central_count,
-                table: "central",
-            },
-            BlueprintDecl {
-                kind: "machine",
-                name: "workers",
-                count: workers_count,
-                table: "workers",
-            },
-        ],
-        resources,
     }
 }

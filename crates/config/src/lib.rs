@@ -206,29 +206,39 @@ pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostic
 
 /// The top-level tables of a cluster file.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "cluster", "state", "provider", "network", "central", "workers", "resource",
+    "cluster", "state", "provider", "network", "central", "workers", "vm", "resource",
 ];
 
 /// Validate `source` as the text of the cluster file at `path` (which need not exist:
 /// it names the file in diagnostics and anchors relative paths such as `[state] path`
 /// and Butane files).
 pub fn parse(path: &Path, source: &str, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     // Diagnostics name the file as the user wrote it; the model keeps it absolute.
-    parse_absolute(path, source, schemas).map_err(|mut d| {
+    // Diagnostics about other files (Butane) already name them as the user wrote them.
+    parse_absolute(path, &absolute, source, schemas).map_err(|mut d| {
         for x in &mut d.0 {
-            x.path = path.to_path_buf();
+            if x.path == absolute {
+                x.path = path.to_path_buf();
+            }
         }
         d
     })
 }
 
 fn parse_absolute(
+    shown: &Path,
     path: &Path,
     source: &str,
     schemas: &[ProviderSchema],
 ) -> Result<Model, Diagnostics> {
-    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = path.to_path_buf();
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let shown_dir = shown.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dirs = settings::Dirs {
+        dir: &dir,
+        shown_dir: &shown_dir,
+    };
     let source: Arc<str> = Arc::from(source);
     let mut cx = Cx::new(&path, &source);
 
@@ -257,19 +267,31 @@ fn parse_absolute(
     let state = settings::state(&mut cx, doc, &dir);
     let providers = settings::providers(&mut cx, doc, schemas);
     let network = settings::network(&mut cx, doc);
-    let central = settings::group(&mut cx, doc, "central", &dir);
-    let workers = settings::group(&mut cx, doc, "workers", &dir);
+    let central = settings::group(&mut cx, doc, "central", &dirs);
+    let workers = settings::group(&mut cx, doc, "workers", &dirs);
+    let vm = settings::group(&mut cx, doc, "vm", &dirs);
 
     let expansion = match cluster.settings.blueprint.as_deref() {
-        Some("dev-test") => Some(blueprint::dev_test(
-            &mut cx, &cluster, &network, &central, &workers, schemas,
-        )),
-        Some(_) => None, // unknown or not implemented: reported
+        Some(name) => blueprint::Blueprint::from_name(name).map(|bp| {
+            blueprint::expand(
+                &mut cx,
+                bp,
+                &blueprint::Inputs {
+                    cluster: &cluster,
+                    network: &network,
+                    central: &central,
+                    workers: &workers,
+                    vm: &vm,
+                },
+                schemas,
+            )
+        }),
         None => {
             for (table, at) in [
                 ("network", network.span),
                 ("central", central.span),
                 ("workers", workers.span),
+                ("vm", vm.span),
             ] {
                 if at.is_some() {
                     settings::needs_blueprint(&mut cx, table, at);
@@ -284,7 +306,8 @@ fn parse_absolute(
 
     if !cx.diags.is_empty() {
         let mut diags = cx.diags;
-        diags.sort_by_key(|d| d.span.map_or(0, |s| s.offset));
+        // The cluster file's problems in file order, then those of other files (Butane).
+        diags.sort_by_key(|d| (d.path != path, d.span.map_or(0, |s| s.offset)));
         return Err(Diagnostics(diags));
     }
 

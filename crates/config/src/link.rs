@@ -202,10 +202,12 @@ pub(crate) fn link(
     let mut resources: Vec<Resource> = Vec::new();
     let mut spans: BTreeMap<Address, Span> = BTreeMap::new();
     let mut blueprint_name = "";
+    let mut owned: Vec<String> = Vec::new();
 
     if let Some(exp) = expansion {
         blueprint_name = exp.blueprint;
         for d in exp.decls {
+            owned.push(format!("{}.{}", d.kind, d.name));
             decls.by_kind.entry(d.kind.to_string()).or_default().insert(
                 d.name.to_string(),
                 Decl {
@@ -234,9 +236,13 @@ pub(crate) fn link(
                     Some(p.span),
                     format!("`{}.{}` is already defined by {by}", p.kind, p.name),
                     "duplicate address",
-                    Some(format!(
-                        "rename this resource; blueprint `{blueprint_name}` owns `network.main`, `machine.central` and `machine.workers`"
-                    )),
+                    Some(match existing.blueprint_table {
+                        Some(_) => format!(
+                            "rename this resource; blueprint `{blueprint_name}` owns {}",
+                            tick_list(&owned)
+                        ),
+                        None => "rename one of the two resources".to_string(),
+                    }),
                 );
             }
             None => {

@@ -1,16 +1,18 @@
 //! The settings tables: `[cluster]`, `[state]`, `[provider.NAME]`, and the blueprint
-//! inputs `[network]`, `[central]`, `[workers]`, each read with defaults and checks.
+//! inputs `[network]`, `[central]`, `[workers]`, `[vm]`, each read with defaults and
+//! checks (Butane files are read and translated here, once per table).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clusterform_core::ProviderSchema;
 use ipnet::Ipv4Net;
 use toml::de::DeTable;
 
 use crate::reader::{Cx, expected_one_of, span, tick_list};
-use crate::{ClusterSettings, ProviderBlock, Span, StateSettings};
+use crate::{ClusterSettings, ProviderBlock, Span, StateSettings, diagnostic_at};
 
 /// Every blueprint name the format knows.
 pub(crate) const BLUEPRINTS: &[&str] = &[
@@ -20,8 +22,6 @@ pub(crate) const BLUEPRINTS: &[&str] = &[
     "central-services",
     "large-scale",
 ];
-/// The blueprints this version can expand.
-pub(crate) const IMPLEMENTED_BLUEPRINTS: &[&str] = &["dev-test"];
 /// Flatcar channels.
 pub(crate) const CHANNELS: &[&str] = &["stable", "beta", "alpha", "lts"];
 /// Default Flatcar channel.
@@ -134,16 +134,6 @@ pub(crate) fn cluster(cx: &mut Cx<'_>, doc: &DeTable<'_>, schemas: &[ProviderSch
                     "expected one of {}, or leave `blueprint` out and write [resource.*] tables",
                     tick_list(BLUEPRINTS)
                 )),
-            );
-        } else if !IMPLEMENTED_BLUEPRINTS.contains(&bp) {
-            cx.error(
-                Some(at),
-                format!("blueprint `{bp}` is not implemented yet"),
-                "not implemented yet",
-                Some(
-                    "use `dev-test`, or leave `blueprint` out and write [resource.*] tables"
-                        .to_string(),
-                ),
             );
         }
         settings.blueprint = Some(bp.to_string());
@@ -427,20 +417,26 @@ pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
     net
 }
 
-/// `[central]` or `[workers]`.
+/// `[central]`, `[workers]` or `[vm]`.
 pub(crate) struct Group {
+    /// The table's name: `central`, `workers` or `vm`.
+    pub(crate) table: &'static str,
     /// The table's header, when the table is there.
     pub(crate) span: Option<Span>,
     /// `count` as written: (value if valid, its span).
     pub(crate) count: Option<(Option<u32>, Span)>,
     /// `size`.
     pub(crate) size: Option<String>,
-    /// `zones` (None when absent).
+    /// `zones` (None when absent); `[vm] zone` as a one-entry list.
     pub(crate) zones: Option<Vec<String>>,
-    /// `first_address` (central only): the address if valid, and its span.
+    /// The span of the `zones` value.
+    pub(crate) zones_span: Option<Span>,
+    /// `[central] first_address` or `[vm] address`: the address if valid, and its span.
     pub(crate) first_address: Option<(Option<Ipv4Addr>, Span)>,
     /// `protect`.
     pub(crate) protect: bool,
+    /// The `butane` files, read and translated once for every machine of the table.
+    pub(crate) butane: Vec<clusterform_ignition::Config>,
 }
 
 impl Group {
@@ -451,18 +447,44 @@ impl Group {
             Some((c, _)) => c,
         }
     }
+
+    /// The key holding the (first) static address.
+    pub(crate) fn address_key(&self) -> &'static str {
+        if self.table == "vm" {
+            "address"
+        } else {
+            "first_address"
+        }
+    }
 }
 
-/// Read `[central]` (`table = "central"`) or `[workers]`; butane files are checked
-/// relative to `dir`.
-pub(crate) fn group(cx: &mut Cx<'_>, doc: &DeTable<'_>, table: &'static str, dir: &Path) -> Group {
+/// Where the cluster file is: Butane files are read relative to `dir` (absolute) and
+/// named in diagnostics relative to `shown_dir` (the folder as the user wrote it).
+pub(crate) struct Dirs<'a> {
+    /// The cluster file's folder, absolute.
+    pub(crate) dir: &'a Path,
+    /// The cluster file's folder as written (may be empty).
+    pub(crate) shown_dir: &'a Path,
+}
+
+/// Read `[central]`, `[workers]` or `[vm]` (`table`); Butane files are read and
+/// translated here, once per table.
+pub(crate) fn group(
+    cx: &mut Cx<'_>,
+    doc: &DeTable<'_>,
+    table: &'static str,
+    dirs: &Dirs<'_>,
+) -> Group {
     let mut g = Group {
+        table,
         span: None,
         count: None,
         size: None,
         zones: None,
+        zones_span: None,
         first_address: None,
         protect: false,
+        butane: Vec::new(),
     };
     let Some((key, node)) = doc.get_key_value(table) else {
         return g;
@@ -472,37 +494,45 @@ pub(crate) fn group(cx: &mut Cx<'_>, doc: &DeTable<'_>, table: &'static str, dir
     let Some(t) = cx.as_table(table, "the file", node) else {
         return g;
     };
-    let keys: &[&str] = if table == "central" {
-        &[
+    let keys: &[&str] = match table {
+        "central" => &[
             "count",
             "size",
             "zones",
             "first_address",
             "protect",
             "butane",
-        ]
-    } else {
-        &["count", "size", "zones", "protect", "butane"]
+        ],
+        "vm" => &["size", "zone", "address", "protect", "butane"],
+        _ => &["count", "size", "zones", "protect", "butane"],
     };
     cx.check_keys(t, keys, &section);
-    g.count = cx.get_count(t, "count", &section);
+    if table != "vm" {
+        g.count = cx.get_count(t, "count", &section);
+    }
     g.size = cx.get_str(t, "size", &section).map(|(s, _)| s.to_string());
-    if let Some(zones) = cx.get_str_list(t, "zones", &section) {
+    if table == "vm" {
+        if let Some((z, at)) = cx.get_str(t, "zone", &section) {
+            g.zones = Some(vec![z.to_string()]);
+            g.zones_span = Some(at);
+        }
+    } else if let Some(zones) = cx.get_str_list(t, "zones", &section) {
+        let at = t.get("zones").map(|n| span(n.span()));
+        g.zones_span = at;
         if zones.is_empty() {
-            if let Some(n) = t.get("zones") {
-                cx.error(
-                    Some(span(n.span())),
-                    "`zones` is empty",
-                    "no zones",
-                    Some("name at least one zone, or leave `zones` out".to_string()),
-                );
-            }
+            cx.error(
+                at,
+                "`zones` is empty",
+                "no zones",
+                Some("name at least one zone, or leave `zones` out".to_string()),
+            );
         } else {
             g.zones = Some(zones.into_iter().map(|(z, _)| z.to_string()).collect());
         }
     }
-    if table == "central"
-        && let Some((a, at)) = cx.get_str(t, "first_address", &section)
+    let address_key = g.address_key();
+    if table != "workers"
+        && let Some((a, at)) = cx.get_str(t, address_key, &section)
     {
         let ip = a.parse::<Ipv4Addr>().ok();
         if ip.is_none() {
@@ -510,7 +540,11 @@ pub(crate) fn group(cx: &mut Cx<'_>, doc: &DeTable<'_>, table: &'static str, dir
                 Some(at),
                 format!("`{a}` is not an IPv4 address"),
                 "not an IPv4 address",
-                Some("write it like \"10.0.1.101\"".to_string()),
+                Some(if table == "vm" {
+                    "write it like \"10.0.0.50\", or leave `address` out for DHCP".to_string()
+                } else {
+                    "write it like \"10.0.1.101\"".to_string()
+                }),
             );
         }
         g.first_address = Some((ip, at));
@@ -518,36 +552,125 @@ pub(crate) fn group(cx: &mut Cx<'_>, doc: &DeTable<'_>, table: &'static str, dir
     g.protect = cx.get_bool(t, "protect", &section).unwrap_or(false);
     if let Some(files) = cx.get_str_list(t, "butane", &section) {
         for (f, at) in files {
-            check_butane(cx, dir, f, at);
+            if let Some(config) = read_butane(cx, dirs, f, at) {
+                g.butane.push(config);
+            }
         }
     }
     g
 }
 
-fn check_butane(cx: &mut Cx<'_>, dir: &Path, file: &str, at: Span) {
-    let p: PathBuf = dir.join(file);
-    if !p.is_file() {
-        cx.error(
-            Some(at),
-            format!(
-                "Butane file `{file}` does not exist (looked for {})",
-                p.display()
-            ),
-            "file not found",
-            Some("name a file relative to the folder of the cluster file".to_string()),
-        );
+/// Read and translate one Butane file; problems are reported (a missing file at the
+/// `butane` entry, a bad file inside the Butane file).
+fn read_butane(
+    cx: &mut Cx<'_>,
+    dirs: &Dirs<'_>,
+    file: &str,
+    at: Span,
+) -> Option<clusterform_ignition::Config> {
+    let p: PathBuf = dirs.dir.join(file);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(text) => text,
+        Err(e) => {
+            let (message, help) = if p.is_file() {
+                (
+                    format!("cannot read Butane file `{file}`: {e}"),
+                    "make the file readable UTF-8 text",
+                )
+            } else {
+                (
+                    format!(
+                        "Butane file `{file}` does not exist (looked for {})",
+                        p.display()
+                    ),
+                    "name a file relative to the folder of the cluster file",
+                )
+            };
+            cx.error(Some(at), message, "file not found", Some(help.to_string()));
+            return None;
+        }
+    };
+    let files_dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+    match clusterform_ignition::parse_butane(&p, &text, &files_dir) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            // The error is in the Butane file, or in a file it names (`contents.local`).
+            let (shown, text) = if e.path == p {
+                (dirs.shown_dir.join(file), text)
+            } else {
+                let shown = match e.path.strip_prefix(dirs.dir) {
+                    Ok(rel) => dirs.shown_dir.join(rel),
+                    Err(_) => e.path.clone(),
+                };
+                (shown, std::fs::read_to_string(&e.path).unwrap_or_default())
+            };
+            let source: Arc<str> = Arc::from(text);
+            let at = if e.line == 0 && e.offset.is_none() {
+                None
+            } else {
+                let offset = e
+                    .offset
+                    .unwrap_or_else(|| offset_of(&source, e.line, e.column))
+                    .min(source.len());
+                let len = source
+                    .get(offset..)
+                    .and_then(|rest| rest.chars().next())
+                    .filter(|c| *c != '\n')
+                    .map_or(0, char::len_utf8);
+                Some(Span { offset, len })
+            };
+            let mut d = diagnostic_at(
+                &shown,
+                &source,
+                at,
+                format!("in Butane file `{file}`: {}", e.message),
+                "here".to_string(),
+                Some(butane_help(e.help.as_ref())),
+            );
+            if e.line > 0 {
+                d.line = e.line;
+                d.column = e.column.max(1);
+            }
+            cx.diags.push(d);
+            None
+        }
     }
+}
+
+/// The ButaneError's help, or a pointer to the accepted subset.
+fn butane_help(help: Option<&String>) -> String {
+    help.cloned().unwrap_or_else(|| {
+        "clusterform reads Butane `variant: flatcar`, `version: 1.0.0`: systemd units (with dropins), storage files/directories/links and passwd users; see docs/CONFIG.md".to_string()
+    })
+}
+
+/// The byte offset of 1-based `line` and `column` (in characters) in `source`.
+fn offset_of(source: &str, line: usize, column: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            let col: usize = l
+                .chars()
+                .take(column.saturating_sub(1))
+                .map(char::len_utf8)
+                .sum();
+            return offset + col;
+        }
+        offset += l.len();
+    }
+    source.len()
 }
 
 /// Check that `node` (the `[network]`/`[central]`/`[workers]` table) is only used with a
 /// blueprint.
 pub(crate) fn needs_blueprint(cx: &mut Cx<'_>, table: &str, at: Option<Span>) {
+    let example = if table == "vm" { "dev-vm" } else { "dev-test" };
     cx.error(
         at,
         format!("`[{table}]` needs `[cluster] blueprint`"),
         "no blueprint",
         Some(format!(
-            "add `blueprint = \"dev-test\"` to `[cluster]`, or remove `[{table}]` and write [resource.*] tables"
+            "add `blueprint = \"{example}\"` to `[cluster]`, or remove `[{table}]` and write [resource.*] tables"
         )),
     );
 }

@@ -17,21 +17,36 @@ use crate::context::{self, split_file_arg};
 use crate::planfile::PlanFile;
 use crate::{errors, render};
 
-/// `clusterform validate`.
+/// `clusterform validate`: the file, and the settings of every provider this build has.
 pub fn validate(file: &Path) -> Result<u8> {
-    let ctx = context::load(file)?;
+    let model = context::load_model(file)?;
+    let base_dir = model
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let (buildable, planned): (BTreeMap<_, _>, BTreeMap<_, _>) = context::provider_configs(&model)
+        .into_iter()
+        .partition(|(name, _)| context::can_apply(name));
+    context::build_providers(&buildable, &base_dir)
+        .map_err(|(name, msg)| context::provider_error(file, &model, &name, &msg))?;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &ctx.model.resources {
+    for r in &model.resources {
         *kinds.entry(r.address.kind.as_str()).or_default() += 1;
     }
     let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!(
         "{} is valid: cluster `{}`, {} resources ({}).",
         file.display(),
-        ctx.cluster.name,
-        ctx.model.resources.len(),
+        model.cluster.name,
+        model.resources.len(),
         counts.join(", ")
     );
+    for name in planned.keys() {
+        println!(
+            "note: this build cannot plan or apply with provider `{name}` yet, so its settings were not checked; `render` and `graph` work."
+        );
+    }
     Ok(0)
 }
 
@@ -244,4 +259,82 @@ pub fn graph(file: &Path, format: GraphFormat) -> Result<u8> {
             Ok(if status.success() { 0 } else { 1 })
         }
     }
+}
+
+/// `clusterform render`: each machine's Ignition config, byte for byte what the provider
+/// receives as user data.
+pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<u8> {
+    let model = context::load_model(file)?;
+    let filter = machine.map(parse_addr).transpose()?;
+    let configs: Vec<(&Address, &str)> = model
+        .resources
+        .iter()
+        .filter(|r| filter.as_ref().is_none_or(|f| f.names(&r.address)))
+        .filter_map(|r| {
+            r.attrs
+                .get("user_data")
+                .and_then(|v| v.as_str())
+                .map(|s| (&r.address, s))
+        })
+        .collect();
+    if configs.is_empty() {
+        let machines: Vec<String> = model
+            .resources
+            .iter()
+            .filter(|r| r.attrs.contains_key("user_data"))
+            .map(|r| r.address.to_string())
+            .collect();
+        return Err(match (machine, machines.is_empty()) {
+            (_, true) => errors::hint(
+                "no machine in this cluster file has an Ignition config",
+                "machines made by a blueprint get one; plain [resource.machine.*] tables can set `user_data`",
+            ),
+            (Some(m), false) => errors::hint(
+                format!("`{m}` is not a machine with an Ignition config"),
+                format!("machines: {}", machines.join(", ")),
+            ),
+            (None, false) => errors::plain("nothing to render"),
+        });
+    }
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                errors::hint(
+                    format!("cannot create `{}`: {e}", dir.display()),
+                    "pass a folder you can write to",
+                )
+            })?;
+            for (addr, json) in &configs {
+                let path = dir.join(format!("{addr}.ign"));
+                std::fs::write(&path, json).map_err(|e| {
+                    errors::hint(
+                        format!("cannot write `{}`: {e}", path.display()),
+                        "pass a folder you can write to",
+                    )
+                })?;
+            }
+            println!(
+                "Wrote {} Ignition config(s) to {}.",
+                configs.len(),
+                dir.display()
+            );
+        }
+        None if configs.len() == 1 => println!("{}", configs[0].1),
+        None => {
+            let all: serde_json::Map<String, serde_json::Value> = configs
+                .iter()
+                .map(|(a, json)| {
+                    (
+                        a.to_string(),
+                        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+                    )
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&all).map_err(|e| errors::plain(e.to_string()))?
+            );
+        }
+    }
+    Ok(0)
 }

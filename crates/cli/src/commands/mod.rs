@@ -20,6 +20,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::State(s) => inspect::state(s),
         Command::ForceUnlock { args } => inspect::force_unlock(&args),
         Command::Graph { file, format } => inspect::graph(&file, format),
+        Command::Render { file, machine, out } => {
+            inspect::render(&file, machine.as_deref(), out.as_deref())
+        }
         Command::Sim(s) => sim::run(s),
     }
 }

@@ -1,0 +1,729 @@
+//! The five blueprints: what each expands into (addresses, roles, zones, ordering), the
+//! rendered Ignition in every machine's `user_data`, Butane extras, and every count and
+//! zone rule reported at its line and column.
+
+use clusterform_core::Resource;
+use serde_json::Value;
+
+use super::*;
+
+/// The rendered Ignition config of a machine.
+fn ignition(r: &Resource) -> Value {
+    let s = r.attrs["user_data"]
+        .as_str()
+        .expect("user_data is a string");
+    serde_json::from_str(s).expect("user_data is JSON")
+}
+
+/// The names of the systemd units.
+fn units(ign: &Value) -> Vec<String> {
+    ign["systemd"]["units"]
+        .as_array()
+        .map(|u| {
+            u.iter()
+                .map(|u| u["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A unit's contents and drop-ins, joined.
+fn unit_text(ign: &Value, name: &str) -> String {
+    let units = ign["systemd"]["units"].as_array().unwrap();
+    let u = units
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("no unit {name} in {ign}"));
+    let mut s = u["contents"].as_str().unwrap_or_default().to_string();
+    for d in u["dropins"].as_array().into_iter().flatten() {
+        s.push_str(d["contents"].as_str().unwrap_or_default());
+    }
+    s
+}
+
+/// The decoded text of a storage file, None when there is no such file.
+fn file_text(ign: &Value, path: &str) -> Option<String> {
+    let f = ign["storage"]["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"] == path)?;
+    assert!(
+        f["contents"]["compression"].is_null() || f["contents"]["compression"] == "",
+        "compressed: {f}"
+    );
+    let src = f["contents"]["source"].as_str()?;
+    let (meta, data) = src.strip_prefix("data:")?.split_once(',')?;
+    let bytes = if meta.ends_with(";base64") {
+        base64(data)
+    } else {
+        percent(data)
+    };
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+fn percent(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn base64(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|a| *a == c).unwrap() as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn addrs(m: &Model) -> Vec<String> {
+    m.resources.iter().map(|r| r.address.to_string()).collect()
+}
+
+fn attr<'m>(m: &'m Model, a: &str, key: &str) -> &'m Value {
+    &find(m, a).attrs[key]
+}
+
+/// `--initial-cluster="..."` of an etcd member's drop-in.
+fn initial_cluster(ign: &Value) -> String {
+    let text = unit_text(ign, "etcd-member.service");
+    let start = text
+        .find("--initial-cluster=\"")
+        .expect("--initial-cluster")
+        + 19;
+    let len = text[start..].find('"').unwrap();
+    text[start..start + len].to_string()
+}
+
+// ---------------------------------------------------------------------------------
+// dev-vm
+
+const DEV_VM: &str = r#"[cluster]
+name = "laptop"
+blueprint = "dev-vm"
+provider = "sim"
+ssh_authorized_keys = ["ssh-ed25519 AAAA me@laptop"]
+
+[vm]
+size = "2cpu-4gb"
+zone = "home"
+address = "10.0.0.50"
+protect = true
+"#;
+
+#[test]
+fn dev_vm_is_one_machine_with_the_docker_api() {
+    let m = ok(DEV_VM);
+    assert_eq!(addrs(&m), ["network.main", "machine.vm"]);
+    let vm = find(&m, "machine.vm");
+    assert_eq!(
+        json!(without_user_data(vm)),
+        json!({
+            "name": "laptop-vm", "role": "dev", "size": "2cpu-4gb", "zone": "home",
+            "address": "10.0.0.50", "protect": true, "channel": "stable",
+            "ssh_authorized_keys": ["ssh-ed25519 AAAA me@laptop"],
+        })
+    );
+    assert_eq!(vm.refs["network"], addr("network.main"));
+    let ign = ignition(vm);
+    assert_eq!(ign["ignition"]["version"], "3.3.0");
+    assert_eq!(
+        units(&ign),
+        ["docker-tcp.socket", "enable-docker-tcp.service"]
+    );
+    assert!(unit_text(&ign, "docker-tcp.socket").contains("ListenStream=2375"));
+    assert_eq!(
+        file_text(&ign, "/etc/hostname").as_deref(),
+        Some("laptop-vm\n")
+    );
+    assert_eq!(
+        file_text(&ign, "/etc/systemd/network/00-eth0.network").as_deref(),
+        Some("[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.50/16\nGateway=10.0.0.1\n")
+    );
+    assert_eq!(
+        ign["passwd"]["users"][0]["sshAuthorizedKeys"],
+        json!(["ssh-ed25519 AAAA me@laptop"])
+    );
+    assert_eq!(
+        crate::line_col(&m.source, m.spans[&addr("machine.vm")].offset),
+        (7, 1)
+    );
+}
+
+#[test]
+fn dev_vm_without_an_address_uses_dhcp() {
+    let m = ok(&DEV_VM.replace("address = \"10.0.0.50\"\n", ""));
+    let vm = find(&m, "machine.vm");
+    assert!(!vm.attrs.contains_key("address"));
+    let ign = ignition(vm);
+    assert_eq!(
+        file_text(&ign, "/etc/systemd/network/00-eth0.network"),
+        None
+    );
+    assert!(units(&ign).contains(&"docker-tcp.socket".to_string()));
+}
+
+#[test]
+fn error_dev_vm_tables() {
+    // [central] and [workers] do not fit.
+    let e = errors(&format!(
+        "{DEV_VM}[central]\ncount = 1\nsize = \"s\"\n[workers]\ncount = 2\nsize = \"s\"\n"
+    ));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_diag(
+        &e[0],
+        "`[central]` does not fit blueprint `dev-vm`: it makes one machine, `[vm]`",
+        12,
+        1,
+    );
+    assert!(e[0].help.as_deref().unwrap().contains("`[vm]`"));
+    assert_diag(
+        &e[1],
+        "`[workers]` does not fit blueprint `dev-vm`: it makes one machine, `[vm]`",
+        15,
+        1,
+    );
+    // No [vm].
+    let d = one_error("[cluster]\nname = \"x\"\nblueprint = \"dev-vm\"\nprovider = \"sim\"\n");
+    assert_diag(&d, "blueprint `dev-vm` needs `[vm]` with a `size`", 3, 13);
+    // [vm] without size, with a bad address.
+    let e = errors(
+        &DEV_VM
+            .replace("size = \"2cpu-4gb\"\n", "")
+            .replace("10.0.0.50", "10.9"),
+    );
+    let msgs: Vec<(&str, usize, usize)> = e
+        .iter()
+        .map(|d| (d.message.as_str(), d.line, d.column))
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            ("`[vm]` has no `size`", 7, 1),
+            ("`10.9` is not an IPv4 address", 9, 11)
+        ]
+    );
+    // An address outside the network.
+    let d = one_error(&DEV_VM.replace("10.0.0.50", "192.168.1.5"));
+    assert_diag(
+        &d,
+        "address `192.168.1.5` of `machine.vm` is outside the network `10.0.0.0/16`",
+        10,
+        11,
+    );
+    // [vm] with another blueprint, and without one.
+    let d = one_error(&format!("{DEV_TEST}[vm]\nsize = \"s\"\n"));
+    assert_diag(
+        &d,
+        "`[vm]` does not fit blueprint `dev-test`: `[vm]` is for blueprint `dev-vm`",
+        18,
+        1,
+    );
+    let d = one_error("[cluster]\nname = \"x\"\n[vm]\nsize = \"s\"\n");
+    assert_diag(&d, "`[vm]` needs `[cluster] blueprint`", 3, 1);
+    assert!(d.help.as_deref().unwrap().contains("\"dev-vm\""));
+    // Keys of [central] are not keys of [vm].
+    let d = one_error(&DEV_VM.replace("zone = \"home\"", "zones = [\"home\"]"));
+    assert_diag(&d, "unknown key `zones` in `[vm]`", 9, 1);
+}
+
+// ---------------------------------------------------------------------------------
+// small
+
+const SMALL: &str = r#"[cluster]
+name = "demo"
+blueprint = "small"
+provider = "sim"
+ssh_authorized_keys = ["ssh-ed25519 AAAA me@laptop"]
+
+[network]
+cidr = "10.0.0.0/24"
+gateway = "10.0.0.1"
+dns = ["1.2.3.4"]
+
+[central]
+count = 5
+size = "2cpu-4gb"
+zones = ["a", "b"]
+first_address = "10.0.0.11"
+"#;
+
+#[test]
+fn small_runs_etcd_on_every_machine() {
+    let m = ok(SMALL);
+    assert_eq!(
+        addrs(&m),
+        [
+            "network.main",
+            "machine.central[0]",
+            "machine.central[1]",
+            "machine.central[2]",
+            "machine.central[3]",
+            "machine.central[4]"
+        ]
+    );
+    let expected_cluster = (0..5)
+        .map(|i| format!("demo-central-{i}=http://10.0.0.{}:2380", 11 + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for i in 0..5 {
+        let a = format!("machine.central[{i}]");
+        let r = find(&m, &a);
+        assert_eq!(r.attrs["address"], json!(format!("10.0.0.{}", 11 + i)));
+        assert_eq!(r.attrs["role"], json!("etcd"));
+        assert_eq!(r.attrs["zone"], json!(["a", "b"][i % 2]));
+        assert!(!r.attrs.contains_key("etcd_endpoints"));
+        assert!(r.depends_on.is_empty());
+        let ign = ignition(r);
+        assert_eq!(initial_cluster(&ign), expected_cluster, "{a}");
+        let dropin = unit_text(&ign, "etcd-member.service");
+        assert!(
+            dropin.contains(&format!("--name=\"demo-central-{i}\"")),
+            "{dropin}"
+        );
+        assert!(dropin.contains(&format!(
+            "--advertise-client-urls=\"http://10.0.0.{}:2379\"",
+            11 + i
+        )));
+        assert_eq!(
+            file_text(&ign, "/etc/systemd/network/00-eth0.network"),
+            Some(format!(
+                "[Match]\nName=eth0\n\n[Network]\nDNS=1.2.3.4\nAddress=10.0.0.{}/24\nGateway=10.0.0.1\n",
+                11 + i
+            ))
+        );
+        assert_eq!(
+            file_text(&ign, "/etc/hostname"),
+            Some(format!("demo-central-{i}\n"))
+        );
+    }
+}
+
+#[test]
+fn small_defaults_to_three_machines_at_the_101st_host() {
+    let m = ok(&SMALL
+        .replace("count = 5\n", "")
+        .replace("first_address = \"10.0.0.11\"\n", ""));
+    assert_eq!(m.resources.len(), 4);
+    assert_eq!(attr(&m, "machine.central[2]", "address"), "10.0.0.103");
+    assert_eq!(
+        initial_cluster(&ignition(find(&m, "machine.central[0]"))),
+        "demo-central-0=http://10.0.0.101:2380,demo-central-1=http://10.0.0.102:2380,demo-central-2=http://10.0.0.103:2380"
+    );
+}
+
+#[test]
+fn error_small_counts() {
+    for n in [0, 1, 2, 10, 40] {
+        let d = one_error(&SMALL.replace("count = 5", &format!("count = {n}")));
+        assert_diag(
+            &d,
+            &format!(
+                "blueprint `small` runs 3 to 9 machines, not {n}: etcd on every machine needs at least 3 for a quorum; more than 9 is a central-services cluster"
+            ),
+            13,
+            9,
+        );
+        assert_eq!(d.label, "must be 3 to 9");
+        let help = d.help.unwrap();
+        if n < 3 {
+            assert!(help.contains("`dev-test`"), "{help}");
+        } else {
+            assert!(help.contains("`central-services`"), "{help}");
+        }
+    }
+    for n in [3, 9] {
+        let m = ok(&SMALL.replace("count = 5", &format!("count = {n}")));
+        assert_eq!(m.resources.len(), n + 1);
+    }
+}
+
+#[test]
+fn error_small_has_no_workers() {
+    let d = one_error(&format!("{SMALL}\n[workers]\ncount = 2\nsize = \"s\"\n"));
+    assert_diag(
+        &d,
+        "`[workers]` does not fit blueprint `small`: small runs etcd on every machine; use central-services for workers",
+        18,
+        1,
+    );
+}
+
+#[test]
+fn error_small_addresses_must_fit_the_network() {
+    let d = one_error(&SMALL.replace("10.0.0.11", "10.0.0.253"));
+    assert_diag(
+        &d,
+        "address `10.0.1.0` of `machine.central[3]` is outside the network `10.0.0.0/24`",
+        16,
+        17,
+    );
+    assert_eq!(
+        d.help.as_deref(),
+        Some("pick a `first_address` in 10.0.0.0/24 with room for 5 machines")
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// dev-test
+
+#[test]
+fn dev_test_user_data_one_member_and_workers_talking_to_it() {
+    let m = ok(DEV_TEST);
+    let c = ignition(find(&m, "machine.central[0]"));
+    assert_eq!(initial_cluster(&c), "demo-central-0=http://10.0.0.101:2380");
+    assert_eq!(
+        file_text(&c, "/etc/systemd/network/00-eth0.network"),
+        Some("[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.101/16\nGateway=10.0.0.1\n".into())
+    );
+    for i in 0..3 {
+        let w = ignition(find(&m, &format!("machine.workers[{i}]")));
+        assert_eq!(units(&w), Vec::<String>::new(), "no proxy, no etcd");
+        assert_eq!(
+            file_text(&w, "/etc/etcd-endpoints.env").as_deref(),
+            Some("ETCDCTL_ENDPOINTS=http://10.0.0.101:2379\n")
+        );
+        assert_eq!(file_text(&w, "/etc/systemd/network/00-eth0.network"), None);
+        assert_eq!(
+            file_text(&w, "/etc/hostname"),
+            Some(format!("demo-workers-{i}\n"))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// central-services
+
+const CENTRAL: &str = r#"[cluster]
+name = "prod"
+blueprint = "central-services"
+provider = "sim"
+
+[network]
+cidr = "10.0.0.0/16"
+
+[central]
+count = 5
+size = "m"
+zones = ["z1", "z2", "z3"]
+first_address = "10.0.1.101"
+protect = true
+
+[workers]
+count = 4
+size = "w"
+zones = ["z1", "z2"]
+"#;
+
+#[test]
+fn central_services_expansion() {
+    let m = ok(CENTRAL);
+    assert_eq!(m.resources.len(), 1 + 5 + 4);
+    let central: Vec<Address> = (0..5)
+        .map(|i| Address::indexed("machine", "central", i))
+        .collect();
+    let urls: Vec<String> = (0..5)
+        .map(|i| format!("http://10.0.1.{}:2379", 101 + i))
+        .collect();
+    for i in 0..5u32 {
+        let r = find(&m, &format!("machine.central[{i}]"));
+        assert_eq!(r.attrs["address"], json!(format!("10.0.1.{}", 101 + i)));
+        assert_eq!(r.attrs["zone"], json!(["z1", "z2", "z3"][i as usize % 3]));
+        assert_eq!(r.attrs["protect"], json!(true));
+        assert_eq!(r.attrs["role"], json!("etcd"));
+        let ign = ignition(r);
+        assert_eq!(initial_cluster(&ign).matches("=http://").count(), 5);
+        assert!(initial_cluster(&ign).contains("prod-central-4=http://10.0.1.105:2380"));
+        assert!(
+            unit_text(&ign, "etcd-member.service").contains("--initial-cluster-token=\"prod\"")
+        );
+    }
+    for i in 0..4u32 {
+        let r = find(&m, &format!("machine.workers[{i}]"));
+        assert!(!r.attrs.contains_key("address"), "workers use DHCP");
+        assert!(!r.attrs.contains_key("protect"));
+        assert_eq!(r.attrs["role"], json!("worker"));
+        assert_eq!(r.attrs["size"], json!("w"));
+        assert_eq!(r.attrs["zone"], json!(["z1", "z2"][i as usize % 2]));
+        assert_eq!(r.attrs["etcd_endpoints"], json!(["http://127.0.0.1:2379"]));
+        assert_eq!(r.depends_on, central);
+        let ign = ignition(r);
+        assert_eq!(units(&ign), ["etcd-grpc-proxy.service"]);
+        assert!(
+            unit_text(&ign, "etcd-grpc-proxy.service")
+                .contains(&format!("--endpoints={} ", urls.join(","))),
+            "{ign}"
+        );
+        assert_eq!(
+            file_text(&ign, "/etc/etcd-endpoints.env").as_deref(),
+            Some("ETCDCTL_ENDPOINTS=http://127.0.0.1:2379\n")
+        );
+        assert_eq!(
+            file_text(&ign, "/etc/systemd/network/00-eth0.network"),
+            None
+        );
+    }
+    // Every etcd machine comes before every worker.
+    let order: Vec<String> = m.graph.topo_order().map(ToString::to_string).collect();
+    let last_central = order
+        .iter()
+        .rposition(|a| a.starts_with("machine.central"))
+        .unwrap();
+    let first_worker = order
+        .iter()
+        .position(|a| a.starts_with("machine.workers"))
+        .unwrap();
+    assert!(last_central < first_worker, "{order:?}");
+}
+
+#[test]
+fn workers_user_data_follows_the_central_set() {
+    let five = ok(CENTRAL);
+    let three = ok(&CENTRAL.replace("count = 5", "count = 3"));
+    assert_eq!(three.resources.len(), 1 + 3 + 4);
+    let w5 = attr(&five, "machine.workers[0]", "user_data");
+    let w3 = attr(&three, "machine.workers[0]", "user_data");
+    assert_ne!(w5, w3, "the endpoints are in the workers' user_data");
+    assert_eq!(
+        attr(&five, "machine.workers[0]", "etcd_endpoints"),
+        attr(&three, "machine.workers[0]", "etcd_endpoints"),
+        "the local proxy's URL"
+    );
+    assert!(
+        !w3.as_str().unwrap().contains("10.0.1.104"),
+        "a removed member is gone"
+    );
+    assert_ne!(
+        attr(&five, "machine.central[0]", "user_data"),
+        attr(&three, "machine.central[0]", "user_data"),
+        "the initial cluster changed"
+    );
+    // More workers change no existing machine.
+    let more = ok(&CENTRAL.replace("count = 4", "count = 6"));
+    for a in ["machine.central[0]", "machine.workers[3]"] {
+        assert_eq!(
+            attr(&five, a, "user_data"),
+            attr(&more, a, "user_data"),
+            "{a}"
+        );
+    }
+}
+
+#[test]
+fn central_services_defaults() {
+    let m = ok(
+        "[cluster]\nname = \"p\"\nblueprint = \"central-services\"\nprovider = \"sim\"\n\
+         [central]\nsize = \"m\"\n",
+    );
+    assert_eq!(
+        addrs(&m),
+        [
+            "network.main",
+            "machine.central[0]",
+            "machine.central[1]",
+            "machine.central[2]"
+        ]
+    );
+    assert_eq!(attr(&m, "machine.central[2]", "address"), "10.0.0.103");
+    assert!(!find(&m, "machine.central[0]").attrs.contains_key("zone"));
+}
+
+#[test]
+fn error_central_services_counts() {
+    for n in [0, 2, 6, 9] {
+        let d = one_error(&CENTRAL.replace("count = 5", &format!("count = {n}")));
+        assert_diag(
+            &d,
+            &format!(
+                "blueprint `central-services` runs 3 to 5 central machines, not {n}: etcd needs at least 3 for a quorum, and more members only slow every write down"
+            ),
+            10,
+            9,
+        );
+        assert_eq!(d.label, "must be 3 to 5");
+    }
+    let d = one_error(&CENTRAL.replace("size = \"w\"\n", ""));
+    assert_diag(&d, "`[workers]` has no `size`", 16, 1);
+    let d = one_error(&CENTRAL.replace("count = 4", "count = -1"));
+    assert_diag(
+        &d,
+        "`count` in `[workers]` must be 0 or more, not -1",
+        17,
+        9,
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// large-scale
+
+#[test]
+fn large_scale_spreads_central_over_zones() {
+    let src = CENTRAL.replace("central-services", "large-scale");
+    let m = ok(&src);
+    assert_eq!(m.cluster.blueprint.as_deref(), Some("large-scale"));
+    assert_eq!(attr(&m, "machine.central[3]", "zone"), "z1");
+    let w = find(&m, "machine.workers[1]");
+    assert!(!w.attrs.contains_key("address"));
+    assert_eq!(w.depends_on.len(), 5);
+    assert!(units(&ignition(w)).contains(&"etcd-grpc-proxy.service".to_string()));
+    // Workers default to none, and have no upper bound.
+    let m = ok(&src.replace("count = 4\n", ""));
+    assert_eq!(m.resources.len(), 6);
+    let m = ok(&src.replace("count = 4\n", "count = 500\n"));
+    assert_eq!(m.resources.len(), 506);
+}
+
+#[test]
+fn error_large_scale_rules() {
+    let src = CENTRAL.replace("central-services", "large-scale");
+    let d = one_error(&src.replace("[\"z1\", \"z2\", \"z3\"]", "[\"z1\"]"));
+    assert_diag(
+        &d,
+        "large-scale spreads the central machines over zones: give at least 2, not 1",
+        12,
+        9,
+    );
+    let d = one_error(&src.replace("zones = [\"z1\", \"z2\", \"z3\"]\n", ""));
+    assert_diag(
+        &d,
+        "large-scale spreads the central machines over zones: give at least 2; `[central]` has no `zones`",
+        9,
+        1,
+    );
+    let d = one_error(&src.replace("count = 5", "count = 7"));
+    assert_diag(
+        &d,
+        "blueprint `large-scale` runs 3 to 5 central machines, not 7: etcd needs at least 3 for a quorum, and more members only slow every write down",
+        10,
+        9,
+    );
+    // An empty list is reported once, as empty.
+    let d = one_error(&src.replace("[\"z1\", \"z2\", \"z3\"]", "[]"));
+    assert_diag(&d, "`zones` is empty", 12, 9);
+}
+
+// ---------------------------------------------------------------------------------
+// platforms and Butane
+
+/// The sim schema under another provider's name.
+fn as_provider(name: &str) -> ProviderSchema {
+    let mut s = sim();
+    s.provider = name.to_string();
+    s
+}
+
+#[test]
+fn platform_follows_the_provider() {
+    for (p, networkd, metadata) in [
+        ("libvirt", true, false),
+        ("ec2", false, true),
+        ("metal", false, true),
+        ("other", true, false),
+    ] {
+        let src = CENTRAL.replace("provider = \"sim\"", &format!("provider = \"{p}\""));
+        let m = parse(Path::new(PATH), &src, &[as_provider(p)]).unwrap();
+        let ign = ignition(find(&m, "machine.central[0]"));
+        assert_eq!(
+            file_text(&ign, "/etc/systemd/network/00-eth0.network").is_some(),
+            networkd,
+            "{p}"
+        );
+        assert_eq!(
+            unit_text(&ign, "etcd-member.service").contains("coreos-metadata.service"),
+            metadata,
+            "{p}"
+        );
+    }
+}
+
+const BUTANE: &str = "variant: flatcar
+version: 1.0.0
+systemd:
+  units:
+    - name: hello.service
+      enabled: true
+      contents: |
+        [Service]
+        ExecStart=/usr/bin/echo hello
+storage:
+  files:
+    - path: /etc/motd
+      contents:
+        inline: |
+          central machine
+";
+
+/// A cluster file and Butane files in a fresh folder.
+fn folder(cluster: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, cluster).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn butane_extras_are_merged_into_the_tables_machines() {
+    let src = CENTRAL.replace(
+        "protect = true",
+        "protect = true\nbutane = [\"central.bu\"]",
+    );
+    let (_dir, path) = folder(&src, &[("central.bu", BUTANE)]);
+    let m = load(&path, &[sim()]).unwrap();
+    for i in 0..5 {
+        let ign = ignition(find(&m, &format!("machine.central[{i}]")));
+        assert_eq!(
+            units(&ign),
+            ["etcd-member.service", "hello.service"],
+            "central[{i}]"
+        );
+        assert_eq!(
+            file_text(&ign, "/etc/motd").as_deref(),
+            Some("central machine\n")
+        );
+    }
+    let w = ignition(find(&m, "machine.workers[0]"));
+    assert_eq!(units(&w), ["etcd-grpc-proxy.service"], "[central]'s only");
+    assert_eq!(file_text(&w, "/etc/motd"), None);
+}
+
+#[test]
+fn error_butane_is_located_in_the_butane_file() {
+    let src = SMALL.replace("first_address", "butane = [\"central.bu\"]\nfirst_address");
+    let bad = BUTANE.replace("      enabled: true", "      enabled: maybe");
+    let (dir, path) = folder(&src, &[("central.bu", &bad)]);
+    let e = load(&path, &[sim()]).unwrap_err().0;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    let d = &e[0];
+    assert_eq!(d.path, dir.path().join("central.bu"));
+    assert_eq!(&*d.source, bad.as_str());
+    assert_eq!(d.line, 6, "{d}");
+    assert!(d.column >= 7, "{d}");
+    assert!(
+        d.message.starts_with("in Butane file `central.bu`: "),
+        "{d}"
+    );
+    assert!(d.help.is_some());
+    let at = d.span.unwrap();
+    assert_eq!(crate::line_col(&d.source, at.offset).0, 6);
+}

@@ -1,0 +1,28 @@
+//! Flatcar machine configs: the Ignition 3.3.0 data model ([`types`]), the role
+//! templates the cluster architectures need ([`role`]: etcd member, etcd proxy, static
+//! networkd, Docker TCP socket, SSH keys, hostname), a Butane subset reader ([`butane`],
+//! `variant: flatcar`, `version: 1.0.0`), merging, and a short diff of two configs for
+//! plans. Pure: the only file reads are Butane `contents.local` files, under the
+//! files directory given to [`parse_butane`].
+
+pub mod butane;
+mod dataurl;
+pub mod diff;
+pub mod merge;
+pub mod role;
+pub mod types;
+
+pub use butane::{ButaneError, parse_butane};
+pub use diff::{ConfigDiff, diff_configs, summarize};
+pub use merge::merge;
+pub use role::{EtcdMember, MachineSpec, Platform, StaticNetwork, render};
+pub use types::Config;
+
+/// The Ignition spec version every rendered config has.
+pub const IGNITION_VERSION: &str = "3.3.0";
+
+/// Serialize a config the way clusterform stores and sends it: compact JSON with a
+/// stable field order.
+pub fn to_json(config: &Config) -> String {
+    serde_json::to_string(config).unwrap_or_else(|_| String::from("{}"))
+}
