@@ -13,6 +13,7 @@ pub mod role;
 pub mod types;
 
 pub use butane::{ButaneError, parse_butane};
+pub use dataurl::{Encoding, decode as decode_data_url};
 pub use diff::{ConfigDiff, diff_configs, summarize};
 pub use merge::merge;
 pub use role::{EtcdMember, MachineSpec, Platform, StaticNetwork, render};

@@ -47,51 +47,10 @@ fn file_text(ign: &Value, path: &str) -> Option<String> {
         .as_array()?
         .iter()
         .find(|f| f["path"] == path)?;
-    assert!(
-        f["contents"]["compression"].is_null() || f["contents"]["compression"] == "",
-        "compressed: {f}"
-    );
     let src = f["contents"]["source"].as_str()?;
-    let (meta, data) = src.strip_prefix("data:")?.split_once(',')?;
-    let bytes = if meta.ends_with(";base64") {
-        base64(data)
-    } else {
-        percent(data)
-    };
+    let (bytes, _) =
+        clusterform_ignition::decode_data_url(src, f["contents"]["compression"].as_str())?;
     Some(String::from_utf8(bytes).unwrap())
-}
-
-fn percent(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn base64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = A.iter().position(|a| *a == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 fn addrs(m: &Model) -> Vec<String> {
