@@ -7,6 +7,9 @@
 mod local;
 mod lock;
 
+#[cfg(test)]
+mod backup_tests;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,6 +7,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,6 +80,9 @@ pub struct LocalStore {
     store: String,
     calls: Mutex<()>,
     open_timeout: Duration,
+    /// Set once this store has copied the state file to `state.redb.backup` before its
+    /// first commit: the backup is the state as the run found it.
+    backed_up: AtomicBool,
 }
 
 /// A database opened for reading: read-only when it was closed cleanly, read-write (so
@@ -142,7 +146,88 @@ impl LocalStore {
             lock_path,
             calls: Mutex::new(()),
             open_timeout: OPEN_TIMEOUT,
+            backed_up: AtomicBool::new(false),
         }
+    }
+
+    /// The copy of the state as it was before this store's first commit:
+    /// `<dir>/state.redb.backup` (the last good state of the previous run).
+    pub fn backup_path(&self) -> PathBuf {
+        self.dir.join("state.redb.backup")
+    }
+
+    /// Put the backup in place of a damaged state file: the damaged file is kept as
+    /// `state.redb.damaged-<unix time>` (returned), the backup stays where it is. The
+    /// caller holds the lock, and must then reconcile with the provider: objects made
+    /// after the backup was taken are not in it.
+    pub fn restore_backup(&self) -> Result<Option<PathBuf>, StateError> {
+        let _calls = self.serialize_calls();
+        let backup = self.backup_path();
+        if !backup.exists() {
+            return Err(StateError::Io {
+                path: backup,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "there is no backup to restore",
+                ),
+            });
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let mut damaged = None;
+        if self.db_path.exists() {
+            let secs = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let aside = self.dir.join(format!("state.redb.damaged-{secs}"));
+            std::fs::rename(&self.db_path, &aside).map_err(io(&aside))?;
+            damaged = Some(aside);
+        }
+        let tmp = self.dir.join("state.redb.restore.tmp");
+        std::fs::copy(&backup, &tmp).map_err(io(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &self.db_path).map_err(io(&self.db_path))?;
+        // The restored file is the backup: no need to back it up again this run.
+        self.backed_up.store(true, Ordering::SeqCst);
+        Ok(damaged)
+    }
+
+    /// Copy the state file to [`backup_path`](Self::backup_path) once, before the first
+    /// commit of this store: write a temporary file, fsync it, rename it over the old
+    /// backup. A failure (disk full) stops the commit, so nothing is written that could
+    /// not be undone.
+    fn backup_once(&self) -> Result<(), StateError> {
+        if self.backed_up.load(Ordering::SeqCst) || !self.db_path.exists() {
+            return Ok(());
+        }
+        let backup = self.backup_path();
+        let tmp = self.dir.join("state.redb.backup.tmp");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let copy = || -> Result<(), StateError> {
+            std::fs::copy(&self.db_path, &tmp).map_err(io(&tmp))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &backup).map_err(io(&backup))?;
+            Ok(())
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.backed_up.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The folder holding the state.
@@ -560,6 +645,7 @@ impl StateStore for LocalStore {
                     .map_err(|e| self.redb_err("starting a read", e))?;
                 return Ok(self.read_meta_txn(&txn)?.serial);
             }
+            self.backup_once()?;
             self.create_files()?;
             let db = self
                 .open_retrying(|| Builder::new().create(&self.db_path))

@@ -241,3 +241,48 @@ fn as_sim(text: &str) -> String {
     }
     out
 }
+
+#[test]
+fn a_damaged_state_is_restored_from_the_backup_and_nothing_is_orphaned() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    // A second run backs up the state it found, then adds two workers.
+    w.write("cluster.toml", &dev_test("demo", 3, "s", ""));
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    let before = w.state_ids("cluster.toml");
+    assert_eq!(before.len(), 5);
+
+    // The state file gets damaged: a clear error that points at the way back.
+    w.write(".clusterform/state.redb", "garbage, not a database");
+    let r = w.run_ok(&["plan", "cluster.toml"], 1);
+    assert!(r.stderr.contains("corrupt"), "{}", r.stderr);
+    assert!(r.stderr.contains("state restore"), "{}", r.stderr);
+
+    // Restore: the backup lacks the two workers of the second run; they are adopted
+    // by their tags, so the plan is empty and nothing was made twice.
+    let r = w.run_ok(&["state", "restore", "cluster.toml"], 0);
+    assert!(
+        r.stdout.contains("Adopted machine.workers[1]"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Adopted machine.workers[2]"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(w.state_ids("cluster.toml"), before);
+    w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 0);
+    w.assert_state_matches_cloud("cluster.toml");
+    let damaged: Vec<_> = std::fs::read_dir(w.path().join(".clusterform"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.redb.damaged-")
+        })
+        .collect();
+    assert_eq!(damaged.len(), 1, "the damaged file is kept aside");
+}

@@ -24,6 +24,12 @@ fn kill_9_mid_apply_then_rerun_adopts_and_finishes() {
         child.kill().expect("kill -9");
         let _ = child.wait();
 
+        let pending = w.run_ok(&["state", "pending", "cluster.toml"], 0);
+        assert!(
+            pending.stdout.contains("unfinished operation(s)"),
+            "kill at {kill_after_ms} ms: `state pending` lists the open journal: {}",
+            pending.stdout
+        );
         let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
         assert!(
             r.stdout

@@ -166,6 +166,20 @@ pub enum StateCommand {
         #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ADDR")]
         args: Vec<String>,
     },
+    /// List unfinished operations (journal entries a crashed run left); the next
+    /// plan or apply resolves them.
+    Pending {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
+    /// Replace a damaged state file with the backup the last run made, then adopt the
+    /// objects the provider holds with this cluster's tags that the backup lacks.
+    Restore {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
     /// Forget resources (the objects stay at the provider).
     Rm {
         /// [cluster file] and one or more addresses.

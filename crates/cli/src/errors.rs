@@ -112,7 +112,17 @@ pub fn state(e: clusterform_state::StateError) -> miette::Report {
             "wait for that run to finish (or pass --lock-timeout 60s to wait); if its process is gone, run `clusterform force-unlock {}`",
             holder.id
         ),
-        S::Corrupt { .. } => "restore the state folder from a backup; do not delete it, the machines it records would be orphaned".to_string(),
+        S::Corrupt { path, .. } => {
+            let backup = std::path::Path::new(path).with_file_name("state.redb.backup");
+            if backup.exists() {
+                format!(
+                    "the state as the last run found it is in `{}`: run `clusterform state restore CLUSTER_FILE` to put it back (the damaged file is kept aside) and adopt what the provider made since; do not delete the state folder: the machines it records would be orphaned",
+                    backup.display()
+                )
+            } else {
+                "restore the state folder from a backup; do not delete it: the machines it records would be orphaned".to_string()
+            }
+        }
         S::Version { .. } => "use a newer clusterform".to_string(),
         S::WrongLockId { .. } => "use the id from the lock message, or `clusterform state list` to see the current holder".to_string(),
         _ => "check that the state folder exists and is writable".to_string(),

@@ -166,6 +166,13 @@ pub fn plan(p: &Plan) -> String {
 }
 
 fn change(out: &mut String, c: &Change) {
+    let shown = |k: &str, v: &Value| -> String {
+        if c.sensitive.iter().any(|x| x == k) {
+            dim("(sensitive)")
+        } else {
+            attr_value(k, v)
+        }
+    };
     let reason = if c.action == Action::Replace && !c.replace_because.is_empty() {
         let names: Vec<String> = c.replace_because.iter().map(|k| attr_label(k)).collect();
         format!(" (because {} changed)", names.join(", "))
@@ -205,7 +212,7 @@ fn change(out: &mut String, c: &Change) {
                 let v = if unknown(k) {
                     dim("(known after apply)")
                 } else {
-                    attr_value(k, &after[k.as_str()])
+                    shown(k, &after[k.as_str()])
                 };
                 rows.push((green("+"), k.clone(), v));
             }
@@ -247,14 +254,14 @@ fn change(out: &mut String, c: &Change) {
             for k in keys {
                 let old = before
                     .get(k.as_str())
-                    .map(|v| attr_value(k, v))
+                    .map(|v| shown(k, v))
                     .unwrap_or_else(|| "null".into());
                 let new = if unknown(k) {
                     dim("(known after apply)")
                 } else {
                     after
                         .get(k.as_str())
-                        .map(|v| attr_value(k, v))
+                        .map(|v| shown(k, v))
                         .unwrap_or_else(|| "null".into())
                 };
                 // What changed inside the Ignition config: units and files, in short.
@@ -297,16 +304,31 @@ fn change(out: &mut String, c: &Change) {
     let _ = writeln!(out, "    }}\n");
 }
 
-/// The plan as JSON for machines (`plan --json`).
+/// The plan as JSON for machines (`plan --json`); sensitive values read `(sensitive)`.
 pub fn plan_json(p: &Plan) -> serde_json::Value {
     let s = p.summary();
+    let changes: Vec<Change> = p
+        .changes
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            for side in [&mut c.before, &mut c.after].into_iter().flatten() {
+                for k in &c.sensitive {
+                    if let Some(v) = side.get_mut(k) {
+                        *v = Value::String("(sensitive)".into());
+                    }
+                }
+            }
+            c
+        })
+        .collect();
     json!({
         "format_version": "1",
         "cluster": p.cluster,
         "destroy": p.destroy,
         "state": { "lineage": p.state_lineage, "serial": p.state_serial },
         "summary": { "add": s.add, "change": s.change, "destroy": s.destroy, "unchanged": p.unchanged },
-        "resource_changes": p.changes,
+        "resource_changes": changes,
         "drift": p.drift,
         "forget": p.forget,
     })
@@ -369,4 +391,53 @@ pub fn apply_summary(r: &ApplyReport, destroy: bool) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clusterform_core::{Address, Attrs};
+
+    fn plan_with(c: Change) -> Plan {
+        Plan {
+            cluster: "demo".into(),
+            destroy: false,
+            state_lineage: None,
+            state_serial: 0,
+            changes: vec![c],
+            unchanged: 0,
+            drift: vec![],
+            forget: vec![],
+        }
+    }
+
+    #[test]
+    fn sensitive_values_are_never_printed() {
+        let secret = "hunter2-canary";
+        let mut after = Attrs::new();
+        after.insert("password".into(), Value::String(secret.into()));
+        after.insert("size".into(), Value::String("s".into()));
+        let c = Change {
+            address: Address::new("machine", "m"),
+            provider: "sim".into(),
+            action: Action::Create,
+            id: None,
+            before: None,
+            after: Some(after),
+            after_unknown: vec![],
+            refs: Default::default(),
+            depends_on: vec![],
+            old_dependencies: vec![],
+            replace_because: vec![],
+            changed: vec![],
+            sensitive: vec!["password".into()],
+        };
+        let p = plan_with(c);
+        let text = plan(&p);
+        assert!(text.contains("password = (sensitive)"), "{text}");
+        assert!(!text.contains(secret), "{text}");
+        let json = plan_json(&p).to_string();
+        assert!(!json.contains(secret), "{json}");
+        assert!(json.contains("(sensitive)"), "{json}");
+    }
 }

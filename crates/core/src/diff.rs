@@ -75,6 +75,7 @@ pub fn diff_resource(
             old_dependencies: cur.dependencies.clone(),
             replace_because,
             changed,
+            sensitive: Vec::new(),
         };
     }
 
@@ -118,7 +119,18 @@ pub fn diff_resource(
         old_dependencies: cur.dependencies.clone(),
         replace_because: Vec::new(),
         changed,
+        sensitive: sensitive_names(schema),
     }
+}
+
+/// The names of the kind's sensitive attributes.
+fn sensitive_names(schema: &KindSchema) -> Vec<String> {
+    schema
+        .attrs
+        .iter()
+        .filter(|a| a.sensitive)
+        .map(|a| a.name.clone())
+        .collect()
 }
 
 fn create_change(
@@ -149,6 +161,7 @@ fn create_change(
         old_dependencies: Vec::new(),
         replace_because: Vec::new(),
         changed: Vec::new(),
+        sensitive: sensitive_names(schema),
     }
 }
 
@@ -167,6 +180,7 @@ pub fn diff_delete(current: &ResourceState) -> Change {
         old_dependencies: current.dependencies.clone(),
         replace_because: Vec::new(),
         changed: Vec::new(),
+        sensitive: Vec::new(),
     }
 }
 

@@ -95,6 +95,9 @@ pub struct Change {
     /// Attributes whose value changes (update, replace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
+    /// Attributes the provider marks sensitive: shown as `(sensitive)`, never printed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 impl Change {

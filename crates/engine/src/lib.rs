@@ -2,6 +2,7 @@
 //! (also used by destroy). It drives providers through the `Provider` trait and writes
 //! every finished operation to the `StateStore` at once, through a group committer.
 
+mod adopt;
 mod apply;
 mod commit;
 mod error;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use clusterform_provider::Provider;
 
+pub use adopt::{Adoption, adopt_tagged};
 pub use apply::{ApplyOptions, ApplyReport, Event, Observer, Outcome, apply, critical_path};
 pub use error::EngineError;
 pub use plan::{plan, plan_destroy};

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use clusterform_core::diff::{RefValue, diff_delete, diff_resource};
-use clusterform_core::{Action, Address, Plan, Resource, ResourceGraph};
+use clusterform_core::{Action, Address, Change, Plan, Resource, ResourceGraph};
 
 use crate::{EngineError, Providers, Refreshed};
 
@@ -58,7 +58,7 @@ pub fn plan(
 
     for (addr, current) in &refreshed.resources {
         if !by_addr.contains_key(addr) {
-            changes.push(diff_delete(current));
+            changes.push(delete_change(current, providers));
         }
     }
     changes.sort_by(|a, b| a.address.cmp(&b.address));
@@ -82,10 +82,27 @@ pub fn plan(
     })
 }
 
+/// A delete, with the kind's sensitive attributes marked so that plans hide them.
+fn delete_change(current: &clusterform_core::ResourceState, providers: &Providers) -> Change {
+    let mut c = diff_delete(current);
+    if let Ok(p) = providers.get(&current.provider)
+        && let Some(kind) = p.schema().kind(&current.address.kind)
+    {
+        c.sensitive = kind
+            .attrs
+            .iter()
+            .filter(|a| a.sensitive)
+            .map(|a| a.name.clone())
+            .collect();
+    }
+    c
+}
+
 /// Plan the deletion of everything the state records.
 pub fn plan_destroy(
     cluster: &str,
     refreshed: &Refreshed,
+    providers: &Providers,
     state_lineage: Option<String>,
     state_serial: u64,
 ) -> Plan {
@@ -94,7 +111,11 @@ pub fn plan_destroy(
         destroy: true,
         state_lineage,
         state_serial,
-        changes: refreshed.resources.values().map(diff_delete).collect(),
+        changes: refreshed
+            .resources
+            .values()
+            .map(|r| delete_change(r, providers))
+            .collect(),
         unchanged: 0,
         drift: refreshed.drift.clone(),
         forget: refreshed

@@ -200,7 +200,7 @@ async fn apply_then_plan_is_empty_then_update_then_destroy() {
     let refreshed = refresh(&w.providers, &snap.resources, 4, RetryPolicy::default())
         .await
         .expect("refresh");
-    let d = plan_destroy("demo", &refreshed, snap.lineage, snap.serial);
+    let d = plan_destroy("demo", &refreshed, &w.providers, snap.lineage, snap.serial);
     let r = w.apply(&d).await;
     assert_eq!(r.destroyed, 5);
     assert!(w.store.load().expect("load").resources.is_empty());

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clusterform_core::{Address, ResourceState};
-use clusterform_state::Mutation;
+use clusterform_state::{Mutation, StateStore};
 use miette::Result;
 use serde_json::json;
 
@@ -137,6 +137,37 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
             let mut out = std::io::stdout().lock();
             for a in snap.resources.keys() {
                 let _ = writeln!(out, "{a}");
+            }
+            Ok(0)
+        }
+        StateCommand::Restore { file } => Err(errors::plain(format!(
+            "internal: `state restore {}` runs asynchronously",
+            file.display()
+        ))),
+        StateCommand::Pending { file } => {
+            let ctx = context::load(&file)?;
+            let snap = ctx.store.load().map_err(errors::state)?;
+            if snap.journal.is_empty() {
+                println!("No unfinished operations.");
+                return Ok(0);
+            }
+            println!(
+                "{} unfinished operation(s); the next `clusterform plan` or `apply` resolves them:",
+                snap.journal.len()
+            );
+            for e in &snap.journal {
+                println!(
+                    "  {} {:<7} {} (started {}, key {}{})",
+                    e.op_id,
+                    e.action.name(),
+                    e.address,
+                    e.started_at,
+                    e.idempotency_key,
+                    e.object_id
+                        .as_ref()
+                        .map(|id| format!(", object {id}"))
+                        .unwrap_or_default()
+                );
             }
             Ok(0)
         }
@@ -336,5 +367,55 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
             );
         }
     }
+    Ok(0)
+}
+
+/// `clusterform state restore`: put the last run's backup in place of a damaged state
+/// file, then adopt what the provider made since (by the cluster's ownership tags).
+pub async fn restore(file: &Path) -> Result<u8> {
+    let ctx = context::load(file)?;
+    let context::StateLocation::Local { path } = &ctx.state_location;
+    let local = clusterform_state::LocalStore::new(path.clone());
+    let _guard = ctx
+        .store
+        .lock("state restore", Duration::ZERO)
+        .map_err(errors::state)?;
+    let damaged = local.restore_backup().map_err(|e| {
+        errors::hint(
+            e.to_string(),
+            "there is no state.redb.backup in the state folder (a backup is made before the first change of each run)",
+        )
+    })?;
+    let snap = local.load().map_err(errors::state)?;
+    let adoption = clusterform_engine::adopt_tagged(
+        &ctx.providers,
+        &local,
+        &snap,
+        &ctx.cluster.name,
+        &ctx.model.resources,
+    )
+    .await
+    .map_err(errors::engine)?;
+    if let Some(d) = damaged {
+        println!("Moved the damaged state file aside: {}", d.display());
+    }
+    println!(
+        "Restored the state of serial {} ({} resources) from {}.",
+        snap.serial,
+        snap.resources.len(),
+        local.backup_path().display()
+    );
+    for (a, id) in &adoption.adopted {
+        println!("Adopted {a} ({id}): the provider has it, the backup did not record it.");
+    }
+    for (a, id) in &adoption.duplicates {
+        println!(
+            "warning: {id} also carries the address {a}; it was left alone, look at it (e.g. `clusterform sim list`)."
+        );
+    }
+    println!(
+        "Run `clusterform plan {}` to see where the cluster stands.",
+        file.display()
+    );
     Ok(0)
 }

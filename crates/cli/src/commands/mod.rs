@@ -17,6 +17,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Apply(a) => apply::apply(a).await,
         Command::Destroy(a) => apply::destroy(a).await,
         Command::Show { file, json } => inspect::show(&file, json),
+        Command::State(crate::args::StateCommand::Restore { file }) => {
+            inspect::restore(&file).await
+        }
         Command::State(s) => inspect::state(s),
         Command::ForceUnlock { args } => inspect::force_unlock(&args),
         Command::Graph { file, format } => inspect::graph(&file, format),

@@ -80,6 +80,7 @@ pub async fn prepare(
         clusterform_engine::plan_destroy(
             &ctx.cluster.name,
             &refreshed,
+            &ctx.providers,
             snapshot.lineage.clone(),
             snapshot.serial,
         )
