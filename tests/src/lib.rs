@@ -221,3 +221,59 @@ size = "{size}"
 "#
     )
 }
+
+/// Helpers for the fault scenarios (crash harness, interrupts, concurrency, disk full).
+impl World {
+    /// The state serial as `show --json` prints it.
+    pub fn serial(&self, file: &str) -> u64 {
+        self.state_json(file)["serial"].as_u64().unwrap_or(0)
+    }
+
+    /// Addresses in the state, sorted.
+    pub fn state_addresses(&self, file: &str) -> Vec<String> {
+        self.state_ids(file).into_iter().map(|(a, _)| a).collect()
+    }
+
+    /// How far the state and the sim cloud disagree: (duplicates: extra objects sharing
+    /// an address in the cloud, orphans: cloud objects the state does not record,
+    /// missing: state records whose object is not in the cloud).
+    pub fn divergence(&self, file: &str) -> (usize, usize, usize) {
+        let state = self.state_ids(file);
+        let cloud = self.cloud_ids();
+        let dups: usize = self
+            .cloud()
+            .duplicates()
+            .expect("dups")
+            .iter()
+            .map(|(_, _, ids)| ids.len().saturating_sub(1))
+            .sum();
+        let orphans = cloud.iter().filter(|c| !state.contains(c)).count();
+        let missing = state.iter().filter(|s| !cloud.contains(s)).count();
+        (dups, orphans, missing)
+    }
+}
+
+/// A small deterministic random generator (splitmix64) for tests that pick moments.
+#[derive(Clone, Debug)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
