@@ -9,6 +9,8 @@ mod lock;
 
 #[cfg(test)]
 mod backup_tests;
+#[cfg(test)]
+mod proptests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -129,6 +129,32 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs the database engine under [`LocalStore::guarded`].
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Until the returned guard drops, a panic on this thread is not printed (it is caught
+/// and reported as [`StateError::Corrupt`]); panics elsewhere print as before.
+fn quiet_panics() -> impl Drop {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GUARDED.with(|g| g.set(self.0));
+        }
+    }
+    Reset(GUARDED.with(|g| g.replace(true)))
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -297,6 +323,7 @@ impl LocalStore {
     /// Runs `f`, turning a panic inside the database engine (redb may panic on a file
     /// damaged outside redb) into [`StateError::Corrupt`].
     fn guarded<T>(&self, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+        let _quiet = quiet_panics();
         std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
             Err(self.corrupt(format!(
                 "the database engine failed reading it: {}",
@@ -344,35 +371,100 @@ impl LocalStore {
         }
         match self.open_retrying(|| Builder::new().open_read_only(&self.db_path)) {
             Ok(db) => Ok(Some(Reader::ReadOnly(db))),
-            // Not closed cleanly (a crash): a read-write open repairs it.
-            Err(DatabaseError::RepairAborted) => self
-                .open_retrying(|| Builder::new().open(&self.db_path))
-                .map(|db| Some(Reader::ReadWrite(db)))
-                .map_err(|e| self.redb_err("opening the state file", e)),
+            // Not closed cleanly (a crash): a read-write open repairs it, on a copy.
+            Err(DatabaseError::RepairAborted) => self.open_repaired_copy().map(Some),
             Err(e) => Err(self.redb_err("opening the state file", e)),
         }
     }
 
-    /// Creates the folder (0700) and an empty state file (0600) if they do not exist.
-    fn create_files(&self) -> Result<(), StateError> {
-        ensure_private_dir(&self.dir)?;
-        let io = |source| StateError::Io {
-            path: self.db_path.clone(),
-            source,
+    /// Opens a private copy of a state file that was not closed cleanly read-write, which
+    /// repairs the copy. A read never writes the state file itself: a damaged file (which
+    /// also asks for a repair) would otherwise be rewritten before anyone could keep it.
+    /// The next commit repairs the state file in place.
+    fn open_repaired_copy(&self) -> Result<Reader, StateError> {
+        /// Removes the copy however the open ends (an error, or a panic in redb).
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let copy = std::env::temp_dir().join(format!(
+            "clusterform-state-{}-{}.redb",
+            std::process::id(),
+            COPIES.fetch_add(1, Ordering::SeqCst)
+        ));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
         };
-        match OpenOptions::new()
-            .read(true)
+        let mut from = std::fs::File::open(&self.db_path).map_err(io(&self.db_path))?;
+        // A copy left by a killed process whose pid is now ours.
+        let _ = std::fs::remove_file(&copy);
+        let mut to = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&self.db_path)
-        {
-            Ok(file) => file
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(io(e)),
+            .open(&copy)
+            .map_err(io(&copy))?;
+        let _remove = Remove(copy.clone());
+        std::io::copy(&mut from, &mut to).map_err(io(&copy))?;
+        drop(to);
+        // Unlinked when `_remove` drops; the open database keeps its file handle.
+        Builder::new()
+            .open(&copy)
+            .map(Reader::ReadWrite)
+            .map_err(|e| self.redb_err("opening the state file", e))
+    }
+
+    /// Creates the folder (0700) and an initialized, empty state file (0600) if there is
+    /// none (or only an empty one). The database is initialized in a temporary file that is
+    /// then renamed into place: a process killed while redb writes a new file's header
+    /// would otherwise leave a `state.redb` that redb refuses ("magic number mismatch").
+    fn create_files(&self) -> Result<(), StateError> {
+        ensure_private_dir(&self.dir)?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        match std::fs::metadata(&self.db_path) {
+            Ok(m) if m.len() > 0 => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&self.db_path)(e)),
         }
+        let tmp = self.dir.join("state.redb.init.tmp");
+        let init = || -> Result<(), StateError> {
+            // A leftover of an earlier run killed here.
+            let _ = std::fs::remove_file(&tmp);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&tmp))?;
+            drop(file);
+            let db = Builder::new()
+                .create(&tmp)
+                .map_err(|e| self.redb_err("initializing the state file", e))?;
+            drop(db);
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &self.db_path).map_err(io(&self.db_path))?;
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))
+        };
+        let result = init();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Reads and checks `meta`.

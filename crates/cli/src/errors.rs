@@ -108,10 +108,7 @@ pub fn plain(message: impl Into<String>) -> miette::Report {
 pub fn state(e: clusterform_state::StateError) -> miette::Report {
     use clusterform_state::StateError as S;
     let help = match &e {
-        S::Locked { holder, .. } => format!(
-            "wait for that run to finish (or pass --lock-timeout 60s to wait); if its process is gone, run `clusterform force-unlock {}`",
-            holder.id
-        ),
+        S::Locked { holder, .. } => locked_help(holder, std::time::SystemTime::now()),
         S::Corrupt { path, .. } => {
             let backup = std::path::Path::new(path).with_file_name("state.redb.backup");
             if backup.exists() {
@@ -144,5 +141,52 @@ pub fn engine(e: clusterform_engine::EngineError) -> miette::Report {
             "check the provider's settings and reachability, then run the command again",
         ),
         other => plain(other.to_string()),
+    }
+}
+
+/// What to do about a lock another run holds; `now` decides whether its expiry passed.
+fn locked_help(holder: &clusterform_state::LockInfo, now: std::time::SystemTime) -> String {
+    let expired = humantime::parse_rfc3339(&holder.expires_at).is_ok_and(|t| t < now);
+    if expired {
+        format!(
+            "the lock expired at {} but its process still holds it: pid {} on {} may be hung; \
+             stop that process, then run `clusterform force-unlock {}`",
+            holder.expires_at, holder.pid, holder.host, holder.id
+        )
+    } else {
+        format!(
+            "wait for that run to finish (or pass --lock-timeout 60s to wait); if its process \
+             is gone, run `clusterform force-unlock {}`",
+            holder.id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(expires_at: &str) -> clusterform_state::LockInfo {
+        clusterform_state::LockInfo {
+            id: "abc".into(),
+            operation: "apply".into(),
+            user: "ann".into(),
+            host: "box".into(),
+            pid: 42,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: expires_at.into(),
+        }
+    }
+
+    #[test]
+    fn an_expired_lock_still_held_names_the_process_to_stop() {
+        let now = humantime::parse_rfc3339("2026-01-01T02:00:00Z").expect("time");
+        let h = locked_help(&holder("2026-01-01T01:00:00Z"), now);
+        assert!(h.contains("expired at 2026-01-01T01:00:00Z"), "{h}");
+        assert!(h.contains("pid 42 on box"), "{h}");
+        assert!(h.contains("force-unlock abc"), "{h}");
+        let live = locked_help(&holder("2026-01-01T03:00:00Z"), now);
+        assert!(live.contains("--lock-timeout"), "{live}");
+        assert!(!live.contains("expired"), "{live}");
     }
 }

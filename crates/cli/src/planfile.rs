@@ -94,9 +94,12 @@ impl PlanFile {
             return Ok(None);
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            // serde_json's message ends with " at line L column C": say it once, in front.
+            let text = e.to_string();
+            let what = text.rsplit_once(" at line ").map_or(text.as_str(), |t| t.0);
             errors::hint(
                 format!(
-                    "`{}` is not a valid plan file: {e} (line {}, column {})",
+                    "`{}` is not a valid plan file: line {}, column {}: {what}",
                     path.display(),
                     e.line(),
                     e.column()

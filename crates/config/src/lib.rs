@@ -15,6 +15,8 @@ use crate::reader::Cx;
 
 mod blueprint;
 mod link;
+#[cfg(test)]
+mod proptests;
 mod reader;
 mod resources;
 mod settings;
@@ -189,8 +191,9 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// Read and validate the cluster file at `path` against the schemas of the providers
 /// this build has.
 pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse(path, &source, schemas),
+    match std::fs::read(path).map(String::from_utf8) {
+        Ok(Ok(source)) => parse(path, &source, schemas),
+        Ok(Err(e)) => Err(Diagnostics(vec![not_utf8(path, &e)])),
         Err(e) => {
             Err(Diagnostics(vec![diagnostic_at(
                 path,
@@ -202,6 +205,29 @@ pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostic
             )]))
         }
     }
+}
+
+/// A file that is not UTF-8: pointed at its first invalid byte (the text before it is
+/// shown, so that the line and column are right).
+fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Diagnostic {
+    let valid = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let shown: Arc<str> = Arc::from(String::from_utf8_lossy(&bytes[..valid]).as_ref());
+    diagnostic_at(
+        path,
+        &shown,
+        Some(Span {
+            offset: valid,
+            len: 0,
+        }),
+        format!(
+            "the cluster file `{}` is not UTF-8 text: invalid byte 0x{:02x}",
+            path.display(),
+            bytes.get(valid).copied().unwrap_or(0)
+        ),
+        "not UTF-8".to_string(),
+        Some("save the file as UTF-8 text".to_string()),
+    )
 }
 
 /// The top-level tables of a cluster file.

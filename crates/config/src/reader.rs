@@ -10,6 +10,10 @@ use toml::de::{DeTable, DeValue};
 
 use crate::{Diagnostic, Span, diagnostic_at};
 
+/// The largest `count` of a table: ten times the largest cluster benchmarked (10,000
+/// workers). Every instance is expanded in memory, so this bounds what a file can ask for.
+pub(crate) const MAX_COUNT: u32 = 100_000;
+
 /// A spanned TOML value.
 pub(crate) type Node<'i> = Spanned<DeValue<'i>>;
 
@@ -188,7 +192,7 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// `table[key]` as a whole number in `0..=u32::MAX`, with its span. The outer
+    /// `table[key]` as a whole number in `0..=MAX_COUNT`, with its span. The outer
     /// Option is presence, the inner one validity.
     pub(crate) fn get_count(
         &mut self,
@@ -212,14 +216,16 @@ impl<'a> Cx<'a> {
                 );
                 Some((None, at))
             }
-            Ok(n) => match u32::try_from(n) {
-                Ok(n) => Some((Some(n), at)),
-                Err(_) => {
+            Ok(n) => match u32::try_from(n).ok().filter(|n| *n <= MAX_COUNT) {
+                Some(n) => Some((Some(n), at)),
+                None => {
+                    // Every instance is expanded in memory (with its rendered config): a
+                    // count of billions would exhaust memory instead of failing here.
                     self.error(
                         Some(at),
                         format!("`{key}` in {section} is too large: {n}"),
                         "too large",
-                        Some(format!("the largest `{key}` is {}", u32::MAX)),
+                        Some(format!("the largest `{key}` is {MAX_COUNT}")),
                     );
                     Some((None, at))
                 }

@@ -79,7 +79,7 @@ pub(crate) fn cluster(cx: &mut Cx<'_>, doc: &DeTable<'_>, schemas: &[ProviderSch
     };
     let Some((key, node)) = doc.get_key_value("cluster") else {
         cx.error(
-            None,
+            Some(Span { offset: 0, len: 0 }),
             "the file has no `[cluster]` table",
             "no `[cluster]`",
             Some("add `[cluster]` with at least `name = \"demo\"`; see docs/CONFIG.md".to_string()),

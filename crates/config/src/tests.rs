@@ -22,7 +22,7 @@ fn kind(kind: &str, attrs: Vec<AttrSchema>) -> KindSchema {
 }
 
 /// Mirrors the sim provider's schema.
-fn sim() -> ProviderSchema {
+pub(crate) fn sim() -> ProviderSchema {
     use AttrType::*;
     ProviderSchema {
         provider: "sim".to_string(),
@@ -575,8 +575,8 @@ fn error_missing_cluster_name_and_table() {
     assert_diag(&d, "`[cluster]` has no `name`", 1, 1);
     let d = one_error("[provider.sim]\n");
     assert_eq!(
-        (d.message.as_str(), d.line),
-        ("the file has no `[cluster]` table", 0)
+        (d.message.as_str(), d.line, d.column),
+        ("the file has no `[cluster]` table", 1, 1)
     );
 }
 

@@ -115,6 +115,9 @@ pub struct ApplyReport {
     pub elapsed: Duration,
     /// Operations on the longest dependency chain.
     pub critical_path: usize,
+    /// The first error writing the state during the walk (disk full, ...), if any: the
+    /// operations it hit are kept in the journal for the next run to adopt.
+    pub state_error: Option<String>,
 }
 
 impl ApplyReport {
@@ -212,6 +215,7 @@ struct Ctx {
     retry: RetryPolicy,
     retries: AtomicU64,
     serial: AtomicU64,
+    state_error: Mutex<Option<String>>,
 }
 
 /// Apply `plan`. `current` is the state the plan was made against (for the ids of
@@ -272,20 +276,21 @@ pub async fn apply(
         retry: options.retry,
         retries: AtomicU64::new(0),
         serial: AtomicU64::new(serial),
+        state_error: Mutex::new(None),
     });
 
     let started = Instant::now();
     let results = {
         let ctx = ctx.clone();
-        walk(
-            &sched.deps,
-            options.parallelism,
-            options.stop.clone(),
-            move |n| {
-                let ctx = ctx.clone();
-                async move { run(&ctx, n).await }
-            },
-        )
+        // Stop starting operations on Ctrl-C, and once the state cannot be written:
+        // what would be made after that could not be recorded (the journal still has it).
+        let user_stop = options.stop.clone();
+        let halted = ctx.clone();
+        let stop = move || user_stop.load(Ordering::SeqCst) || halted.state_failed();
+        walk(&sched.deps, options.parallelism, stop, move |n| {
+            let ctx = ctx.clone();
+            async move { run(&ctx, n).await }
+        })
         .await
     };
     let elapsed = started.elapsed();
@@ -318,6 +323,11 @@ pub async fn apply(
         serial: ctx.serial.load(Ordering::SeqCst),
         elapsed,
         critical_path: longest_chain(&sched.deps),
+        state_error: ctx
+            .state_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     };
     for (ci, c) in plan.changes.iter().enumerate() {
         let mut outcome = Outcome::Done;
@@ -502,8 +512,25 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
 }
 
 impl Ctx {
+    /// True once a state write has failed.
+    fn state_failed(&self) -> bool {
+        self.state_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     async fn commit(&self, mutations: Vec<Mutation>) -> Result<(), String> {
-        let serial = self.committer.commit(mutations).await?;
+        let serial = match self.committer.commit(mutations).await {
+            Ok(serial) => serial,
+            Err(e) => {
+                self.state_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| e.clone());
+                return Err(e);
+            }
+        };
         self.serial.fetch_max(serial, Ordering::SeqCst);
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! provider what exists: a created object is adopted into state, a finished delete is
 //! recorded, and the entries are closed, all in one commit. Lookups are batched: one
 //! `list_cluster` per provider for creates (matched by idempotency key) and one
-//! `read_batch` per provider for deletes, however many entries are open.
+//! `read_batch` per provider for deletes and updates, however many entries are open.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -60,7 +60,8 @@ pub async fn recover(
 
     // What each entry found at the provider.
     let mut created: HashMap<&str, Object> = HashMap::new();
-    let mut still_there: HashMap<&str, bool> = HashMap::new();
+    // What a delete's or an update's object is now (`None`: gone).
+    let mut read_now: HashMap<&str, Option<Object>> = HashMap::new();
     for (name, entries) in &by_provider {
         let provider = providers.get(name)?;
         if let Some(first) = entries.iter().find(|e| e.action == Action::Create) {
@@ -80,7 +81,8 @@ pub async fn recover(
         }
         let deletes: Vec<&&JournalEntry> = entries
             .iter()
-            .filter(|e| e.action == Action::Delete && e.object_id.is_some())
+            .filter(|e| matches!(e.action, Action::Delete | Action::Update))
+            .filter(|e| e.object_id.is_some())
             .collect();
         for chunk in deletes.chunks(provider.max_batch().max(1)) {
             let reqs: Vec<ReadRequest> = chunk
@@ -93,8 +95,8 @@ pub async fn recover(
                 .collect();
             let answers = provider.read_batch(&reqs).await;
             for (e, a) in chunk.iter().zip(answers) {
-                let exists = a.map_err(|s| err(e, s))?.is_some();
-                still_there.insert(e.op_id.as_str(), exists);
+                let now = a.map_err(|s| err(e, s))?;
+                read_now.insert(e.op_id.as_str(), now);
             }
         }
     }
@@ -107,7 +109,7 @@ pub async fn recover(
     for e in ordered {
         let resolution = match e.action {
             Action::Delete => {
-                if still_there.get(e.op_id.as_str()).copied().unwrap_or(false) {
+                if read_now.get(e.op_id.as_str()).is_some_and(|o| o.is_some()) {
                     Resolution::NotDone
                 } else {
                     let recorded = snapshot
@@ -120,7 +122,28 @@ pub async fn recover(
                     Resolution::Removed
                 }
             }
-            Action::Update => Resolution::Refresh,
+            Action::Update => {
+                // Record the object as it is now (the update may have happened), so that
+                // the state does not keep the old attributes behind a plan with nothing
+                // to do.
+                let recorded = snapshot
+                    .resources
+                    .get(&e.address)
+                    .filter(|r| Some(&r.id) == e.object_id.as_ref());
+                let now = read_now.remove(e.op_id.as_str()).flatten();
+                if let (Some(r), Some(obj)) = (recorded, now)
+                    && obj.attrs != r.attrs
+                {
+                    mutations.push(Mutation::Put(ResourceState {
+                        address: r.address.clone(),
+                        provider: r.provider.clone(),
+                        id: obj.id,
+                        attrs: obj.attrs,
+                        dependencies: r.dependencies.clone(),
+                    }));
+                }
+                Resolution::Refresh
+            }
             _ => match created.remove(e.op_id.as_str()) {
                 Some(obj) => {
                     let id = obj.id.clone();

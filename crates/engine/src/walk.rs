@@ -4,8 +4,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::task::JoinSet;
 
@@ -23,15 +21,15 @@ pub enum NodeResult<E> {
 }
 
 /// Walk a DAG of `deps.len()` nodes, where `deps[i]` lists the nodes that must finish
-/// before node `i`. `run(i)` does node i. `stop` set to true starts no new node; those
-/// in flight finish. Returns one result per node.
+/// before node `i`. `run(i)` does node i. Once `stop()` answers true no new node starts;
+/// those in flight finish. Returns one result per node.
 ///
 /// `deps` must be acyclic (the caller checked); a node on a cycle would never start and
 /// is reported as cancelled.
 pub async fn walk<E, F, Fut>(
     deps: &[Vec<usize>],
     parallelism: usize,
-    stop: Arc<AtomicBool>,
+    stop: impl Fn() -> bool,
     run: F,
 ) -> Vec<NodeResult<E>>
 where
@@ -59,7 +57,7 @@ where
             if results[i].is_some() {
                 continue;
             }
-            if stop.load(Ordering::SeqCst) {
+            if stop() {
                 results[i] = Some(NodeResult::Cancelled);
                 continue;
             }
@@ -136,11 +134,13 @@ pub fn longest_chain(deps: &[Vec<usize>]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    fn no_stop() -> Arc<AtomicBool> {
-        Arc::new(AtomicBool::new(false))
+    fn no_stop() -> impl Fn() -> bool {
+        || false
     }
 
     #[tokio::test]
@@ -202,15 +202,20 @@ mod tests {
     #[tokio::test]
     async fn stop_cancels_what_has_not_started() {
         let deps = vec![vec![], vec![0], vec![1]];
-        let stop = no_stop();
+        let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let r = walk::<(), _, _>(&deps, 1, stop, move |_| {
-            let s = s.clone();
-            async move {
-                s.store(true, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        let r = walk::<(), _, _>(
+            &deps,
+            1,
+            move || stop.load(Ordering::SeqCst),
+            move |_| {
+                let s = s.clone();
+                async move {
+                    s.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        )
         .await;
         assert_eq!(r[0], NodeResult::Done);
         assert_eq!(r[1], NodeResult::Cancelled);

@@ -365,6 +365,57 @@ fn check_quoted_modes(ctx: &Ctx<'_>) -> Result<(), ButaneError> {
     Ok(())
 }
 
+/// How deeply flow collections (`[...]`, `{...}`) may nest: serde_yaml refuses anything
+/// deeper (its recursion limit is 128), but only after the YAML parser has read the whole
+/// nesting, which takes time quadratic in the depth (a 80 KB file of `[` took 5 s).
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// Offset of the first flow collection nested deeper than [`MAX_FLOW_DEPTH`], if any.
+/// Block scalars and comments are skipped (see [`structural_lines`]), and so are quoted
+/// strings; outside flow collections only a `[`/`{` where a value starts opens one.
+fn too_deep_flow(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (line_start, body) in structural_lines(text) {
+        let bytes = body.as_bytes();
+        let mut quote: Option<u8> = None;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match quote {
+                Some(b'"') if b == b'\\' => i += 1,
+                Some(q) if b == q => {
+                    if q == b'\'' && bytes.get(i + 1) == Some(&b'\'') {
+                        i += 1;
+                    } else {
+                        quote = None;
+                    }
+                }
+                Some(_) => {}
+                None => match b {
+                    b'"' | b'\'' if depth > 0 || value_starts(&bytes[..i]) => quote = Some(b),
+                    b'[' | b'{' if depth > 0 || value_starts(&bytes[..i]) => {
+                        depth += 1;
+                        if depth > MAX_FLOW_DEPTH {
+                            return Some(line_start + i);
+                        }
+                    }
+                    b']' | b'}' if depth > 0 => depth -= 1,
+                    _ => {}
+                },
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+/// True when a block-context value starts after `before` (the line so far): at the start
+/// of the line, or after `key: `, `- ` or `? `.
+fn value_starts(before: &[u8]) -> bool {
+    let t = before.trim_ascii_end();
+    t.is_empty() || (before.len() > t.len() && matches!(t.last(), Some(b':' | b'-' | b'?')))
+}
+
 /// Resolve `local` under `files_dir` like Butane's `EnsurePathWithinFilesDir`: relative,
 /// and not escaping the directory with `..`.
 fn local_path(files_dir: &Path, local: &str) -> Result<PathBuf, String> {
@@ -398,6 +449,13 @@ fn local_path(files_dir: &Path, local: &str) -> Result<PathBuf, String> {
 /// from `files_dir`. Returns the Ignition 3.3.0 config Butane would produce.
 pub fn parse_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config, ButaneError> {
     let ctx = Ctx { path, text };
+    if let Some(offset) = too_deep_flow(text) {
+        return Err(ctx.err_at(
+            offset,
+            format!("flow collections (`[...]`, `{{...}}`) nested more than {MAX_FLOW_DEPTH} levels deep"),
+            Some("write nested lists and mappings in block style, and less deeply".to_owned()),
+        ));
+    }
     let header: Header = serde_yaml::from_str(text).map_err(|e| ctx.yaml_err(&e))?;
     match header.variant.as_deref() {
         Some(VARIANT) => {}

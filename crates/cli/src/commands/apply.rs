@@ -23,7 +23,7 @@ const INTERRUPTED: u8 = 130;
 /// `clusterform apply`.
 pub async fn apply(a: ApplyArgs) -> Result<u8> {
     if let Some(pf) = PlanFile::read(&a.file)? {
-        return apply_saved(pf, &a.run).await;
+        return apply_saved(pf, &a.file, &a.run).await;
     }
     plan_confirm_run(&a.file, false, a.auto_approve, &a.run).await
 }
@@ -77,7 +77,23 @@ async fn plan_confirm_run(
     .await
 }
 
-async fn apply_saved(pf: PlanFile, run_args: &RunArgs) -> Result<u8> {
+async fn apply_saved(pf: PlanFile, file: &Path, run_args: &RunArgs) -> Result<u8> {
+    // A plan made against a state (it has a lineage) whose folder is gone: refuse before
+    // taking the lock, which would create an empty state folder there.
+    let context::StateLocation::Local { path: state_dir } = &pf.state;
+    if pf.plan.state_lineage.is_some() && !state_dir.is_dir() {
+        return Err(errors::hint(
+            format!(
+                "the saved plan `{}` was made against the state in `{}`, which does not exist",
+                file.display(),
+                state_dir.display()
+            ),
+            format!(
+                "restore the state folder, or make a new plan: clusterform plan {} --out FILE",
+                pf.cluster_file.display()
+            ),
+        ));
+    }
     let providers =
         context::build_providers(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
             errors::plain(format!("provider `{name}` in the plan file: {msg}"))
@@ -105,7 +121,7 @@ async fn apply_saved(pf: PlanFile, run_args: &RunArgs) -> Result<u8> {
             )
         };
         return Err(errors::hint(
-            format!("the saved plan is stale: {why}"),
+            format!("the saved plan is stale (`{}`): {why}", file.display()),
             format!(
                 "make a new plan: clusterform plan {} --out FILE",
                 pf.cluster_file.display()
@@ -190,6 +206,13 @@ async fn run(
         report.serial
     );
     print!("\n{}", render::apply_summary(&report, destroy));
+    if let Some(e) = &report.state_error {
+        eprintln!(
+            "Error: the state could not be written: {e}\n  The provider's work that is not \
+             recorded is kept in the state journal; once the state can be written again \
+             (free space), run clusterform again: it adopts those objects."
+        );
+    }
     if stop.load(Ordering::SeqCst) {
         return Ok(INTERRUPTED);
     }

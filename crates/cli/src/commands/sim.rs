@@ -1,6 +1,7 @@
 //! `clusterform sim ...`: look at and change the simulated cloud directly (what a user
 //! would do in a cloud console), e.g. to create drift on purpose.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clusterform_provider_sim::{SimCloud, resolve_dir};
@@ -29,13 +30,17 @@ pub fn run(cmd: SimCommand) -> Result<u8> {
     match cmd {
         SimCommand::List { cluster, dir } => {
             let cloud = open(dir)?;
+            let mut out = std::io::stdout().lock();
             for o in cloud.list(cluster.as_deref()).map_err(fail)? {
                 let (c, a) = o
                     .owner
                     .as_ref()
                     .map(|w| (w.cluster.clone(), w.address.to_string()))
                     .unwrap_or_default();
-                println!("{:<12} {:<8} {:<16} {}", o.id, o.kind, c, a);
+                // A closed pipe (`| head`) ends the listing quietly.
+                if writeln!(out, "{:<12} {:<8} {:<16} {}", o.id, o.kind, c, a).is_err() {
+                    break;
+                }
             }
             Ok(0)
         }
