@@ -20,6 +20,7 @@ use clusterform_core::{Action, Address, ResourceState};
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalStore;
+pub use lock::operator;
 
 /// A journal entry: written durably *before* a provider mutation starts, closed after
 /// it ends, so that a run that died in between can find what it made.

@@ -167,18 +167,31 @@ fn read_live_holder(path: &Path) -> Result<LockInfo, StateError> {
     })
 }
 
-fn new_info(operation: &str) -> LockInfo {
-    let now = SystemTime::now();
-    let user = std::env::var("USER")
+/// The user running this process (`$USER`, else `$LOGNAME`, else `unknown`).
+fn current_user() -> String {
+    std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
         .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_string());
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn current_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// `user@host` of this process, as lock holders and ownership tags name it.
+pub fn operator() -> String {
+    format!("{}@{}", current_user(), current_host())
+}
+
+fn new_info(operation: &str) -> LockInfo {
+    let now = SystemTime::now();
     LockInfo {
         id: uuid::Uuid::new_v4().to_string(),
         operation: operation.to_string(),
-        user,
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        user: current_user(),
+        host: current_host(),
         pid: std::process::id(),
         started_at: humantime::format_rfc3339_seconds(now).to_string(),
         expires_at: humantime::format_rfc3339_seconds(now + LOCK_TTL).to_string(),

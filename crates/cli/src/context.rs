@@ -87,6 +87,7 @@ pub fn load(file: &Path) -> Result<Context> {
     let cluster = ClusterInfo {
         name: model.cluster.name.clone(),
         expires_after: model.cluster.expires_after,
+        operator: Some(clusterform_state::operator()),
     };
     Ok(Context {
         model,

@@ -446,10 +446,11 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
         }
         _ => {
             let attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let now = SystemTime::now();
             let expires_at = ctx
                 .cluster
                 .expires_after
-                .map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
+                .map(|d| humantime::format_rfc3339_seconds(now + d).to_string());
             let req = CreateRequest {
                 kind: c.address.kind.clone(),
                 attrs,
@@ -458,6 +459,8 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
                     address: c.address.clone(),
                     op: key.clone(),
                     expires_at,
+                    created_by: ctx.cluster.operator.clone(),
+                    created_at: Some(humantime::format_rfc3339_seconds(now).to_string()),
                 },
             };
             ctx.retry

@@ -63,4 +63,7 @@ pub struct ClusterInfo {
     pub name: String,
     /// Test clusters: objects get an expiry tag this long after creation.
     pub expires_after: Option<Duration>,
+    /// `user@host` of whoever runs this, tagged on every object made
+    /// (`clusterform:created-by`).
+    pub operator: Option<String>,
 }

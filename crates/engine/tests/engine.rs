@@ -116,6 +116,7 @@ fn world() -> World {
         info: ClusterInfo {
             name: "demo".into(),
             expires_after: None,
+            operator: None,
         },
     }
 }
@@ -350,6 +351,8 @@ async fn an_open_create_entry_is_adopted_and_a_missing_one_cleared() {
                 address: a("network.main"),
                 op: "cf-op-1".into(),
                 expires_at: None,
+                created_by: None,
+                created_at: None,
             },
         })
         .await

@@ -153,6 +153,16 @@ impl Reader for FakeProvider {
             .cloned()
             .collect())
     }
+    async fn list_owned(&self) -> Result<Vec<Object>> {
+        self.count("list_owned");
+        Ok(self
+            .lock()
+            .objects
+            .values()
+            .filter(|o| o.owner.is_some())
+            .cloned()
+            .collect())
+    }
 }
 
 #[async_trait]

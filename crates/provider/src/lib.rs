@@ -27,6 +27,77 @@ pub struct Ownership {
     pub op: String,
     /// RFC 3339 time after which `reap` may delete it (`clusterform:expires-at`).
     pub expires_at: Option<String>,
+    /// Who ran the apply that made it, `user@host` (`clusterform:created-by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// When it was made, RFC 3339 (`clusterform:created-at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// The tag keys (EC2 tags, Metal tags, libvirt metadata) that carry [`Ownership`]. Every
+/// provider uses these names, so `reap` and `drift` find objects the same way anywhere.
+pub mod tags {
+    /// The cluster name.
+    pub const CLUSTER: &str = "clusterform:cluster";
+    /// The resource address.
+    pub const ADDRESS: &str = "clusterform:address";
+    /// The idempotency key of the operation that made the object.
+    pub const OP: &str = "clusterform:op";
+    /// RFC 3339 expiry of a test cluster.
+    pub const EXPIRES_AT: &str = "clusterform:expires-at";
+    /// `user@host` of whoever made it.
+    pub const CREATED_BY: &str = "clusterform:created-by";
+    /// RFC 3339 creation time.
+    pub const CREATED_AT: &str = "clusterform:created-at";
+}
+
+impl Ownership {
+    /// The ownership as `(key, value)` tags, keys from [`tags`]; optional ones only when set.
+    pub fn to_tags(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            (tags::CLUSTER, self.cluster.clone()),
+            (tags::ADDRESS, self.address.to_string()),
+            (tags::OP, self.op.clone()),
+        ];
+        for (k, v) in [
+            (tags::EXPIRES_AT, &self.expires_at),
+            (tags::CREATED_BY, &self.created_by),
+            (tags::CREATED_AT, &self.created_at),
+        ] {
+            if let Some(v) = v {
+                out.push((k, v.clone()));
+            }
+        }
+        out
+    }
+
+    /// Read the ownership back from tags. `None` unless the cluster, a valid address and
+    /// the op are all there: an object without them is not the tool's, and is never touched.
+    pub fn from_tags<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Ownership> {
+        let (mut cluster, mut address, mut op) = (None, None, None);
+        let (mut expires_at, mut created_by, mut created_at) = (None, None, None);
+        for (k, v) in tags {
+            let v = Some(v.to_string());
+            match k {
+                tags::CLUSTER => cluster = v,
+                tags::ADDRESS => address = v,
+                tags::OP => op = v,
+                tags::EXPIRES_AT => expires_at = v,
+                tags::CREATED_BY => created_by = v,
+                tags::CREATED_AT => created_at = v,
+                _ => {}
+            }
+        }
+        Some(Ownership {
+            cluster: cluster?,
+            address: address?.parse().ok()?,
+            op: op?,
+            expires_at,
+            created_by,
+            created_at,
+        })
+    }
 }
 
 /// An object as the provider sees it.
@@ -164,6 +235,11 @@ pub trait Reader: Send + Sync {
 
     /// Every object at the provider tagged with this cluster's name.
     async fn list_cluster(&self, cluster: &str) -> Result<Vec<Object>>;
+
+    /// Every object at the provider that carries clusterform's ownership tags, of any
+    /// cluster (`reap` finds test clusters this way, without their state). Objects
+    /// without the tags are never listed.
+    async fn list_owned(&self) -> Result<Vec<Object>>;
 }
 
 /// A provider that can also change things.
@@ -197,3 +273,47 @@ pub fn secret_env_vars() -> &'static [&'static str] {
 
 /// Provider settings from a `[provider.NAME]` table, as JSON.
 pub type ProviderConfig = BTreeMap<String, serde_json::Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Ownership {
+        Ownership {
+            cluster: "demo".into(),
+            address: "machine.workers[2]".parse().expect("address"),
+            op: "cf-op-1".into(),
+            expires_at: Some("2026-01-01T08:00:00Z".into()),
+            created_by: Some("ann@box".into()),
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn ownership_round_trips_through_tags() {
+        let o = owner();
+        let tags = o.to_tags();
+        assert_eq!(tags.len(), 5, "unset ones are left out: {tags:?}");
+        let back = Ownership::from_tags(tags.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(back, Some(o));
+    }
+
+    #[test]
+    fn objects_without_the_full_ownership_are_not_ours() {
+        let tags = owner().to_tags();
+        for missing in [tags::CLUSTER, tags::ADDRESS, tags::OP] {
+            let partial = tags
+                .iter()
+                .filter(|(k, _)| *k != missing)
+                .map(|(k, v)| (*k, v.as_str()));
+            assert_eq!(Ownership::from_tags(partial), None, "without {missing}");
+        }
+        let bad_address = [
+            (tags::CLUSTER, "demo"),
+            (tags::ADDRESS, "not an address"),
+            (tags::OP, "x"),
+        ];
+        assert_eq!(Ownership::from_tags(bad_address), None);
+        assert_eq!(Ownership::from_tags([("Name", "web")]), None);
+    }
+}

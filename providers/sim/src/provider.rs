@@ -269,6 +269,11 @@ impl Reader for SimProvider {
         self.read_op("list_cluster", move |c| db::list(c, Some(&cluster)))
             .await
     }
+
+    async fn list_owned(&self) -> Result<Vec<Object>> {
+        let all = self.read_op("list_owned", |c| db::list(c, None)).await?;
+        Ok(all.into_iter().filter(|o| o.owner.is_some()).collect())
+    }
 }
 
 #[async_trait]

@@ -40,6 +40,8 @@ fn create_req(kind: &str, address: &str, op: &str, a: Value) -> CreateRequest {
             address: addr(address),
             op: op.into(),
             expires_at: None,
+            created_by: None,
+            created_at: None,
         },
     }
 }
@@ -359,8 +361,12 @@ async fn missing_objects_read_as_none() {
         p.find_by_key("machine", "op-net-main").await.expect("find"),
         None
     );
-    assert_eq!(p.list_cluster("dev").await.expect("list"), vec![net]);
+    assert_eq!(
+        p.list_cluster("dev").await.expect("list"),
+        vec![net.clone()]
+    );
     assert!(p.list_cluster("other").await.expect("list").is_empty());
+    assert_eq!(p.list_owned().await.expect("list owned"), vec![net]);
     let calls = SimCloud::open(tmp.path())
         .expect("open")
         .calls()
@@ -369,6 +375,7 @@ async fn missing_objects_read_as_none() {
     assert_eq!(calls.get("find_by_key"), Some(&3));
     assert_eq!(calls.get("import"), Some(&3));
     assert_eq!(calls.get("list_cluster"), Some(&2));
+    assert_eq!(calls.get("list_owned"), Some(&1));
 }
 
 #[tokio::test]

@@ -135,6 +135,7 @@ async fn apply_saved(pf: PlanFile, file: &Path, run_args: &RunArgs) -> Result<u8
     let cluster = ClusterInfo {
         name: plan.cluster.clone(),
         expires_after: pf.expires_after_secs.map(std::time::Duration::from_secs),
+        operator: Some(clusterform_state::operator()),
     };
     let code = run(
         plan,
