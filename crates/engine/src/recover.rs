@@ -91,6 +91,12 @@ pub async fn recover(
                     address: e.address.clone(),
                     kind: e.kind.clone(),
                     id: e.object_id.clone().unwrap_or_default(),
+                    prior: snapshot
+                        .resources
+                        .get(&e.address)
+                        .filter(|r| Some(&r.id) == e.object_id.as_ref())
+                        .map(|r| r.attrs.clone())
+                        .unwrap_or_default(),
                 })
                 .collect();
             let answers = provider.read_batch(&reqs).await;

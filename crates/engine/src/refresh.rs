@@ -55,6 +55,7 @@ pub async fn refresh(
                     address: r.address.clone(),
                     kind: r.address.kind.clone(),
                     id: r.id.clone(),
+                    prior: r.attrs.clone(),
                 })
                 .collect();
             let answers = read_with_retry(provider.as_ref(), &reqs, retry).await;

@@ -122,6 +122,11 @@ pub struct ReadRequest {
     pub kind: String,
     /// The provider's id from the state.
     pub id: String,
+    /// The attributes the state records for it (empty when unknown). A provider whose
+    /// API cannot report some inputs in a batched read (EC2: user data) carries them
+    /// over from here, the way Terraform's ReadResource gets the prior state.
+    #[serde(default)]
+    pub prior: Attrs,
 }
 
 /// Create one object.

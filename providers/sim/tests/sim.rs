@@ -85,6 +85,7 @@ fn read_req(kind: &str, id: &str) -> ReadRequest {
         address: addr(&format!("{kind}.x")),
         kind: kind.into(),
         id: id.into(),
+        prior: Default::default(),
     }
 }
 
