@@ -14,13 +14,14 @@ use crate::Span;
 use crate::reader::Cx;
 use crate::resources::Count;
 use crate::settings::{Cluster, DEFAULT_FIRST_ADDRESS_OFFSET, Group, Network};
+use crate::zones::{ZoneLayout, zones_are_subnets};
 
 /// A resource name the blueprint defines.
 pub(crate) struct BlueprintDecl {
     /// Kind.
     pub(crate) kind: &'static str,
-    /// Name.
-    pub(crate) name: &'static str,
+    /// Name (a zone's subnet is named after its zone).
+    pub(crate) name: String,
     /// Instances.
     pub(crate) count: Count,
     /// The settings table: `[network]`, `[central]`, `[workers]`.
@@ -361,6 +362,8 @@ struct Shared {
     channel: Value,
     net_refs: BTreeMap<String, Address>,
     network: Option<NetTemplate>,
+    /// One subnet per zone (ec2), None on a flat network.
+    zones: Option<ZoneLayout>,
 }
 
 /// The static-network parts shared by every statically addressed machine.
@@ -512,13 +515,14 @@ pub(crate) fn expand(
     ));
     let mut decls = vec![BlueprintDecl {
         kind: "network",
-        name: "main",
+        name: "main".into(),
         count: Count::Single,
         table: "network",
     }];
 
     let mut net_refs = BTreeMap::new();
     net_refs.insert("network".to_string(), net_addr);
+    let zones = zone_layout(cx, bp, &provider, inputs, net_span);
     let shared = Shared {
         platform: platform(&provider),
         provider,
@@ -536,6 +540,7 @@ pub(crate) fn expand(
         }),
         channel: Value::String(settings.channel.clone()),
         net_refs,
+        zones,
         network: network.ok.then(|| NetTemplate {
             prefix: network.cidr.prefix_len(),
             gateway: network.gateway,
@@ -572,10 +577,158 @@ pub(crate) fn expand(
         }
     }
 
+    if let Some(layout) = &shared.zones {
+        add_zone_subnets(layout, &shared, net_span, &mut resources, &mut decls);
+    }
+
     Expansion {
         blueprint: name,
         decls,
         resources,
+    }
+}
+
+/// The zone layout of a provider whose zones are separate subnets: the zones of
+/// `[central]`, then `[workers]`, then `[vm]`, as listed (a table without `zones` stands
+/// for machines without a zone). Reported at the network when it does not fit.
+fn zone_layout(
+    cx: &mut Cx<'_>,
+    bp: Blueprint,
+    provider: &str,
+    inputs: &Inputs<'_>,
+    at: Span,
+) -> Option<ZoneLayout> {
+    if !zones_are_subnets(provider) || !inputs.network.ok {
+        return None;
+    }
+    let groups: Vec<&Group> = match bp {
+        Blueprint::DevVm => vec![inputs.vm],
+        Blueprint::Small => vec![inputs.central],
+        _ => vec![inputs.central, inputs.workers],
+    };
+    let mut keys: Vec<Option<String>> = Vec::new();
+    for g in groups {
+        match &g.zones {
+            Some(z) if !z.is_empty() => keys.extend(z.iter().cloned().map(Some)),
+            _ => keys.push(None),
+        }
+    }
+    match ZoneLayout::new(inputs.network.cidr, keys) {
+        Ok(l) => Some(l),
+        Err(message) => {
+            cx.error(
+                Some(at),
+                message,
+                "does not fit the zones",
+                Some("see docs/CONFIG.md, \"Zones on ec2\"".to_string()),
+            );
+            None
+        }
+    }
+}
+
+/// Give every machine the subnet of its zone, and add those subnets (in layout order,
+/// after `network.main`).
+fn add_zone_subnets(
+    layout: &ZoneLayout,
+    shared: &Shared,
+    at: Span,
+    resources: &mut Vec<(Resource, Span)>,
+    decls: &mut Vec<BlueprintDecl>,
+) {
+    let mut used = vec![false; layout.keys.len()];
+    for (r, _) in resources.iter_mut() {
+        if r.address.kind != "machine" {
+            continue;
+        }
+        let zone = r.attrs.get("zone").and_then(Value::as_str);
+        if let Some(k) = layout.index(zone) {
+            used[k] = true;
+            r.refs.insert("subnet".to_string(), layout.address(k));
+        }
+    }
+    let net_addr = Address::new("network", "main");
+    let mut subnets = Vec::new();
+    for (k, (key, block)) in layout.keys.iter().zip(&layout.blocks).enumerate() {
+        if !used[k] {
+            continue;
+        }
+        let address = layout.address(k);
+        let mut attrs = Attrs::new();
+        let suffix = key.as_deref().unwrap_or("subnet");
+        attrs.insert(
+            "name".into(),
+            Value::String(format!("{}-{suffix}", shared.cname)),
+        );
+        attrs.insert("cidr".into(), Value::String(block.to_string()));
+        if let Some(z) = key {
+            attrs.insert("zone".into(), Value::String(z.clone()));
+        }
+        decls.push(BlueprintDecl {
+            kind: "subnet",
+            name: address.name.clone(),
+            count: Count::Single,
+            table: "network",
+        });
+        subnets.push((
+            Resource {
+                address,
+                provider: shared.provider.clone(),
+                attrs,
+                refs: BTreeMap::from([("network".to_string(), net_addr.clone())]),
+                depends_on: Vec::new(),
+            },
+            at,
+        ));
+    }
+    let after_network = resources
+        .iter()
+        .position(|(r, _)| r.address == net_addr)
+        .map_or(0, |i| i + 1);
+    resources.splice(after_network..after_network, subnets);
+}
+
+/// The static addresses of a group on a provider whose zones are subnets: like
+/// [`static_addresses`], each moved into its zone's subnet. None when they do not fit
+/// (reported).
+fn zone_addresses(
+    cx: &mut Cx<'_>,
+    layout: &ZoneLayout,
+    network: &Network,
+    group: &Group,
+    n: u32,
+    at_table: Span,
+) -> Option<Vec<Ipv4Addr>> {
+    let (first, at) = match group.first_address {
+        Some((Some(ip), at)) => (ip, at),
+        Some((None, _)) => return None, // reported
+        None => {
+            let a = u32::from(network.cidr.network()).checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)?;
+            (Ipv4Addr::from(a), at_table)
+        }
+    };
+    let zone_of: Vec<usize> = (0..n)
+        .map(|i| {
+            let z = zone(&group.zones, i);
+            layout.index(z.as_ref().and_then(Value::as_str)).unwrap_or(0)
+        })
+        .collect();
+    match layout.addresses(first, &zone_of) {
+        Ok(a) => Some(a),
+        Err(message) => {
+            cx.error(
+                Some(at),
+                message,
+                "does not fit the zone subnets",
+                Some(format!(
+                    "set `{}` in `[{}]` to an address in {}",
+                    group.address_key(),
+                    group.table,
+                    layout.blocks.first().map(ToString::to_string).unwrap_or_default()
+                )),
+            );
+            None
+        }
     }
 }
 
@@ -596,13 +749,16 @@ fn dev_vm(
     }
     decls.push(BlueprintDecl {
         kind: "machine",
-        name: "vm",
+        name: "vm".into(),
         count: Count::Single,
         table: "vm",
     });
     // A static address only when `[vm] address` is set; DHCP otherwise.
     let address = match vm.first_address {
-        Some(_) => match static_addresses(cx, network, vm, "vm", 1, at) {
+        Some(_) => match match &shared.zones {
+            Some(layout) => zone_addresses(cx, layout, network, vm, 1, at),
+            None => static_addresses(cx, network, vm, "vm", 1, at),
+        } {
             Some(a) => a.first().copied(),
             None => return,
         },
@@ -674,7 +830,7 @@ fn etcd_cluster(
     };
     decls.push(BlueprintDecl {
         kind: "machine",
-        name: "central",
+        name: "central".into(),
         count: central_count,
         table: "central",
     });
@@ -727,8 +883,11 @@ fn etcd_cluster(
     }
 
     // Central machines: etcd members with static addresses.
-    let addrs = static_addresses(cx, network, central, "central", n_central, central_span)
-        .unwrap_or_default();
+    let addrs = match &shared.zones {
+        Some(layout) => zone_addresses(cx, layout, network, central, n_central, central_span),
+        None => static_addresses(cx, network, central, "central", n_central, central_span),
+    }
+    .unwrap_or_default();
     let names: Vec<String> = (0..addrs.len())
         .map(|i| format!("{cname}-central-{i}"))
         .collect();
@@ -765,7 +924,7 @@ fn etcd_cluster(
     }
     decls.push(BlueprintDecl {
         kind: "machine",
-        name: "workers",
+        name: "workers".into(),
         count: workers_count,
         table: "workers",
     });

@@ -20,6 +20,7 @@ mod proptests;
 mod reader;
 mod resources;
 mod settings;
+mod zones;
 #[cfg(test)]
 mod tests;
 

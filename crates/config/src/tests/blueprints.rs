@@ -686,3 +686,85 @@ fn error_butane_is_located_in_the_butane_file() {
     let at = d.span.unwrap();
     assert_eq!(crate::line_col(&d.source, at.offset).0, 6);
 }
+
+// ---------------------------------------------------------------------------------
+// zones on ec2: one subnet per zone, central addresses inside their zone's subnet
+
+#[test]
+fn ec2_gets_a_subnet_per_zone_and_addresses_in_them() {
+    let src = CENTRAL.replace("provider = \"sim\"", "provider = \"ec2\"");
+    let m = parse(Path::new(PATH), &src, &[as_provider("ec2")]).unwrap();
+    assert_eq!(
+        addrs(&m)[..4],
+        ["network.main", "subnet.z1", "subnet.z2", "subnet.z3"]
+    );
+    assert_eq!(m.resources.len(), 1 + 3 + 5 + 4);
+    for (z, cidr) in [("z1", "10.0.0.0/20"), ("z2", "10.0.16.0/20"), ("z3", "10.0.32.0/20")] {
+        let s = find(&m, &format!("subnet.{z}"));
+        assert_eq!(s.attrs["cidr"], cidr);
+        assert_eq!(s.attrs["zone"], z);
+        assert_eq!(s.attrs["name"], format!("prod-{z}"));
+        assert_eq!(s.refs["network"], Address::new("network", "main"));
+    }
+    // Round-robin over 3 zones: the j-th member of zone k at first_address + k*4096 + j.
+    let want = ["10.0.1.101", "10.0.17.101", "10.0.33.101", "10.0.1.102", "10.0.17.102"];
+    for (i, ip) in want.iter().enumerate() {
+        let a = format!("machine.central[{i}]");
+        assert_eq!(attr(&m, &a, "address"), ip, "{a}");
+        let zone = attr(&m, &a, "zone").as_str().unwrap().to_string();
+        assert_eq!(find(&m, &a).refs["subnet"], Address::new("subnet", zone));
+    }
+    // Every member knows every peer at its address; workers reach them there.
+    let peers: Vec<String> = want
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("prod-central-{i}=http://{ip}:2380"))
+        .collect();
+    assert_eq!(
+        initial_cluster(&ignition(find(&m, "machine.central[2]"))),
+        peers.join(",")
+    );
+    let w = find(&m, "machine.workers[1]");
+    assert_eq!(w.refs["subnet"], Address::new("subnet", "z2"));
+    assert!(w.attrs["user_data"].as_str().unwrap().contains("10.0.33.101"));
+    // The same file on sim: no subnets, addresses in a row.
+    let flat = ok(CENTRAL);
+    assert!(!addrs(&flat).iter().any(|a| a.starts_with("subnet.")));
+    assert_eq!(attr(&flat, "machine.central[1]", "address"), "10.0.1.102");
+}
+
+#[test]
+fn ec2_zone_rules_are_reported() {
+    let ec2 = CENTRAL.replace("provider = \"sim\"", "provider = \"ec2\"");
+    let one = |src: &str| -> Vec<String> {
+        match parse(Path::new(PATH), src, &[as_provider("ec2")]) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.0.iter().map(|d| d.message.clone()).collect(),
+        }
+    };
+    let e = one(&ec2.replace("first_address = \"10.0.1.101\"", "first_address = \"10.0.20.5\""));
+    assert!(e.iter().any(|m| m.contains("first zone's subnet, 10.0.0.0/20")), "{e:?}");
+    let e = one(&ec2.replace("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.0.0/25\"").replace("10.0.1.101", "10.0.0.10"));
+    assert!(e.iter().any(|m| m.contains("/24 or larger")), "{e:?}");
+    // No zones anywhere: one subnet, `subnet.main`, the whole first 16th.
+    let plain = ec2
+        .replace("zones = [\"z1\", \"z2\", \"z3\"]\n", "")
+        .replace("zones = [\"z1\", \"z2\"]\n", "");
+    let m = parse(Path::new(PATH), &plain, &[as_provider("ec2")]).unwrap();
+    assert_eq!(addrs(&m)[..2], ["network.main", "subnet.main"]);
+    assert_eq!(attr(&m, "subnet.main", "cidr"), "10.0.0.0/20");
+    assert!(!find(&m, "subnet.main").attrs.contains_key("zone"));
+    assert_eq!(attr(&m, "machine.central[2]", "address"), "10.0.1.103");
+}
+
+#[test]
+fn ec2_dev_vm_address_must_be_in_its_subnet() {
+    let src = DEV_VM.replace("provider = \"sim\"", "provider = \"ec2\"");
+    let m = parse(Path::new(PATH), &src, &[as_provider("ec2")]).unwrap();
+    let subnets: Vec<String> = addrs(&m)
+        .into_iter()
+        .filter(|a| a.starts_with("subnet."))
+        .collect();
+    assert_eq!(subnets.len(), 1);
+    assert_eq!(find(&m, "machine.vm").refs["subnet"].to_string(), subnets[0]);
+}
