@@ -710,7 +710,9 @@ fn zone_addresses(
     let zone_of: Vec<usize> = (0..n)
         .map(|i| {
             let z = zone(&group.zones, i);
-            layout.index(z.as_ref().and_then(Value::as_str)).unwrap_or(0)
+            layout
+                .index(z.as_ref().and_then(Value::as_str))
+                .unwrap_or(0)
         })
         .collect();
     match layout.addresses(first, &zone_of) {
@@ -724,7 +726,11 @@ fn zone_addresses(
                     "set `{}` in `[{}]` to an address in {}",
                     group.address_key(),
                     group.table,
-                    layout.blocks.first().map(ToString::to_string).unwrap_or_default()
+                    layout
+                        .blocks
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 )),
             );
             None

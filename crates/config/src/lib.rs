@@ -20,9 +20,9 @@ mod proptests;
 mod reader;
 mod resources;
 mod settings;
-mod zones;
 #[cfg(test)]
 mod tests;
+mod zones;
 
 /// A byte range in the cluster file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

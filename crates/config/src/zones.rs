@@ -87,7 +87,11 @@ impl ZoneLayout {
     /// The static addresses of machines whose zone indexes are `zone_of`: in zone k the
     /// j-th machine gets `first` moved into subnet k, plus j. `first` must lie in the
     /// first subnet, clear of the addresses EC2 reserves.
-    pub(crate) fn addresses(&self, first: Ipv4Addr, zone_of: &[usize]) -> Result<Vec<Ipv4Addr>, String> {
+    pub(crate) fn addresses(
+        &self,
+        first: Ipv4Addr,
+        zone_of: &[usize],
+    ) -> Result<Vec<Ipv4Addr>, String> {
         let Some(block0) = self.blocks.first() else {
             return Ok(Vec::new());
         };
@@ -164,10 +168,16 @@ mod tests {
         let got = l
             .addresses("10.0.1.101".parse().expect("ip"), &[0, 1, 2, 0, 1])
             .expect("addresses");
-        let want: Vec<Ipv4Addr> = ["10.0.1.101", "10.0.17.101", "10.0.33.101", "10.0.1.102", "10.0.17.102"]
-            .iter()
-            .map(|s| s.parse().expect("ip"))
-            .collect();
+        let want: Vec<Ipv4Addr> = [
+            "10.0.1.101",
+            "10.0.17.101",
+            "10.0.33.101",
+            "10.0.1.102",
+            "10.0.17.102",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
         assert_eq!(got, want);
         for (a, k) in got.iter().zip([0usize, 1, 2, 0, 1]) {
             assert!(l.blocks[k].contains(a), "{a} in {}", l.blocks[k]);
@@ -175,7 +185,8 @@ mod tests {
         // One zone: the same addresses as on a flat network.
         let one = ZoneLayout::new(net("10.0.0.0/16"), zones(&["a"])).expect("layout");
         assert_eq!(
-            one.addresses("10.0.0.101".parse().expect("ip"), &[0, 0, 0]).expect("addresses"),
+            one.addresses("10.0.0.101".parse().expect("ip"), &[0, 0, 0])
+                .expect("addresses"),
             ["10.0.0.101", "10.0.0.102", "10.0.0.103"]
                 .iter()
                 .map(|s| s.parse::<Ipv4Addr>().expect("ip"))
@@ -200,6 +211,10 @@ mod tests {
             .expect_err("reserved");
         assert!(e.contains("keeps for itself"), "{e}");
         let small = ZoneLayout::new(net("10.0.0.0/24"), zones(&["a"])).expect("layout");
-        assert!(small.addresses("10.0.0.10".parse().expect("ip"), &[0; 6]).is_err());
+        assert!(
+            small
+                .addresses("10.0.0.10".parse().expect("ip"), &[0; 6])
+                .is_err()
+        );
     }
 }

@@ -699,7 +699,11 @@ fn ec2_gets_a_subnet_per_zone_and_addresses_in_them() {
         ["network.main", "subnet.z1", "subnet.z2", "subnet.z3"]
     );
     assert_eq!(m.resources.len(), 1 + 3 + 5 + 4);
-    for (z, cidr) in [("z1", "10.0.0.0/20"), ("z2", "10.0.16.0/20"), ("z3", "10.0.32.0/20")] {
+    for (z, cidr) in [
+        ("z1", "10.0.0.0/20"),
+        ("z2", "10.0.16.0/20"),
+        ("z3", "10.0.32.0/20"),
+    ] {
         let s = find(&m, &format!("subnet.{z}"));
         assert_eq!(s.attrs["cidr"], cidr);
         assert_eq!(s.attrs["zone"], z);
@@ -707,7 +711,13 @@ fn ec2_gets_a_subnet_per_zone_and_addresses_in_them() {
         assert_eq!(s.refs["network"], Address::new("network", "main"));
     }
     // Round-robin over 3 zones: the j-th member of zone k at first_address + k*4096 + j.
-    let want = ["10.0.1.101", "10.0.17.101", "10.0.33.101", "10.0.1.102", "10.0.17.102"];
+    let want = [
+        "10.0.1.101",
+        "10.0.17.101",
+        "10.0.33.101",
+        "10.0.1.102",
+        "10.0.17.102",
+    ];
     for (i, ip) in want.iter().enumerate() {
         let a = format!("machine.central[{i}]");
         assert_eq!(attr(&m, &a, "address"), ip, "{a}");
@@ -726,7 +736,12 @@ fn ec2_gets_a_subnet_per_zone_and_addresses_in_them() {
     );
     let w = find(&m, "machine.workers[1]");
     assert_eq!(w.refs["subnet"], Address::new("subnet", "z2"));
-    assert!(w.attrs["user_data"].as_str().unwrap().contains("10.0.33.101"));
+    assert!(
+        w.attrs["user_data"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.33.101")
+    );
     // The same file on sim: no subnets, addresses in a row.
     let flat = ok(CENTRAL);
     assert!(!addrs(&flat).iter().any(|a| a.starts_with("subnet.")));
@@ -742,9 +757,18 @@ fn ec2_zone_rules_are_reported() {
             Err(d) => d.0.iter().map(|d| d.message.clone()).collect(),
         }
     };
-    let e = one(&ec2.replace("first_address = \"10.0.1.101\"", "first_address = \"10.0.20.5\""));
-    assert!(e.iter().any(|m| m.contains("first zone's subnet, 10.0.0.0/20")), "{e:?}");
-    let e = one(&ec2.replace("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.0.0/25\"").replace("10.0.1.101", "10.0.0.10"));
+    let e = one(&ec2.replace(
+        "first_address = \"10.0.1.101\"",
+        "first_address = \"10.0.20.5\"",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("first zone's subnet, 10.0.0.0/20")),
+        "{e:?}"
+    );
+    let e = one(&ec2
+        .replace("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.0.0/25\"")
+        .replace("10.0.1.101", "10.0.0.10"));
     assert!(e.iter().any(|m| m.contains("/24 or larger")), "{e:?}");
     // No zones anywhere: one subnet, `subnet.main`, the whole first 16th.
     let plain = ec2
@@ -766,5 +790,8 @@ fn ec2_dev_vm_address_must_be_in_its_subnet() {
         .filter(|a| a.starts_with("subnet."))
         .collect();
     assert_eq!(subnets.len(), 1);
-    assert_eq!(find(&m, "machine.vm").refs["subnet"].to_string(), subnets[0]);
+    assert_eq!(
+        find(&m, "machine.vm").refs["subnet"].to_string(),
+        subnets[0]
+    );
 }
