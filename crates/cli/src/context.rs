@@ -17,12 +17,28 @@ use crate::errors;
 
 /// Providers whose cluster files this build reads (validate, render, graph) but cannot
 /// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
+#[cfg(not(feature = "ec2"))]
 const PLANNED_PROVIDERS: &[&str] = &["ec2", "libvirt", "metal"];
+/// Providers whose cluster files this build reads (validate, render, graph) but cannot
+/// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
+#[cfg(feature = "ec2")]
+const PLANNED_PROVIDERS: &[&str] = &["libvirt", "metal"];
+
+/// The providers this build plans and applies with.
+fn applying_providers() -> Vec<&'static str> {
+    let mut out = vec!["sim"];
+    if cfg!(feature = "ec2") {
+        out.push("ec2");
+    }
+    out
+}
 
 /// The schemas of every provider this build knows.
 pub fn schemas() -> Vec<ProviderSchema> {
     let sim = clusterform_provider_sim::schema();
     let mut all = vec![sim.clone()];
+    #[cfg(feature = "ec2")]
+    all.push(clusterform_provider_ec2::schema());
     for name in PLANNED_PROVIDERS {
         all.push(ProviderSchema {
             provider: (*name).to_string(),
@@ -82,6 +98,7 @@ pub fn load(file: &Path) -> Result<Context> {
     let configs = provider_configs(&model);
     let providers = build_providers(&configs, &base_dir)
         .map_err(|(name, msg)| provider_error(file, &model, &name, &msg))?;
+    check_resources(&model)?;
 
     let (store, state_location) = open_store(&model)?;
     let cluster = ClusterInfo {
@@ -113,6 +130,39 @@ pub fn provider_configs(model: &Model) -> BTreeMap<String, ProviderConfig> {
         configs.entry(r.provider.clone()).or_default();
     }
     configs
+}
+
+/// What a provider refuses before any API call, checked before planning: EC2 takes at
+/// most 16 KB of user data (the rendered Ignition config).
+pub fn check_resources(model: &Model) -> Result<()> {
+    #[cfg(feature = "ec2")]
+    {
+        let mut found = Vec::new();
+        for r in &model.resources {
+            if r.provider != "ec2" || r.address.kind != "machine" {
+                continue;
+            }
+            let Some(ud) = r.attrs.get("user_data").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            if let Err(m) = clusterform_provider_ec2::encode_user_data(&r.address.to_string(), ud) {
+                found.push(model.diagnostic(
+                    model.spans.get(&r.address).copied(),
+                    m,
+                    "its Ignition config is too big for EC2".to_string(),
+                    Some(
+                        "`clusterform render` shows the config; see docs/CONFIG.md, `user_data`"
+                            .to_string(),
+                    ),
+                ));
+            }
+        }
+        if !found.is_empty() {
+            return Err(errors::config(clusterform_config::Diagnostics(found)));
+        }
+    }
+    let _ = model;
+    Ok(())
 }
 
 /// True when this build can plan and apply with the provider.
@@ -147,12 +197,18 @@ pub fn build_providers(
                 clusterform_provider_sim::SimProvider::from_config(config, base_dir)
                     .map_err(|e| (name.clone(), e.to_string()))?,
             ),
+            #[cfg(feature = "ec2")]
+            "ec2" => Arc::new(
+                clusterform_provider_ec2::Ec2Provider::from_config(config)
+                    .map_err(|e| (name.clone(), e.to_string()))?,
+            ),
             other => {
                 return Err((
                     other.to_string(),
                     format!(
-                        "this build cannot plan or apply with `{other}` yet (it can: sim); \
-                         `validate`, `render` and `graph` work with this file"
+                        "this build cannot plan or apply with `{other}` yet (it can: {}); \
+                         `validate`, `render` and `graph` work with this file",
+                        applying_providers().join(", ")
                     ),
                 ));
             }

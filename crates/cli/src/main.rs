@@ -48,8 +48,18 @@ fn init_tracing(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERFORM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // The AWS SDK's own logs stay at warn whatever is asked: at debug and trace they show
+    // requests as signed (a session token among their headers).
+    const QUIET: &str = "aws_config=warn,aws_runtime=warn,aws_sigv4=warn,aws_smithy_runtime=warn,\
+                         aws_smithy_runtime_api=warn,aws_smithy_http_client=warn,aws_sdk_ec2=warn,\
+                         aws_sdk_sts=warn,aws_sdk_sso=warn,aws_sdk_ssooidc=warn,hyper=warn,\
+                         hyper_util=warn,h2=warn,rustls=warn";
+    let base = std::env::var("CLUSTERFORM_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| level.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{base},{QUIET}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},{QUIET}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -30,6 +30,7 @@ pub fn validate(file: &Path) -> Result<u8> {
         .partition(|(name, _)| context::can_apply(name));
     context::build_providers(&buildable, &base_dir)
         .map_err(|(name, msg)| context::provider_error(file, &model, &name, &msg))?;
+    context::check_resources(&model)?;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &model.resources {
         *kinds.entry(r.address.kind.as_str()).or_default() += 1;
