@@ -1,11 +1,13 @@
 //! Refresh is batched: planning a cluster of 200 instances makes at most 2
 //! `DescribeInstances` calls and at most 10 EC2 calls in all, counted at the proxy.
+//! It runs on its own moto when scripts/test started one (`CLUSTERFORM_MOTO_SCALE_URL`):
+//! 200 instances would slow every other test's `DescribeInstances` on a shared one.
 
 use crate::support::{Ec2World, assert_nothing_left, dev_test, unique};
 
 #[test]
 fn refresh_of_200_instances_makes_at_most_10_calls() {
-    let url = crate::need_moto!();
+    let url = crate::need_moto!(scale);
     let w = Ec2World::new(&url);
     let name = unique("big");
     // 1 central + 199 workers = 200 instances.

@@ -20,21 +20,36 @@ pub const MOTO_ACCOUNT: &str = "123456789012";
 /// The region every test uses.
 pub const REGION: &str = "eu-west-1";
 
+/// The variable naming a second moto for the 200-instance test alone (moto's
+/// `DescribeInstances` slows with every instance it ever held, terminated ones too:
+/// about 10 ms each). Without it that test uses the shared one.
+pub const MOTO_SCALE_ENV: &str = "CLUSTERFORM_MOTO_SCALE_URL";
+
 /// moto's URL, or None (the test skips) when it is not set outside CI.
 pub fn moto_url() -> Option<String> {
-    let url = std::env::var(MOTO_ENV)
+    check_moto(std::env::var(MOTO_ENV).ok())
+}
+
+/// The moto of the scale test: its own when scripts/test started one, else the shared.
+pub fn moto_scale_url() -> Option<String> {
+    match std::env::var(MOTO_SCALE_ENV)
         .ok()
-        .filter(|u| !u.trim().is_empty());
-    match url {
+        .filter(|u| !u.trim().is_empty())
+    {
+        Some(u) => check_moto(Some(u)),
+        None => moto_url(),
+    }
+}
+
+fn check_moto(url: Option<String>) -> Option<String> {
+    match url.filter(|u| !u.trim().is_empty()) {
         Some(u) => {
             let addr = u
                 .trim_start_matches("http://")
                 .trim_end_matches('/')
                 .to_string();
             if std::net::TcpStream::connect(&addr).is_err() {
-                panic!(
-                    "{MOTO_ENV}={u} but nothing answers there: start moto (./scripts/test does)"
-                );
+                panic!("moto at {u} does not answer: start it (./scripts/test does)");
             }
             Some(u)
         }
@@ -50,11 +65,18 @@ pub fn moto_url() -> Option<String> {
     }
 }
 
-/// Skip the test (return) when moto is not there outside CI.
+/// Skip the test (return) when moto is not there outside CI; `need_moto!(scale)` for
+/// the moto of the scale test.
 #[macro_export]
 macro_rules! need_moto {
     () => {
         match $crate::support::moto_url() {
+            Some(u) => u,
+            None => return,
+        }
+    };
+    (scale) => {
+        match $crate::support::moto_scale_url() {
             Some(u) => u,
             None => return,
         }
