@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::api::Api;
 use crate::errors::{ApiError, Class};
-use crate::network::Parts;
+use crate::network::{Parts, Teardown};
 use crate::settings::Ec2Settings;
 use crate::waiter::Waiter;
 
@@ -39,6 +39,7 @@ pub struct Cloud {
     parts: Mutex<HashMap<String, Parts>>,
     amis: Mutex<HashMap<String, Ami>>,
     progress: Mutex<HashMap<String, Progress>>,
+    teardowns: Mutex<HashMap<String, Vec<Teardown>>>,
     /// Held while looking up what many creates need at once (AMI, network parts), so
     /// that 200 parallel creates make one lookup, not 200.
     pub lookup: tokio::sync::Mutex<()>,
@@ -58,6 +59,7 @@ impl Cloud {
             parts: Mutex::new(HashMap::new()),
             amis: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            teardowns: Mutex::new(HashMap::new()),
             lookup: tokio::sync::Mutex::new(()),
         }
     }
@@ -75,6 +77,16 @@ impl Cloud {
             lock(&self.progress).insert(op.to_string(), after);
         }
         out
+    }
+
+    /// The steps left of a VPC's teardown that a transient error interrupted.
+    pub fn take_teardown(&self, vpc: &str) -> Option<Vec<Teardown>> {
+        lock(&self.teardowns).remove(vpc)
+    }
+
+    /// Keep the steps left of a VPC's teardown for the engine's retry.
+    pub fn keep_teardown(&self, vpc: &str, steps: Vec<Teardown>) {
+        lock(&self.teardowns).insert(vpc.to_string(), steps);
     }
 
     /// The cached parts of a VPC.

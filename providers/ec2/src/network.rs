@@ -681,113 +681,181 @@ pub async fn update(cloud: &Cloud, id: &str, attrs: &Attrs) -> Result<Object, Ap
     read_back(cloud, id, attrs).await
 }
 
-/// Delete the parts in reverse order of making, then the VPC; each step waits out
-/// `DependencyViolation` (instances still shutting down, their interfaces).
-pub async fn delete(cloud: &Cloud, vpc: &str) -> Result<(), ApiError> {
+/// One step of taking a network down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Teardown {
+    /// Delete a security group.
+    SecurityGroup(String),
+    /// Take a subnet off the route table (an association left by an interrupted run).
+    Disassociate(String),
+    /// Delete the route table.
+    RouteTable(String),
+    /// Detach the internet gateway.
+    Detach(String),
+    /// Delete the internet gateway.
+    Gateway(String),
+    /// Delete the VPC.
+    Vpc,
+}
+
+/// The steps that take a VPC and its parts down, in order: security groups, route
+/// tables (associations first), gateways (detach, delete), the VPC. Only parts with the
+/// VPC's cluster tag are clusterform's; anything else in the VPC makes its delete wait
+/// (and fail after `teardown_timeout_s`, naming it).
+async fn teardown_steps(cloud: &Cloud, vpc: &str) -> Result<Option<Vec<Teardown>>, ApiError> {
     let api = &cloud.api;
     let vpcs = api.vpcs(vec![filter("vpc-id", [vpc])]).await?;
     let Some(v) = vpcs.first() else {
-        return Ok(());
+        return Ok(None);
     };
     let cluster = tag(v.tags(), owner_tags::CLUSTER).map(str::to_string);
     let ours = |t: &[aws_sdk_ec2::types::Tag]| {
         part_of(t).is_some() && tag(t, owner_tags::CLUSTER).map(str::to_string) == cluster
     };
     let by_vpc = || vec![filter("vpc-id", [vpc])];
+    // The gateway by its op tag, attached or not (a detach whose answer was lost leaves
+    // it detached, and it must still go).
+    let igw_filter = match tag(v.tags(), owner_tags::OP) {
+        Some(op) => vec![
+            filter(&tags::op_key(), [op]),
+            filter(&format!("tag:{PART}"), [PART_IGW]),
+        ],
+        None => vec![filter("attachment.vpc-id", [vpc])],
+    };
     let (igws, rts, sgs) = tokio::try_join!(
-        api.internet_gateways(vec![filter("attachment.vpc-id", [vpc])]),
+        api.internet_gateways(igw_filter),
         api.route_tables(by_vpc()),
         api.security_groups(by_vpc()),
     )?;
+    let mut steps = Vec::new();
     for sg in sgs.iter().filter(|s| ours(s.tags())) {
-        let Some(id) = sg.group_id() else { continue };
-        cloud
-            .until_free(&format!("security group `{id}`"), || async {
-                api.client
-                    .delete_security_group()
-                    .group_id(id)
-                    .send()
-                    .await
-                    .op("DeleteSecurityGroup")
-                    .map(|_| ())
-            })
-            .await?;
+        steps.extend(
+            sg.group_id()
+                .map(|id| Teardown::SecurityGroup(id.to_string())),
+        );
     }
     for rt in rts.iter().filter(|r| ours(r.tags())) {
         let Some(id) = rt.route_table_id() else {
             continue;
         };
-        for a in rt.associations() {
-            if a.main() == Some(true) {
-                continue;
-            }
-            if let Some(assoc) = a.route_table_association_id() {
-                let r = api
-                    .client
-                    .disassociate_route_table()
-                    .association_id(assoc)
-                    .send()
-                    .await
-                    .op("DisassociateRouteTable");
-                match r {
-                    Err(e) if e.is_not_found() => {}
-                    other => {
-                        other?;
-                    }
-                }
-            }
+        for a in rt.associations().iter().filter(|a| a.main() != Some(true)) {
+            steps.extend(
+                a.route_table_association_id()
+                    .map(|x| Teardown::Disassociate(x.to_string())),
+            );
         }
-        cloud
-            .until_free(&format!("route table `{id}`"), || async {
-                api.client
-                    .delete_route_table()
-                    .route_table_id(id)
-                    .send()
-                    .await
-                    .op("DeleteRouteTable")
-                    .map(|_| ())
-            })
-            .await?;
+        steps.push(Teardown::RouteTable(id.to_string()));
     }
     for g in igws.iter().filter(|g| ours(g.tags())) {
-        let Some(id) = g.internet_gateway_id() else {
-            continue;
-        };
-        cloud
-            .until_free(&format!("internet gateway `{id}`"), || async {
-                api.client
-                    .detach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await
-                    .op("DetachInternetGateway")
-                    .map(|_| ())
-            })
-            .await?;
-        cloud
-            .until_free(&format!("internet gateway `{id}`"), || async {
-                api.client
-                    .delete_internet_gateway()
-                    .internet_gateway_id(id)
-                    .send()
-                    .await
-                    .op("DeleteInternetGateway")
-                    .map(|_| ())
-            })
-            .await?;
+        if let Some(id) = g.internet_gateway_id() {
+            steps.push(Teardown::Detach(id.to_string()));
+            steps.push(Teardown::Gateway(id.to_string()));
+        }
     }
-    cloud
-        .until_free(&format!("VPC `{vpc}`"), || async {
-            api.client
-                .delete_vpc()
-                .vpc_id(vpc)
+    steps.push(Teardown::Vpc);
+    Ok(Some(steps))
+}
+
+/// Run one teardown step, waiting out `DependencyViolation`; gone is done.
+async fn teardown_step(cloud: &Cloud, vpc: &str, step: &Teardown) -> Result<(), ApiError> {
+    let c = &cloud.api.client;
+    match step {
+        Teardown::SecurityGroup(id) => {
+            cloud
+                .until_free(&format!("security group `{id}`"), || async {
+                    c.delete_security_group()
+                        .group_id(id)
+                        .send()
+                        .await
+                        .op("DeleteSecurityGroup")
+                        .map(|_| ())
+                })
+                .await
+        }
+        Teardown::Disassociate(id) => {
+            match c
+                .disassociate_route_table()
+                .association_id(id)
                 .send()
                 .await
-                .op("DeleteVpc")
-                .map(|_| ())
-        })
-        .await?;
+                .op("DisassociateRouteTable")
+            {
+                Err(e) if e.is_not_found() => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
+        Teardown::RouteTable(id) => {
+            cloud
+                .until_free(&format!("route table `{id}`"), || async {
+                    c.delete_route_table()
+                        .route_table_id(id)
+                        .send()
+                        .await
+                        .op("DeleteRouteTable")
+                        .map(|_| ())
+                })
+                .await
+        }
+        Teardown::Detach(id) => {
+            cloud
+                .until_free(&format!("internet gateway `{id}`"), || async {
+                    c.detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .op("DetachInternetGateway")
+                        .map(|_| ())
+                })
+                .await
+        }
+        Teardown::Gateway(id) => {
+            cloud
+                .until_free(&format!("internet gateway `{id}`"), || async {
+                    c.delete_internet_gateway()
+                        .internet_gateway_id(id)
+                        .send()
+                        .await
+                        .op("DeleteInternetGateway")
+                        .map(|_| ())
+                })
+                .await
+        }
+        Teardown::Vpc => {
+            cloud
+                .until_free(&format!("VPC `{vpc}`"), || async {
+                    c.delete_vpc()
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .op("DeleteVpc")
+                        .map(|_| ())
+                })
+                .await
+        }
+    }
+}
+
+/// Delete the parts in reverse order of making, then the VPC; each step waits out
+/// `DependencyViolation` (instances still shutting down, their interfaces). A retry
+/// after a transient error goes on from the step that failed, without describing the
+/// VPC again.
+pub async fn delete(cloud: &Cloud, vpc: &str) -> Result<(), ApiError> {
+    let steps = match cloud.take_teardown(vpc) {
+        Some(steps) => steps,
+        None => match teardown_steps(cloud, vpc).await? {
+            Some(steps) => steps,
+            None => return Ok(()),
+        },
+    };
+    for (i, step) in steps.iter().enumerate() {
+        if let Err(e) = teardown_step(cloud, vpc, step).await {
+            if e.class == Class::Transient {
+                cloud.keep_teardown(vpc, steps[i..].to_vec());
+            }
+            return Err(e);
+        }
+    }
     cloud.cache_parts(vpc, None);
     Ok(())
 }

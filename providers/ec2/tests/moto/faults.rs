@@ -1,8 +1,9 @@
-//! Throttling and lost answers through the fault-injecting proxy: every 9th request is
-//! answered 503 `RequestLimitExceeded` without reaching moto, and every 13th reaches
-//! moto but its answer is replaced by a 503. Apply, plan and destroy still complete,
-//! the retries are counted in the summary, and nothing is made twice (moto ignores
-//! `ClientToken`; the op tag finds what a lost answer made).
+//! Throttling and lost answers through the fault-injecting proxy: every Nth request is
+//! answered 503 `RequestLimitExceeded` without reaching moto, and every Mth reaches
+//! moto but its answer is replaced by a 503 (three pairs, so that the faults land on
+//! different calls). Apply, plan and destroy still complete, the retries are counted in
+//! the summary, nothing is made twice (moto ignores `ClientToken`; the op tag finds
+//! what a lost answer made) and nothing is left behind.
 
 use std::sync::atomic::Ordering;
 
@@ -11,15 +12,21 @@ use crate::support::{Ec2World, assert_nothing_left, dev_test, unique};
 #[test]
 fn throttled_and_lost_answers_apply_completes_without_duplicates() {
     let url = crate::need_moto!();
-    let w = Ec2World::new(&url);
+    for (fail, lose) in [(9, 13), (7, 10), (11, 6)] {
+        through_faults(&url, fail, lose);
+    }
+}
+
+fn through_faults(url: &str, fail: u64, lose: u64) {
+    let w = Ec2World::new(url);
     let name = unique("th");
     w.world.write(
         "cluster.toml",
         &dev_test(&name, &w.provider_table(""), 3, "t3.small"),
     );
     let st = &w.proxy.stats;
-    st.fail_every.store(9, Ordering::SeqCst);
-    st.lose_every.store(13, Ordering::SeqCst);
+    st.fail_every.store(fail, Ordering::SeqCst);
+    st.lose_every.store(lose, Ordering::SeqCst);
 
     let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
     assert!(r.stdout.contains("Resources: 7 added"), "{}", r.stdout);

@@ -51,7 +51,11 @@ fn dev_test_apply_plan_drift_destroy() {
     );
     assert!(tag(central, "clusterform:op").is_some_and(|o| o.starts_with("cf-")));
     assert!(tag(central, "clusterform:expires-at").is_some());
-    assert_eq!(central.image_id(), Some(w.newest_ami("stable").as_str()));
+    assert_eq!(
+        w.image_name(central.image_id().unwrap_or_default()),
+        "Flatcar-stable-9999.0.0-hvm",
+        "the newest of the channel"
+    );
     let rendered = w.run_ok(
         &["render", "cluster.toml", "--machine", "machine.central[0]"],
         0,
@@ -233,7 +237,10 @@ fn central_services_three_zones_protected_drift_destroy() {
             w.protected(c.instance_id().unwrap_or_default()),
             "central[{i}] protected"
         );
-        assert_eq!(c.image_id(), Some(w.newest_ami("beta").as_str()));
+        assert_eq!(
+            w.image_name(c.image_id().unwrap_or_default()),
+            "Flatcar-beta-9999.0.0-hvm"
+        );
         // The etcd peers list names every member at its address.
         let ud = w.user_data(c.instance_id().unwrap_or_default());
         for peer in ["10.0.1.101", "10.0.17.101", "10.0.33.101"] {

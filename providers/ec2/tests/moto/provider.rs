@@ -220,3 +220,47 @@ async fn batched_read_answers_every_kind_and_gone_objects() {
     }
     assert!(p.list_cluster(&cluster).await.expect("list").is_empty());
 }
+
+/// Regression: a delete retried after a `DetachInternetGateway` whose answer was lost
+/// finds the gateway detached; it must still delete it (it looked only at attached
+/// gateways, and left this one behind).
+#[tokio::test]
+async fn delete_removes_a_gateway_already_detached() {
+    let url = crate::need_moto!();
+    let p = provider(&url, 30);
+    let cluster = unique("gw");
+    let net = p
+        .create(&CreateRequest {
+            kind: "network".into(),
+            attrs: attrs(json!({"name": format!("{cluster}-main"), "cidr": "10.6.0.0/16"})),
+            owner: owner(&cluster, "network.main"),
+        })
+        .await
+        .expect("network");
+    let igw = net.attrs["internet_gateway"]
+        .as_str()
+        .expect("igw")
+        .to_string();
+    let ec2 = sdk(&url);
+    ec2.detach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&net.id)
+        .send()
+        .await
+        .expect("detach");
+    p.delete(&DeleteRequest {
+        address: Address::new("network", "main"),
+        kind: "network".into(),
+        id: net.id.clone(),
+        idempotency_key: "cf-w".into(),
+    })
+    .await
+    .expect("delete");
+    let left = ec2
+        .describe_internet_gateways()
+        .filters(f("tag:clusterform:cluster", &cluster))
+        .send()
+        .await
+        .expect("DescribeInternetGateways");
+    assert!(left.internet_gateways().is_empty(), "{left:?}");
+}
