@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clusterform_config::{Model, StateSettings};
 use clusterform_core::ProviderSchema;
-use clusterform_engine::{ClusterInfo, Providers};
+use clusterform_engine::{ClusterInfo, Providers, Readers};
 use clusterform_provider::{Provider, ProviderConfig};
 use clusterform_state::{LocalStore, StateStore};
 use miette::Result;
@@ -68,6 +68,36 @@ pub fn load_model(file: &Path) -> Result<Model> {
         ));
     }
     clusterform_config::load(file, &schemas()).map_err(errors::config)
+}
+
+/// What a read-only command (`drift`) works from: the providers only as [`Readers`].
+pub struct ReadContext {
+    /// The cluster file, validated.
+    pub model: Model,
+    /// Read-only handles to its providers: nothing reached through them can change an
+    /// object.
+    pub readers: Readers,
+    /// The state store (read with `load`, never locked nor written).
+    pub store: Arc<dyn StateStore>,
+    /// Where it is.
+    pub state_location: StateLocation,
+}
+
+/// Load the cluster file and its state store, with read-only provider handles.
+pub fn load_readonly(file: &Path) -> Result<ReadContext> {
+    let Context {
+        model,
+        providers,
+        store,
+        state_location,
+        ..
+    } = load(file)?;
+    Ok(ReadContext {
+        model,
+        readers: Readers::from(providers),
+        store,
+        state_location,
+    })
 }
 
 /// Load the cluster file, build its providers and open its state store.

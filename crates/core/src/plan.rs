@@ -117,6 +117,9 @@ pub struct Drift {
     /// Attributes that changed: (name, value in state, value now).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<(String, Value, Value)>,
+    /// Attributes of this kind the provider marks sensitive: shown as `(sensitive)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 /// A whole plan.
