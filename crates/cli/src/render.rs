@@ -273,6 +273,8 @@ fn change(out: &mut String, c: &Change) {
                 }
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
+                } else if let Some(note) = c.notes.get(k.as_str()) {
+                    format!(" {}", yellow(&format!("# {note}")))
                 } else {
                     String::new()
                 };
@@ -431,6 +433,7 @@ mod tests {
             replace_because: vec![],
             changed: vec![],
             sensitive: vec!["password".into()],
+            notes: Default::default(),
         };
         let p = plan_with(c);
         let text = plan(&p);

@@ -76,6 +76,7 @@ pub fn diff_resource(
             replace_because,
             changed,
             sensitive: Vec::new(),
+            notes: BTreeMap::new(),
         };
     }
 
@@ -118,8 +119,14 @@ pub fn diff_resource(
         depends_on: desired.dependencies(),
         old_dependencies: cur.dependencies.clone(),
         replace_because: Vec::new(),
-        changed,
         sensitive: sensitive_names(schema),
+        notes: schema
+            .attrs
+            .iter()
+            .filter(|a| changed.contains(&a.name))
+            .filter_map(|a| a.update_note.clone().map(|n| (a.name.clone(), n)))
+            .collect(),
+        changed,
     }
 }
 
@@ -162,6 +169,7 @@ fn create_change(
         replace_because: Vec::new(),
         changed: Vec::new(),
         sensitive: sensitive_names(schema),
+        notes: BTreeMap::new(),
     }
 }
 
@@ -181,6 +189,7 @@ pub fn diff_delete(current: &ResourceState) -> Change {
         replace_because: Vec::new(),
         changed: Vec::new(),
         sensitive: Vec::new(),
+        notes: BTreeMap::new(),
     }
 }
 
