@@ -144,6 +144,8 @@ impl Backend {
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
+        // libvirt prints every error to stderr unless told not to; ours carry them.
+        virt::error::clear_error_callback();
         let opened = Connect::open(Some(&self.uri)).map_err(|e| connect_error(&self.uri, &e))?;
         *c = Some(opened.clone());
         Ok(opened)
