@@ -63,6 +63,22 @@ impl LibvirtProvider {
         &self.backend.uri
     }
 
+    /// The open connection (opened now if it is not yet). Blocking. On libvirt's test
+    /// driver the state lives in this connection: tests change objects "outside
+    /// clusterform" through it.
+    pub fn connection(&self) -> std::result::Result<Connect, LibvirtError> {
+        self.backend.conn()
+    }
+
+    /// [`Reader::list_owned`] on the calling thread (blocking), for tests and tools;
+    /// an empty list when libvirt cannot be reached.
+    pub fn list_owned_blocking(&self) -> Vec<Object> {
+        self.backend
+            .conn()
+            .and_then(|c| self.backend.owned(&c, None))
+            .unwrap_or_default()
+    }
+
     /// Run `f` with the connection on a blocking thread.
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
