@@ -145,11 +145,7 @@ impl InProcess {
         )
         .await
         .expect("apply");
-        assert!(
-            report.success(),
-            "apply failed: {:?}",
-            report.outcomes
-        );
+        assert!(report.success(), "apply failed: {:?}", report.outcomes);
         (p, report)
     }
 }

@@ -5,7 +5,7 @@
 //! the connection); and through the `clusterform` binary, what one run shows: plans,
 //! bad settings, a missing daemon, a missing image, a name clash.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clusterform_core::Action;
 use clusterform_tests::World;
@@ -64,17 +64,27 @@ async fn lifecycle(name: &str, machines: usize) {
     assert_eq!(nets.len(), 1, "{nets:?}");
     let pool = nets[0].clone();
     assert_eq!(
-        vols.iter().filter(|v| v.starts_with(&format!("{pool}/"))).count(),
+        vols.iter()
+            .filter(|v| v.starts_with(&format!("{pool}/")))
+            .count(),
         machines + 1,
         "one overlay per machine (the image is used in place): {vols:?}"
     );
     let state = e.state();
     for r in state.values().filter(|r| r.address.kind == "machine") {
         assert_eq!(r.attrs["state"], json!("running"), "{}", r.address);
-        assert_eq!(r.attrs["image"], json!(clusterform_tests::libvirt::EXAMPLE_IMAGE));
+        assert_eq!(
+            r.attrs["image"],
+            json!(clusterform_tests::libvirt::EXAMPLE_IMAGE)
+        );
         let ign_file = r.attrs["ignition_file"].as_str().expect("ignition_file");
         let text = std::fs::read_to_string(ign_file).expect("Ignition file");
-        assert_eq!(Some(text.as_str()), r.attrs["user_data"].as_str(), "{}", r.address);
+        assert_eq!(
+            Some(text.as_str()),
+            r.attrs["user_data"].as_str(),
+            "{}",
+            r.address
+        );
         let xml = conn
             .lookup_domain_by_name(&r.id)
             .expect("domain")
@@ -86,7 +96,10 @@ async fn lifecycle(name: &str, machines: usize) {
             "fw_cfg entry in {xml}"
         );
         assert!(xml.contains("<acpi/>"), "{xml}");
-        assert!(xml.contains(clusterform_provider_libvirt::METADATA_NS), "{xml}");
+        assert!(
+            xml.contains(clusterform_provider_libvirt::METADATA_NS),
+            "{xml}"
+        );
     }
     // Every static address has its DHCP host entry; DHCP machines got one too.
     let net_xml = conn
@@ -96,7 +109,10 @@ async fn lifecycle(name: &str, machines: usize) {
         .expect("xml");
     for r in state.values().filter(|r| r.address.kind == "machine") {
         let ip = r.attrs["address"].as_str().expect("address");
-        assert!(net_xml.contains(&format!("ip='{ip}'")) || net_xml.contains(&format!("ip=\"{ip}\"")), "{ip} in {net_xml}");
+        assert!(
+            net_xml.contains(&format!("ip='{ip}'")) || net_xml.contains(&format!("ip=\"{ip}\"")),
+            "{ip} in {net_xml}"
+        );
     }
 
     // No-op plan.
@@ -106,13 +122,20 @@ async fn lifecycle(name: &str, machines: usize) {
 
     // Drift: a worker shut off, another resized, a third removed outside clusterform.
     let w = |i: usize| format!("{}-workers-{i}", e.model.cluster.name);
-    conn.lookup_domain_by_name(&w(0)).expect("w0").destroy().expect("shut off");
+    conn.lookup_domain_by_name(&w(0))
+        .expect("w0")
+        .destroy()
+        .expect("shut off");
     let w1 = conn.lookup_domain_by_name(&w(1)).expect("w1");
-    let mut xml = w1.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).expect("xml");
-    for (from, to) in [("<vcpu placement='static'>2</vcpu>", "<vcpu placement='static'>1</vcpu>")] {
-        assert!(xml.contains(from), "{xml}");
-        xml = xml.replace(from, to);
-    }
+    let xml = w1
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .expect("xml");
+    let (from, to) = (
+        "<vcpu placement='static'>2</vcpu>",
+        "<vcpu placement='static'>1</vcpu>",
+    );
+    assert!(xml.contains(from), "{xml}");
+    let xml = xml.replace(from, to);
     conn.define_domain_xml(&xml).expect("redefine with 1 vCPU");
     let w2 = conn.lookup_domain_by_name(&w(2)).expect("w2");
     w2.destroy().expect("stop");
@@ -122,7 +145,11 @@ async fn lifecycle(name: &str, machines: usize) {
     let drifted: Vec<String> = p.drift.iter().map(|d| d.address.to_string()).collect();
     assert_eq!(
         drifted,
-        vec!["machine.workers[0]", "machine.workers[1]", "machine.workers[2]"],
+        vec![
+            "machine.workers[0]",
+            "machine.workers[1]",
+            "machine.workers[2]"
+        ],
         "{:?}",
         p.drift
     );
@@ -135,23 +162,53 @@ async fn lifecycle(name: &str, machines: usize) {
             ("machine.workers[2]".to_string(), Action::Create),
         ]
     );
-    let resize = p.changes.iter().find(|c| c.address.to_string() == "machine.workers[1]").expect("w1");
+    let resize = p
+        .changes
+        .iter()
+        .find(|c| c.address.to_string() == "machine.workers[1]")
+        .expect("w1");
     assert_eq!(resize.changed, vec!["size".to_string()]);
-    assert_eq!(resize.notes.get("size").map(String::as_str), Some("restarts the machine"));
-    let start = p.changes.iter().find(|c| c.address.to_string() == "machine.workers[0]").expect("w0");
+    assert_eq!(
+        resize.notes.get("size").map(String::as_str),
+        Some("restarts the machine")
+    );
+    let start = p
+        .changes
+        .iter()
+        .find(|c| c.address.to_string() == "machine.workers[0]")
+        .expect("w0");
     assert_eq!(start.changed, vec!["stopped".to_string()]);
 
-    let before_ips: Vec<_> = state.values().map(|r| (r.address.clone(), r.attrs.get("address").cloned())).collect();
+    let before_ips: Vec<_> = state
+        .values()
+        .map(|r| (r.address.clone(), r.attrs.get("address").cloned()))
+        .collect();
     e.apply(false).await;
     let p = e.plan(false).await;
-    assert!(p.is_empty() && p.drift.is_empty(), "{:?} {:?}", actions(&p), p.drift);
+    assert!(
+        p.is_empty() && p.drift.is_empty(),
+        "{:?} {:?}",
+        actions(&p),
+        p.drift
+    );
     let after = e.state();
     for (a, ip) in before_ips {
-        assert_eq!(after[&a].attrs.get("address").cloned(), ip, "{a} keeps its address");
+        assert_eq!(
+            after[&a].attrs.get("address").cloned(),
+            ip,
+            "{a} keeps its address"
+        );
     }
-    assert_eq!(after[&"machine.workers[0]".parse().expect("a")].attrs["state"], json!("running"));
     assert_eq!(
-        conn.lookup_domain_by_name(&w(1)).expect("w1").info().expect("info").nr_virt_cpu,
+        after[&"machine.workers[0]".parse().expect("a")].attrs["state"],
+        json!("running")
+    );
+    assert_eq!(
+        conn.lookup_domain_by_name(&w(1))
+            .expect("w1")
+            .info()
+            .expect("info")
+            .nr_virt_cpu,
         2
     );
 
@@ -180,9 +237,15 @@ async fn central_services_apply_noop_drift_destroy() {
 // ------------------------------------------------------------- through the binary
 
 /// A copy of an example's folder with `[provider.libvirt]` pointed at a seeded host.
-fn world_with(example_dir: &str, extra_node: &str, edit: impl Fn(String) -> String) -> (World, String) {
+fn world_with(
+    example_dir: &str,
+    extra_node: &str,
+    edit: impl Fn(String) -> String,
+) -> (World, String) {
     let w = World::new();
-    let src = clusterform_tests::workspace_root().join("examples").join(example_dir);
+    let src = clusterform_tests::workspace_root()
+        .join("examples")
+        .join(example_dir);
     for f in std::fs::read_dir(&src).expect("example") {
         let f = f.expect("entry").path();
         if f.is_file() {
@@ -204,21 +267,47 @@ fn world_with(example_dir: &str, extra_node: &str, edit: impl Fn(String) -> Stri
 
 #[test]
 fn every_libvirt_example_validates_renders_and_plans() {
-    for ex in ["dev-vm", "small", "dev-test", "central-services", "large-scale"] {
+    for ex in [
+        "dev-vm",
+        "small",
+        "dev-test",
+        "central-services",
+        "large-scale",
+    ] {
         // As shipped: settings checked, configs rendered.
         let w = World::new();
         let r = w.run_ok(&["validate", example(ex).to_str().expect("utf-8")], 0);
         assert!(!r.stdout.contains("cannot plan"), "{ex}: {}", r.stdout);
         let out = w.path().join("out");
-        w.run_ok(&["render", example(ex).to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")], 0);
+        w.run_ok(
+            &[
+                "render",
+                example(ex).to_str().expect("utf-8"),
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            0,
+        );
         assert!(std::fs::read_dir(&out).expect("out").count() >= 1, "{ex}");
         // Planned against a seeded host: everything to add, the image and forward mode
         // from the settings shown.
         let (w, _) = world_with(ex, "", |t| t);
         let r = w.run_ok(&["plan", "libvirt.toml", "--detailed-exitcode"], 2);
-        assert!(r.stdout.contains("to add, 0 to change, 0 to destroy"), "{ex}: {}", r.stdout);
-        assert!(r.stdout.contains("forward   = \"nat\""), "{ex}: {}", r.stdout);
-        assert!(r.stdout.contains("flatcar_production_qemu_image.img"), "{ex}: {}", r.stdout);
+        assert!(
+            r.stdout.contains("to add, 0 to change, 0 to destroy"),
+            "{ex}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("forward   = \"nat\""),
+            "{ex}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("flatcar_production_qemu_image.img"),
+            "{ex}: {}",
+            r.stdout
+        );
     }
 }
 
@@ -236,35 +325,71 @@ fn apply_in_one_run_makes_everything_on_the_test_driver() {
 
 #[test]
 fn bad_settings_name_the_setting() {
-    let (w, _) = world_with("dev-test", "", |t| t.replace("[provider.libvirt]", "[provider.libvirt]\nforward = \"bridge\""));
+    let (w, _) = world_with("dev-test", "", |t| {
+        t.replace(
+            "[provider.libvirt]",
+            "[provider.libvirt]\nforward = \"bridge\"",
+        )
+    });
     let r = w.run_ok(&["validate", "libvirt.toml"], 1);
-    assert!(r.stderr.contains("`forward`") && r.stderr.contains("`open`"), "{}", r.stderr);
-    let (w, _) = world_with("dev-test", "", |t| t.replace("size = \"2cpu-4gb\"\nfirst_address", "size = \"m6i.large\"\nfirst_address"));
+    assert!(
+        r.stderr.contains("`forward`") && r.stderr.contains("`open`"),
+        "{}",
+        r.stderr
+    );
+    let (w, _) = world_with("dev-test", "", |t| {
+        t.replace(
+            "size = \"2cpu-4gb\"\nfirst_address",
+            "size = \"m6i.large\"\nfirst_address",
+        )
+    });
     let r = w.run_ok(&["apply", "libvirt.toml", "--auto-approve"], 1);
-    assert!(r.stdout.contains("`size`") && r.stdout.contains("2cpu-4gb"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("`size`") && r.stdout.contains("2cpu-4gb"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 #[test]
 fn a_missing_daemon_says_how_to_start_it() {
     let (w, _) = world_with("dev-test", "", |t| {
         t.lines()
-            .map(|l| if l.starts_with("uri = ") { "uri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"" } else { l })
+            .map(|l| {
+                if l.starts_with("uri = ") {
+                    "uri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\""
+                } else {
+                    l
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });
     let r = w.run(&["apply", "libvirt.toml", "--auto-approve"]);
     assert_eq!(r.code, 1, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("not running") && all.contains("systemctl start libvirtd"), "{all}");
+    assert!(
+        all.contains("not running") && all.contains("systemctl start libvirtd"),
+        "{all}"
+    );
 }
 
 #[test]
 fn a_missing_image_says_what_to_do() {
-    let (w, _) = world_with("dev-test", "", |t| t.replace("/var/lib/libvirt/images/flatcar_production_qemu_image.img", "/nonexistent/flatcar.img"));
+    let (w, _) = world_with("dev-test", "", |t| {
+        t.replace(
+            "/var/lib/libvirt/images/flatcar_production_qemu_image.img",
+            "/nonexistent/flatcar.img",
+        )
+    });
     let r = w.run(&["apply", "libvirt.toml", "--auto-approve"]);
     assert_eq!(r.code, 1, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("`/nonexistent/flatcar.img` does not exist"), "{all}");
+    assert!(
+        all.contains("`/nonexistent/flatcar.img` does not exist"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -278,5 +403,4 @@ fn a_domain_clusterform_does_not_own_is_never_taken() {
     // The network was made; the foreign domain is untouched (a fresh copy still has it).
     let c = Connect::open(Some(&uri)).expect("open");
     assert!(c.lookup_domain_by_name("dev-test-central-0").is_ok());
-    let _ = Path::new("");
 }

@@ -82,11 +82,18 @@ size = "1cpu-256mb"
         .as_array()
         .expect("resources")
         .iter()
-        .filter(|r| r["address"].as_str().is_some_and(|a| a.starts_with("machine.")))
+        .filter(|r| {
+            r["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("machine."))
+        })
         .map(|r| {
             (
                 r["address"].as_str().expect("address").to_string(),
-                r["attrs"]["console_log"].as_str().expect("console_log").to_string(),
+                r["attrs"]["console_log"]
+                    .as_str()
+                    .expect("console_log")
+                    .to_string(),
             )
         })
         .collect();
@@ -132,7 +139,10 @@ size = "1cpu-256mb"
         if let Some(ip) = r["attrs"]["address"].as_str() {
             let name = r["attrs"]["name"].as_str().expect("name");
             assert!(live.contains(&format!("ip='{ip}'")), "{ip} in {live}");
-            assert!(live.contains(&format!("<hostname>{name}</hostname>")), "{name} in {live}");
+            assert!(
+                live.contains(&format!("<hostname>{name}</hostname>")),
+                "{name} in {live}"
+            );
         }
     }
 
@@ -145,9 +155,21 @@ size = "1cpu-256mb"
     let doms = c.list_all_domains(0).expect("domains");
     let nets = c.list_all_networks(0).expect("networks");
     let pools = c.list_all_storage_pools(0).expect("pools");
-    assert!(doms.is_empty(), "domains left: {:?}", doms.iter().map(|d| d.name()).collect::<Vec<_>>());
-    assert!(nets.is_empty(), "networks left: {:?}", nets.iter().map(|n| n.name()).collect::<Vec<_>>());
-    assert!(pools.is_empty(), "pools left: {:?}", pools.iter().map(|p| p.name()).collect::<Vec<_>>());
+    assert!(
+        doms.is_empty(),
+        "domains left: {:?}",
+        doms.iter().map(|d| d.name()).collect::<Vec<_>>()
+    );
+    assert!(
+        nets.is_empty(),
+        "networks left: {:?}",
+        nets.iter().map(|n| n.name()).collect::<Vec<_>>()
+    );
+    assert!(
+        pools.is_empty(),
+        "pools left: {:?}",
+        pools.iter().map(|p| p.name()).collect::<Vec<_>>()
+    );
     for d in ["pools", "files"] {
         let left: Vec<_> = std::fs::read_dir(lane.join(d))
             .map(|it| it.map(|e| e.expect("entry").path()).collect())

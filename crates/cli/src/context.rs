@@ -160,7 +160,8 @@ fn provider_defaults(
 ) {
     #[cfg(feature = "libvirt")]
     if let Some(c) = configs.get(clusterform_provider_libvirt::PROVIDER_NAME)
-        && let Ok(c) = clusterform_provider_libvirt::LibvirtConfig::from_provider_config(c, base_dir)
+        && let Ok(c) =
+            clusterform_provider_libvirt::LibvirtConfig::from_provider_config(c, base_dir)
     {
         clusterform_provider_libvirt::apply_defaults(&c, &mut model.resources);
     }

@@ -414,6 +414,32 @@ mod tests {
     }
 
     #[test]
+    fn an_update_note_is_shown_beside_its_attribute() {
+        let attrs = |size: &str| Attrs::from([("size".to_string(), Value::String(size.into()))]);
+        let c = Change {
+            address: Address::new("machine", "m"),
+            provider: "libvirt".into(),
+            action: Action::Update,
+            id: Some("m".into()),
+            before: Some(attrs("2cpu-4gb")),
+            after: Some(attrs("4cpu-8gb")),
+            after_unknown: vec![],
+            refs: Default::default(),
+            depends_on: vec![],
+            old_dependencies: vec![],
+            replace_because: vec![],
+            changed: vec!["size".into()],
+            sensitive: vec![],
+            notes: [("size".to_string(), "restarts the machine".to_string())].into(),
+        };
+        let text = plan(&plan_with(c));
+        assert!(
+            text.contains("size = \"2cpu-4gb\" -> \"4cpu-8gb\" # restarts the machine"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn sensitive_values_are_never_printed() {
         let secret = "hunter2-canary";
         let mut after = Attrs::new();

@@ -280,6 +280,23 @@ mod tests {
             c.after.as_ref().and_then(|a| a.get("address")),
             Some(&json!("10.0.0.7"))
         );
+        assert!(c.notes.is_empty(), "no note without a schema note");
+    }
+
+    #[test]
+    fn an_update_note_travels_with_the_changed_attribute() {
+        let mut s = schema();
+        s.attrs[0] =
+            AttrSchema::required("size", AttrType::String, "").update_note("restarts the machine");
+        let cur = current("s", "a");
+        let c = diff_resource(&desired("l", "a"), Some(&cur), &s, &known_net());
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(
+            c.notes.get("size").map(String::as_str),
+            Some("restarts the machine")
+        );
+        let same = diff_resource(&desired("s", "a"), Some(&cur), &s, &known_net());
+        assert!(same.notes.is_empty());
     }
 
     #[test]

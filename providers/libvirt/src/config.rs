@@ -160,7 +160,11 @@ fn loopback_http(url: &str) -> bool {
 }
 
 fn default_cache() -> PathBuf {
-    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |n: &str| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
         return d.join("clusterform/images");
     }
@@ -195,14 +199,17 @@ impl LibvirtConfig {
                 if !s.contains(':') {
                     return Err(err(
                         "uri",
-                        format!("`{s}` is not a libvirt URI: write one like `qemu:///system` or `qemu+ssh://host/system`"),
+                        format!(
+                            "`{s}` is not a libvirt URI: write one like `qemu:///system` or `qemu+ssh://host/system`"
+                        ),
                     ));
                 }
                 Some(s.to_string())
             }
             None => None,
         };
-        let image_what = "the path or https URL of the Flatcar QEMU image (flatcar_production_qemu_image.img)";
+        let image_what =
+            "the path or https URL of the Flatcar QEMU image (flatcar_production_qemu_image.img)";
         let image = match get("image") {
             Some(v) => string("image", v, image_what)?.to_string(),
             None => {
@@ -283,7 +290,9 @@ impl LibvirtConfig {
                 other => {
                     return Err(err(
                         "fw_cfg",
-                        format!("`{other}` is not a delivery form: use `sysinfo` (libvirt 6.5 and newer, default) or `commandline` (older libvirt)"),
+                        format!(
+                            "`{other}` is not a delivery form: use `sysinfo` (libvirt 6.5 and newer, default) or `commandline` (older libvirt)"
+                        ),
                     ));
                 }
             },
@@ -295,7 +304,9 @@ impl LibvirtConfig {
                 other => {
                     return Err(err(
                         "domain_type",
-                        format!("`{other}` is not supported: use `kvm` (default) or `qemu` (software emulation, for hosts without /dev/kvm)"),
+                        format!(
+                            "`{other}` is not supported: use `kvm` (default) or `qemu` (software emulation, for hosts without /dev/kvm)"
+                        ),
                     ));
                 }
             },
@@ -341,7 +352,10 @@ impl LibvirtConfig {
 
     /// The URI to connect to: `uri`, else `$LIBVIRT_DEFAULT_URI`, else `qemu:///system`.
     pub fn resolved_uri(&self) -> String {
-        resolve_uri(self.uri.as_deref(), std::env::var("LIBVIRT_DEFAULT_URI").ok())
+        resolve_uri(
+            self.uri.as_deref(),
+            std::env::var("LIBVIRT_DEFAULT_URI").ok(),
+        )
     }
 }
 
@@ -385,7 +399,10 @@ mod tests {
             "ignition_dir": "/ign", "image_cache": "cache", "shutdown_timeout_s": 5
         }))
         .expect("valid");
-        assert_eq!(c.image_source, ImageSource::Url("https://example.org/f.img".into()));
+        assert_eq!(
+            c.image_source,
+            ImageSource::Url("https://example.org/f.img".into())
+        );
         assert_eq!(c.image_sha256.as_deref(), Some("ab".repeat(32).as_str()));
         assert_eq!(c.pool_dir, PathBuf::from("/clusters/dev/pools"));
         assert_eq!(c.forward, Forward::Open);
@@ -396,16 +413,37 @@ mod tests {
     fn bad_settings_name_the_setting() {
         for (v, key) in [
             (serde_json::json!({}), "`image` is missing"),
-            (serde_json::json!({"image": "a", "forward": "bridge"}), "`forward`"),
-            (serde_json::json!({"image": "a", "fw_cfg": "smbios"}), "`fw_cfg`"),
+            (
+                serde_json::json!({"image": "a", "forward": "bridge"}),
+                "`forward`",
+            ),
+            (
+                serde_json::json!({"image": "a", "fw_cfg": "smbios"}),
+                "`fw_cfg`",
+            ),
             (serde_json::json!({"image": "a", "uri": "system"}), "`uri`"),
-            (serde_json::json!({"image": "a", "image_sha256": "abc"}), "`image_sha256`"),
+            (
+                serde_json::json!({"image": "a", "image_sha256": "abc"}),
+                "`image_sha256`",
+            ),
             (serde_json::json!({"image": "a", "disk_gb": 0}), "`disk_gb`"),
-            (serde_json::json!({"image": "a", "domain_type": "xen"}), "`domain_type`"),
-            (serde_json::json!({"image": "a", "autostart": "yes"}), "`autostart`"),
+            (
+                serde_json::json!({"image": "a", "domain_type": "xen"}),
+                "`domain_type`",
+            ),
+            (
+                serde_json::json!({"image": "a", "autostart": "yes"}),
+                "`autostart`",
+            ),
             (serde_json::json!({"image": "ftp://x/y.img"}), "`image`"),
-            (serde_json::json!({"image": "http://example.org/y.img"}), "`image`"),
-            (serde_json::json!({"image": "a", "pool": "x"}), "unknown setting `pool`"),
+            (
+                serde_json::json!({"image": "http://example.org/y.img"}),
+                "`image`",
+            ),
+            (
+                serde_json::json!({"image": "a", "pool": "x"}),
+                "unknown setting `pool`",
+            ),
         ] {
             match parse(v.clone()) {
                 Err(ProviderError::Config(m)) => assert!(m.contains(key), "{v}: {m}"),
@@ -418,8 +456,14 @@ mod tests {
 
     #[test]
     fn uri_precedence() {
-        assert_eq!(resolve_uri(Some("test:///x"), Some("qemu:///session".into())), "test:///x");
-        assert_eq!(resolve_uri(None, Some("qemu:///session".into())), "qemu:///session");
+        assert_eq!(
+            resolve_uri(Some("test:///x"), Some("qemu:///session".into())),
+            "test:///x"
+        );
+        assert_eq!(
+            resolve_uri(None, Some("qemu:///session".into())),
+            "qemu:///session"
+        );
         assert_eq!(resolve_uri(None, Some(String::new())), DEFAULT_URI);
         assert_eq!(resolve_uri(None, None), DEFAULT_URI);
     }

@@ -88,10 +88,15 @@ pub(crate) fn is_unsupported(e: &VirtError) -> bool {
 pub(crate) fn connect_error(uri: &str, e: &VirtError) -> LibvirtError {
     let said = e.message().to_string();
     let lower = said.to_ascii_lowercase();
-    let hint = if lower.contains("permission denied") || lower.contains("authentication") || matches!(
-        e.code().unwrap_or(ErrorNumber::InternalError),
-        ErrorNumber::AuthFailed | ErrorNumber::AuthUnavailable | ErrorNumber::AuthCancelled | ErrorNumber::OperationDenied
-    ) {
+    let hint = if lower.contains("permission denied")
+        || lower.contains("authentication")
+        || matches!(
+            e.code().unwrap_or(ErrorNumber::InternalError),
+            ErrorNumber::AuthFailed
+                | ErrorNumber::AuthUnavailable
+                | ErrorNumber::AuthCancelled
+                | ErrorNumber::OperationDenied
+        ) {
         "permission denied on libvirt's socket: add your user to the `libvirt` group (`sudo usermod -aG libvirt $USER`, then log in again), run as root, or set `[provider.libvirt] uri` to `qemu:///session`"
     } else if lower.contains("no such file") || lower.contains("connection refused") {
         "libvirt's daemon is not running or the socket is elsewhere: start it (`sudo systemctl start libvirtd`, or `virtqemud`), or fix `[provider.libvirt] uri` / `LIBVIRT_DEFAULT_URI`"

@@ -166,7 +166,13 @@ pub fn cached_path(cache: &Path, url: &str) -> PathBuf {
         .unwrap_or("image");
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut h = Sha256::new();
     h.update(url.as_bytes());
@@ -183,7 +189,8 @@ pub fn download(url: &str, dest: &Path, sha256: Option<&str>) -> Result<()> {
         source,
     };
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("cannot make the image cache folder", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io("cannot make the image cache folder", dir, e))?;
     }
     let agent = ureq::Agent::new_with_defaults();
     let resp = agent.get(url).call().map_err(|e| {
@@ -216,7 +223,9 @@ pub fn download(url: &str, dest: &Path, sha256: Option<&str>) -> Result<()> {
     let mut total: u64 = 0;
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
-            LibvirtError::Image(format!("the download of `{url}` broke off after {total} bytes: {e}"))
+            LibvirtError::Image(format!(
+                "the download of `{url}` broke off after {total} bytes: {e}"
+            ))
         })?;
         if n == 0 {
             break;
@@ -260,7 +269,10 @@ mod tests {
     /// A one-shot HTTP server on loopback answering every request with `body`.
     fn serve(body: Vec<u8>, requests: usize) -> (String, std::thread::JoinHandle<usize>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let url = format!("http://{}/images/flatcar.img", l.local_addr().expect("addr"));
+        let url = format!(
+            "http://{}/images/flatcar.img",
+            l.local_addr().expect("addr")
+        );
         let h = std::thread::spawn(move || {
             let mut served = 0;
             for s in l.incoming().take(requests) {
@@ -343,6 +355,9 @@ mod tests {
         std::fs::write(&raw, vec![0u8; 1000]).expect("write");
         let r = probe(&raw).expect("raw");
         assert_eq!((r.format, r.virtual_size), ("raw", 1000));
-        assert_ne!(base_volume_name("a", None), base_volume_name("a", Some("b")));
+        assert_ne!(
+            base_volume_name("a", None),
+            base_volume_name("a", Some("b"))
+        );
     }
 }

@@ -91,9 +91,15 @@ impl Cidr {
     /// The DHCP range: the 10th to the 100th host on networks with room, else all hosts.
     fn range(self) -> (Ipv4Addr, Ipv4Addr) {
         if self.size() >= 128 {
-            (Ipv4Addr::from(self.net + 10), Ipv4Addr::from(self.net + 100))
+            (
+                Ipv4Addr::from(self.net + 10),
+                Ipv4Addr::from(self.net + 100),
+            )
         } else {
-            (Ipv4Addr::from(self.net + 2), Ipv4Addr::from(self.broadcast() - 1))
+            (
+                Ipv4Addr::from(self.net + 2),
+                Ipv4Addr::from(self.broadcast() - 1),
+            )
         }
     }
 }
@@ -164,7 +170,10 @@ impl Backend {
             networks: BTreeMap::new(),
         };
         if domains {
-            for d in conn.list_all_domains(0).ctx(|| "cannot list the domains".into())? {
+            for d in conn
+                .list_all_domains(0)
+                .ctx(|| "cannot list the domains".into())?
+            {
                 let name = d.name().ctx(|| "cannot read a domain's name".into())?;
                 match d.xml_desc_persistent() {
                     Ok(x) => {
@@ -176,7 +185,10 @@ impl Backend {
             }
         }
         if networks {
-            for n in conn.list_all_networks(0).ctx(|| "cannot list the networks".into())? {
+            for n in conn
+                .list_all_networks(0)
+                .ctx(|| "cannot list the networks".into())?
+            {
                 let name = n.name().ctx(|| "cannot read a network's name".into())?;
                 match n.xml_desc_persistent() {
                     Ok(x) => {
@@ -278,7 +290,11 @@ impl Backend {
             .attrs
             .get("dns")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let gateway = attrs.get("gateway").and_then(Value::as_str).unwrap_or("");
         let expected: Vec<String> = forwarders(&stored_dns, gateway)
@@ -482,7 +498,8 @@ impl Backend {
         conn.define_network_xml(&spec.to_xml())
             .ctx(|| format!("cannot redefine network `{id}`"))?;
         if !net.is_active().unwrap_or(false) {
-            net.create().ctx(|| format!("cannot start network `{id}`"))?;
+            net.create()
+                .ctx(|| format!("cannot start network `{id}`"))?;
         }
         drop(_g);
         self.ensure_pool(conn, id)?;
@@ -545,7 +562,13 @@ impl Backend {
     /// Add or remove a machine's DHCP and DNS host entries: `virNetworkUpdate` on the
     /// live network and its definition; where the driver lacks it (the test driver), or
     /// the network is not running, the definition is rewritten (same uuid).
-    fn edit_hosts(&self, conn: &Connect, net_name: &str, add: Option<&Host>, remove: Option<&str>) -> Result<()> {
+    fn edit_hosts(
+        &self,
+        conn: &Connect,
+        net_name: &str,
+        add: Option<&Host>,
+        remove: Option<&str>,
+    ) -> Result<()> {
         let net = conn
             .lookup_network_by_name(net_name)
             .ctx(|| format!("cannot find network `{net_name}`"))?;
@@ -564,12 +587,28 @@ impl Backend {
             let flags = sys::VIR_NETWORK_UPDATE_AFFECT_LIVE | sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG;
             let mut calls: Vec<(u32, u32, String)> = Vec::new();
             for h in &old {
-                calls.push((sys::VIR_NETWORK_UPDATE_COMMAND_DELETE, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, h.dhcp_xml()));
-                calls.push((sys::VIR_NETWORK_UPDATE_COMMAND_DELETE, sys::VIR_NETWORK_SECTION_DNS_HOST, h.dns_xml()));
+                calls.push((
+                    sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                    h.dhcp_xml(),
+                ));
+                calls.push((
+                    sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    sys::VIR_NETWORK_SECTION_DNS_HOST,
+                    h.dns_xml(),
+                ));
             }
             if let Some(h) = add {
-                calls.push((sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, h.dhcp_xml()));
-                calls.push((sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, sys::VIR_NETWORK_SECTION_DNS_HOST, h.dns_xml()));
+                calls.push((
+                    sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                    h.dhcp_xml(),
+                ));
+                calls.push((
+                    sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                    sys::VIR_NETWORK_SECTION_DNS_HOST,
+                    h.dns_xml(),
+                ));
             }
             let mut unsupported = false;
             for (cmd, section, x) in &calls {
@@ -580,7 +619,9 @@ impl Backend {
                         break;
                     }
                     Err(e) => {
-                        return Err(e).ctx(|| format!("cannot update the host entries of network `{net_name}`"));
+                        return Err(e).ctx(|| {
+                            format!("cannot update the host entries of network `{net_name}`")
+                        });
                     }
                 }
             }
@@ -588,8 +629,14 @@ impl Backend {
                 return Ok(());
             }
         }
-        let meta = r.meta.clone().ok_or_else(|| not_ours("network", net_name))?;
-        let owner = meta.owner.clone().ok_or_else(|| not_ours("network", net_name))?;
+        let meta = r
+            .meta
+            .clone()
+            .ok_or_else(|| not_ours("network", net_name))?;
+        let owner = meta
+            .owner
+            .clone()
+            .ok_or_else(|| not_ours("network", net_name))?;
         let mut spec = spec_from(&r, net_name, &owner, &meta.attrs)?;
         spec.hosts.retain(|h| !old.contains(h));
         if let Some(h) = add {
@@ -678,7 +725,8 @@ impl Backend {
     ) -> Result<Object> {
         let name = need_str(attrs, "name", "machine")?;
         let size_s = need_str(attrs, "size", "machine")?;
-        let size = Size::parse(size_s).map_err(|m| LibvirtError::Invalid(format!("`size`: {m}")))?;
+        let size =
+            Size::parse(size_s).map_err(|m| LibvirtError::Invalid(format!("`size`: {m}")))?;
         let net_name = need_str(attrs, "network", "machine")?;
         let stopped = attrs.get("stopped") == Some(&Value::Bool(true));
 
@@ -778,8 +826,11 @@ impl Backend {
         };
 
         // Disk: an overlay of the base image.
-        let image_setting = attr_str(attrs, "image").unwrap_or(&self.config.image).to_string();
-        let (base_path, base_format, base_capacity) = self.ensure_base(conn, &pool, &image_setting)?;
+        let image_setting = attr_str(attrs, "image")
+            .unwrap_or(&self.config.image)
+            .to_string();
+        let (base_path, base_format, base_capacity) =
+            self.ensure_base(conn, &pool, &image_setting)?;
         let want = attrs
             .get("disk_gb")
             .and_then(Value::as_u64)
@@ -788,11 +839,17 @@ impl Backend {
         let overlay_name = format!("{name}.qcow2");
         if let Ok(old) = pool.lookup_storage_vol_by_name(&overlay_name) {
             // Left by an interrupted create: a new machine gets a fresh disk.
-            ignore_missing(old.delete(0)).ctx(|| format!("cannot delete the old volume `{overlay_name}`"))?;
+            ignore_missing(old.delete(0))
+                .ctx(|| format!("cannot delete the old volume `{overlay_name}`"))?;
         }
         let overlay = StorageVol::create_xml(
             &pool,
-            &xml::volume_xml(&overlay_name, want.max(base_capacity), "qcow2", Some((&base_path, &base_format))),
+            &xml::volume_xml(
+                &overlay_name,
+                want.max(base_capacity),
+                "qcow2",
+                Some((&base_path, &base_format)),
+            ),
             0,
         )
         .ctx(|| format!("cannot make the disk `{overlay_name}` in pool `{net_name}`"))?;
@@ -840,7 +897,8 @@ impl Backend {
         dom.set_autostart(self.config.autostart)
             .ctx(|| format!("cannot set autostart of domain `{name}`"))?;
         if !stopped {
-            dom.create().ctx(|| format!("cannot start domain `{name}`"))?;
+            dom.create()
+                .ctx(|| format!("cannot start domain `{name}`"))?;
         }
         self.read_machine(conn, name)
     }
@@ -848,10 +906,17 @@ impl Backend {
     /// The base image's volume: found where it already is (an image inside a libvirt
     /// pool is used in place), else uploaded once into the cluster's pool.
     /// Returns (path, format, capacity).
-    fn ensure_base(&self, conn: &Connect, pool: &StoragePool, image_setting: &str) -> Result<(String, String, u64)> {
+    fn ensure_base(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        image_setting: &str,
+    ) -> Result<(String, String, u64)> {
         let _g = lock(&self.image_lock);
         let vol_info = |v: &StorageVol| -> Result<(String, String, u64)> {
-            let path = v.path().ctx(|| "cannot read the base volume's path".into())?;
+            let path = v
+                .path()
+                .ctx(|| "cannot read the base volume's path".into())?;
             let doc = v.xml_desc(0).ctx(|| "cannot read the base volume".into())?;
             let (format, cap) = xml::read_volume(&doc).ok_or_else(|| {
                 LibvirtError::Unexpected(format!("cannot read the format of volume `{path}`"))
@@ -863,11 +928,12 @@ impl Backend {
         } else {
             let mut c = self.config.clone();
             c.image = image_setting.to_string();
-            c.image_source = if image_setting.starts_with("https://") || image_setting.starts_with("http://") {
-                crate::config::ImageSource::Url(image_setting.to_string())
-            } else {
-                crate::config::ImageSource::Path(PathBuf::from(image_setting))
-            };
+            c.image_source =
+                if image_setting.starts_with("https://") || image_setting.starts_with("http://") {
+                    crate::config::ImageSource::Url(image_setting.to_string())
+                } else {
+                    crate::config::ImageSource::Path(PathBuf::from(image_setting))
+                };
             c.image_sha256 = None;
             c
         };
@@ -890,10 +956,20 @@ impl Backend {
     }
 
     /// Upload a local image as a new volume of the pool, streamed.
-    fn upload(&self, conn: &Connect, pool: &StoragePool, name: &str, img: &LocalImage) -> Result<()> {
+    fn upload(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        name: &str,
+        img: &LocalImage,
+    ) -> Result<()> {
         use std::io::Read;
-        let vol = StorageVol::create_xml(&pool.clone(), &xml::volume_xml(name, img.file_len, "raw", None), 0)
-            .ctx(|| format!("cannot make the base volume `{name}`"))?;
+        let vol = StorageVol::create_xml(
+            &pool.clone(),
+            &xml::volume_xml(name, img.file_len, "raw", None),
+            0,
+        )
+        .ctx(|| format!("cannot make the base volume `{name}`"))?;
         let fail = |vol: &StorageVol, e: LibvirtError| {
             let _ = vol.delete(0);
             e
@@ -940,23 +1016,35 @@ impl Backend {
                     Err(e) => {
                         bar.finish_and_clear();
                         let _ = stream.abort();
-                        return Err(fail(&vol, LibvirtError::Image(format!("the upload of the image broke off: {e}"))));
+                        return Err(fail(
+                            &vol,
+                            LibvirtError::Image(format!("the upload of the image broke off: {e}")),
+                        ));
                     }
                 }
             }
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
-        stream
-            .finish()
-            .map_err(|e| fail(&vol, LibvirtError::Image(format!("the upload of the image failed: {e}"))))?;
+        stream.finish().map_err(|e| {
+            fail(
+                &vol,
+                LibvirtError::Image(format!("the upload of the image failed: {e}")),
+            )
+        })?;
         let _ = pool.refresh(0);
         Ok(())
     }
 
     /// Change `size` (restarting the domain), `stopped`, `protect` or `tags` in place;
     /// the definition is rewritten with its uuid.
-    pub(crate) fn update_machine(&self, conn: &Connect, id: &str, attrs: &Attrs, changed: &[String]) -> Result<Object> {
+    pub(crate) fn update_machine(
+        &self,
+        conn: &Connect,
+        id: &str,
+        attrs: &Attrs,
+        changed: &[String],
+    ) -> Result<Object> {
         let dom = conn
             .lookup_domain_by_name(id)
             .ctx(|| format!("cannot find domain `{id}`"))?;
@@ -967,7 +1055,8 @@ impl Backend {
         let meta = r.meta.clone().ok_or_else(|| not_ours("domain", id))?;
         let owner = meta.owner.clone().ok_or_else(|| not_ours("domain", id))?;
         let size_s = need_str(attrs, "size", "machine")?;
-        let size = Size::parse(size_s).map_err(|m| LibvirtError::Invalid(format!("`size`: {m}")))?;
+        let size =
+            Size::parse(size_s).map_err(|m| LibvirtError::Invalid(format!("`size`: {m}")))?;
         let mut stored = meta.attrs.clone();
         for (k, v) in attrs {
             stored.insert(k.clone(), v.clone());
@@ -1039,7 +1128,8 @@ impl Backend {
                 cluster = Some(owner.cluster);
                 disk = r.disk.clone();
                 if dom.is_active().unwrap_or(false) {
-                    ignore_missing(dom.destroy()).ctx(|| format!("cannot power off domain `{id}`"))?;
+                    ignore_missing(dom.destroy())
+                        .ctx(|| format!("cannot power off domain `{id}`"))?;
                 }
                 ignore_missing(dom.undefine()).ctx(|| format!("cannot undefine domain `{id}`"))?;
             }
@@ -1059,7 +1149,9 @@ impl Backend {
             .as_deref()
             .and_then(|p| conn.lookup_storage_vol_by_path(p).ok())
             .or_else(|| {
-                let pool = conn.lookup_storage_pool_by_name(net_name.as_deref()?).ok()?;
+                let pool = conn
+                    .lookup_storage_pool_by_name(net_name.as_deref()?)
+                    .ok()?;
                 pool.lookup_storage_vol_by_name(&format!("{id}.qcow2")).ok()
             });
         if let Some(v) = overlay {
@@ -1076,7 +1168,12 @@ impl Backend {
     }
 
     /// Find the object made by the operation `key`.
-    pub(crate) fn find_by_key(&self, conn: &Connect, kind: &str, key: &str) -> Result<Option<Object>> {
+    pub(crate) fn find_by_key(
+        &self,
+        conn: &Connect,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Object>> {
         Ok(self
             .owned(conn, Some(kind))?
             .into_iter()
@@ -1095,20 +1192,29 @@ fn with_fallback(
     plain: impl FnOnce() -> std::result::Result<String, virt::error::Error>,
 ) -> std::result::Result<String, virt::error::Error> {
     match first {
-        Err(e) if e.code().unwrap_or(virt::error::ErrorNumber::InternalError) == virt::error::ErrorNumber::InvalidArg => plain(),
+        Err(e)
+            if e.code().unwrap_or(virt::error::ErrorNumber::InternalError)
+                == virt::error::ErrorNumber::InvalidArg =>
+        {
+            plain()
+        }
         other => other,
     }
 }
 
 impl Persistent for Network {
     fn xml_desc_persistent(&self) -> std::result::Result<String, virt::error::Error> {
-        with_fallback(self.xml_desc(sys::VIR_NETWORK_XML_INACTIVE), || self.xml_desc(0))
+        with_fallback(self.xml_desc(sys::VIR_NETWORK_XML_INACTIVE), || {
+            self.xml_desc(0)
+        })
     }
 }
 
 impl Persistent for Domain {
     fn xml_desc_persistent(&self) -> std::result::Result<String, virt::error::Error> {
-        with_fallback(self.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE), || self.xml_desc(0))
+        with_fallback(self.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE), || {
+            self.xml_desc(0)
+        })
     }
 }
 
@@ -1124,14 +1230,25 @@ fn string_list(attrs: &Attrs, k: &str) -> Vec<String> {
     attrs
         .get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// The attributes kept in metadata: the inputs (computed ones are read live).
 fn strip_computed(attrs: &Attrs) -> Attrs {
     let mut a = attrs.clone();
-    for k in ["mac", "state", "disk", "ignition_file", "console_log", "stopped"] {
+    for k in [
+        "mac",
+        "state",
+        "disk",
+        "ignition_file",
+        "console_log",
+        "stopped",
+    ] {
         a.remove(k);
     }
     a
@@ -1154,9 +1271,9 @@ fn doc_domain_type(doc: &str) -> Option<String> {
 
 /// Rebuild a network's spec from its document, with new stored attributes.
 fn spec_from(r: &xml::NetRead, name: &str, owner: &Ownership, stored: &Attrs) -> Result<NetSpec> {
-    let (gateway, prefix) = r.ip.ok_or_else(|| {
-        LibvirtError::Unexpected(format!("network `{name}` has no IPv4 address"))
-    })?;
+    let (gateway, prefix) = r
+        .ip
+        .ok_or_else(|| LibvirtError::Unexpected(format!("network `{name}` has no IPv4 address")))?;
     let cidr = Cidr {
         net: u32::from(gateway) & (u32::MAX << (32 - u32::from(prefix.clamp(1, 32)))),
         prefix,
@@ -1200,7 +1317,9 @@ fn not_ours(what: &str, name: &str) -> LibvirtError {
     ))
 }
 
-fn ignore_missing(r: std::result::Result<(), virt::error::Error>) -> std::result::Result<(), virt::error::Error> {
+fn ignore_missing(
+    r: std::result::Result<(), virt::error::Error>,
+) -> std::result::Result<(), virt::error::Error> {
     match r {
         Err(e) if is_missing(&e) => Ok(()),
         other => other,
@@ -1210,10 +1329,12 @@ fn ignore_missing(r: std::result::Result<(), virt::error::Error>) -> std::result
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| LibvirtError::File {
+    let err = |source| {
+        LibvirtError::File {
         what: "cannot write the Ignition file (set `[provider.libvirt] ignition_dir` to a folder you can write and QEMU can read)".into(),
         path: path.display().to_string(),
         source,
+    }
     };
     let tmp = path.with_extension("ign.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
@@ -1244,10 +1365,16 @@ mod tests {
         let c = Cidr::parse("192.168.126.0/24").expect("cidr");
         assert_eq!(
             c.range(),
-            (Ipv4Addr::new(192, 168, 126, 10), Ipv4Addr::new(192, 168, 126, 100))
+            (
+                Ipv4Addr::new(192, 168, 126, 10),
+                Ipv4Addr::new(192, 168, 126, 100)
+            )
         );
         let small = Cidr::parse("10.0.0.0/28").expect("cidr");
-        assert_eq!(small.range(), (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 14)));
+        assert_eq!(
+            small.range(),
+            (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 14))
+        );
         assert!(Cidr::parse("10.0.0.0/30").is_err());
         assert!(Cidr::parse("banana").is_err());
         assert!(bridge_name("a-very-long-network-name-indeed").len() <= 15);

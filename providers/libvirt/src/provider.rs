@@ -128,7 +128,10 @@ impl Reader for LibvirtProvider {
     }
 
     async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<Option<Object>>> {
-        let keys: Vec<(String, String)> = reqs.iter().map(|r| (r.kind.clone(), r.id.clone())).collect();
+        let keys: Vec<(String, String)> = reqs
+            .iter()
+            .map(|r| (r.kind.clone(), r.id.clone()))
+            .collect();
         let n = keys.len();
         match self.blocking(move |b, c| b.read_many(c, &keys)).await {
             Ok(found) => found.into_iter().map(Ok).collect(),
@@ -139,7 +142,8 @@ impl Reader for LibvirtProvider {
     async fn find_by_key(&self, kind: &str, key: &str) -> Result<Option<Object>> {
         check_kind(kind)?;
         let (kind, key) = (kind.to_string(), key.to_string());
-        self.blocking(move |b, c| b.find_by_key(c, &kind, &key)).await
+        self.blocking(move |b, c| b.find_by_key(c, &kind, &key))
+            .await
     }
 
     async fn list_cluster(&self, cluster: &str) -> Result<Vec<Object>> {

@@ -51,7 +51,11 @@ pub fn metadata(owner: &Ownership, attrs: &Attrs) -> String {
         let _ = write!(s, "<cf:tag key=\"{}\">{}</cf:tag>", esc(k), esc(&v));
     }
     let json = serde_json::to_string(attrs).unwrap_or_else(|_| "{}".to_string());
-    let _ = write!(s, "<cf:attrs>{}</cf:attrs></cf:object></metadata>", esc(&json));
+    let _ = write!(
+        s,
+        "<cf:attrs>{}</cf:attrs></cf:object></metadata>",
+        esc(&json)
+    );
     s
 }
 
@@ -148,7 +152,11 @@ impl NetSpec {
         if self.forward != Forward::None {
             let _ = write!(s, "<forward mode='{}'/>", self.forward.name());
         }
-        let _ = write!(s, "<bridge name='{}' stp='on' delay='0'/>", esc(&self.bridge));
+        let _ = write!(
+            s,
+            "<bridge name='{}' stp='on' delay='0'/>",
+            esc(&self.bridge)
+        );
         s.push_str("<dns>");
         for f in &self.forwarders {
             let _ = write!(s, "<forwarder addr='{f}'/>");
@@ -199,9 +207,9 @@ pub fn read_network(xml: &str) -> Result<NetRead, String> {
     let forward = child("forward")
         .map(|f| f.attribute("mode").unwrap_or("nat").to_string())
         .unwrap_or_else(|| "none".to_string());
-    let ip_el = root.children().find(|c| {
-        c.has_tag_name("ip") && c.attribute("family").is_none_or(|f| f == "ipv4")
-    });
+    let ip_el = root
+        .children()
+        .find(|c| c.has_tag_name("ip") && c.attribute("family").is_none_or(|f| f == "ipv4"));
     let ip = ip_el.and_then(|i| {
         let a: Ipv4Addr = i.attribute("address")?.parse().ok()?;
         let prefix = match i.attribute("prefix") {
@@ -226,7 +234,12 @@ pub fn read_network(xml: &str) -> Result<NetRead, String> {
         .into_iter()
         .flat_map(|i| i.descendants())
         .find(|n| n.has_tag_name("range"))
-        .and_then(|r| Some((r.attribute("start")?.parse().ok()?, r.attribute("end")?.parse().ok()?)));
+        .and_then(|r| {
+            Some((
+                r.attribute("start")?.parse().ok()?,
+                r.attribute("end")?.parse().ok()?,
+            ))
+        });
     let forwarders = child("dns")
         .into_iter()
         .flat_map(|d| d.children())
@@ -236,7 +249,9 @@ pub fn read_network(xml: &str) -> Result<NetRead, String> {
     Ok(NetRead {
         uuid: child("uuid").and_then(|u| u.text()).map(str::to_string),
         forward,
-        bridge: child("bridge").and_then(|b| b.attribute("name")).map(str::to_string),
+        bridge: child("bridge")
+            .and_then(|b| b.attribute("name"))
+            .map(str::to_string),
         ip,
         forwarders,
         hosts,
@@ -260,7 +275,12 @@ pub fn pool_xml(name: &str, path: &str) -> String {
 }
 
 /// A volume: empty (`backing` None) or a qcow2 overlay of `backing` (path, format).
-pub fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<(&str, &str)>) -> String {
+pub fn volume_xml(
+    name: &str,
+    capacity: u64,
+    format: &str,
+    backing: Option<(&str, &str)>,
+) -> String {
     let mut s = format!(
         "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity><target><format type='{}'/></target>",
         esc(name),
@@ -518,7 +538,11 @@ mod tests {
             assert_eq!(r.vcpus, Some(2));
             assert_eq!(r.mac.as_deref(), Some("52:54:00:00:00:0a"));
             assert_eq!(r.disk.as_deref(), Some("/pool/demo-workers-0.qcow2"));
-            assert_eq!(r.ignition_file.as_deref(), Some("/ign/a,b.ign"), "{fw_cfg:?}");
+            assert_eq!(
+                r.ignition_file.as_deref(),
+                Some("/ign/a,b.ign"),
+                "{fw_cfg:?}"
+            );
             assert_eq!(r.console_log.as_deref(), Some("/ign/demo-workers-0.log"));
             let meta = r.meta.expect("metadata");
             assert_eq!(meta.owner, Some(owner()));
@@ -556,16 +580,24 @@ mod tests {
             forward: Forward::None,
             ..spec
         };
-        assert_eq!(read_network(&none.to_xml()).expect("parses").forward, "none");
+        assert_eq!(
+            read_network(&none.to_xml()).expect("parses").forward,
+            "none"
+        );
     }
 
     #[test]
     fn objects_without_our_metadata_have_no_owner() {
         let r = read_domain("<domain><name>x</name></domain>").expect("parses");
         assert_eq!(r.meta, None);
-        assert_eq!(mac_for(Ipv4Addr::new(192, 168, 126, 101)), "52:54:00:a8:7e:65");
         assert_eq!(
-            read_volume("<volume><capacity unit='bytes'>1024</capacity><target><format type='qcow2'/></target></volume>"),
+            mac_for(Ipv4Addr::new(192, 168, 126, 101)),
+            "52:54:00:a8:7e:65"
+        );
+        assert_eq!(
+            read_volume(
+                "<volume><capacity unit='bytes'>1024</capacity><target><format type='qcow2'/></target></volume>"
+            ),
             Some(("qcow2".into(), 1024))
         );
     }

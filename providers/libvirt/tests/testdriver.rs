@@ -62,11 +62,8 @@ impl Host {
                 c.insert(k.clone(), v.clone());
             }
         }
-        LibvirtProvider::from_config(
-            &serde_json::from_value(cfg).expect("table"),
-            Path::new("/"),
-        )
-        .expect("valid settings")
+        LibvirtProvider::from_config(&serde_json::from_value(cfg).expect("table"), Path::new("/"))
+            .expect("valid settings")
     }
 }
 
@@ -86,7 +83,9 @@ fn attrs(v: Value) -> Attrs {
 }
 
 fn net_attrs() -> Attrs {
-    attrs(json!({"name": "demo-main", "cidr": "10.1.0.0/24", "gateway": "10.1.0.1", "dns": ["10.1.0.1", "1.1.1.1"]}))
+    attrs(
+        json!({"name": "demo-main", "cidr": "10.1.0.0/24", "gateway": "10.1.0.1", "dns": ["10.1.0.1", "1.1.1.1"]}),
+    )
 }
 
 fn machine_attrs(name: &str, address: Option<&str>) -> Attrs {
@@ -133,14 +132,39 @@ async fn network_and_machines_lifecycle() {
     assert_eq!(net.attrs["state"], json!("active"));
     assert_eq!(net.attrs["dns"], json!(["10.1.0.1", "1.1.1.1"]), "as given");
 
-    let central = create(&p, "machine", "machine.central[0]", "op-c0", machine_attrs("demo-central-0", Some("10.1.0.101"))).await;
+    let central = create(
+        &p,
+        "machine",
+        "machine.central[0]",
+        "op-c0",
+        machine_attrs("demo-central-0", Some("10.1.0.101")),
+    )
+    .await;
     assert_eq!(central.attrs["address"], json!("10.1.0.101"));
     assert_eq!(central.attrs["mac"], json!("52:54:00:01:00:65"));
     assert_eq!(central.attrs["state"], json!("running"));
     assert_eq!(central.attrs["size"], json!("2cpu-4gb"));
-    let w0 = create(&p, "machine", "machine.workers[0]", "op-w0", machine_attrs("demo-workers-0", None)).await;
-    let w1 = create(&p, "machine", "machine.workers[1]", "op-w1", machine_attrs("demo-workers-1", None)).await;
-    assert_eq!(w0.attrs["address"], json!("10.1.0.10"), "lowest free of the DHCP range");
+    let w0 = create(
+        &p,
+        "machine",
+        "machine.workers[0]",
+        "op-w0",
+        machine_attrs("demo-workers-0", None),
+    )
+    .await;
+    let w1 = create(
+        &p,
+        "machine",
+        "machine.workers[1]",
+        "op-w1",
+        machine_attrs("demo-workers-1", None),
+    )
+    .await;
+    assert_eq!(
+        w0.attrs["address"],
+        json!("10.1.0.10"),
+        "lowest free of the DHCP range"
+    );
     assert_eq!(w1.attrs["address"], json!("10.1.0.11"));
 
     // Ignition file written where QEMU reads it, named in the domain's fw_cfg entry.
@@ -154,7 +178,14 @@ async fn network_and_machines_lifecycle() {
     drop(conn);
 
     // Idempotent create: the same op returns the same object.
-    let again = create(&p, "machine", "machine.workers[0]", "op-w0", machine_attrs("demo-workers-0", None)).await;
+    let again = create(
+        &p,
+        "machine",
+        "machine.workers[0]",
+        "op-w0",
+        machine_attrs("demo-workers-0", None),
+    )
+    .await;
     assert_eq!(again.attrs, w0.attrs);
     // A different op for the same name is a clash.
     let e = p
@@ -170,17 +201,45 @@ async fn network_and_machines_lifecycle() {
     // Batched read, find_by_key, list_cluster, list_owned.
     let got = p
         .read_batch(&[
-            ReadRequest { address: Address::new("network", "main"), kind: "network".into(), id: "demo-main".into() },
-            ReadRequest { address: Address::indexed("machine", "workers", 1), kind: "machine".into(), id: "demo-workers-1".into() },
-            ReadRequest { address: Address::indexed("machine", "workers", 9), kind: "machine".into(), id: "demo-workers-9".into() },
+            ReadRequest {
+                address: Address::new("network", "main"),
+                kind: "network".into(),
+                id: "demo-main".into(),
+            },
+            ReadRequest {
+                address: Address::indexed("machine", "workers", 1),
+                kind: "machine".into(),
+                id: "demo-workers-1".into(),
+            },
+            ReadRequest {
+                address: Address::indexed("machine", "workers", 9),
+                kind: "machine".into(),
+                id: "demo-workers-9".into(),
+            },
         ])
         .await;
     assert_eq!(got.len(), 3);
-    assert_eq!(got[1].as_ref().expect("ok").as_ref().map(|o| o.attrs.clone()), Some(w1.attrs.clone()));
+    assert_eq!(
+        got[1]
+            .as_ref()
+            .expect("ok")
+            .as_ref()
+            .map(|o| o.attrs.clone()),
+        Some(w1.attrs.clone())
+    );
     assert!(got[2].as_ref().expect("ok").is_none());
-    let found = p.find_by_key("machine", "op-w1").await.expect("find").expect("found");
+    let found = p
+        .find_by_key("machine", "op-w1")
+        .await
+        .expect("find")
+        .expect("found");
     assert_eq!(found.id, "demo-workers-1");
-    assert!(p.find_by_key("machine", "nope").await.expect("find").is_none());
+    assert!(
+        p.find_by_key("machine", "nope")
+            .await
+            .expect("find")
+            .is_none()
+    );
     assert_eq!(p.list_cluster("demo").await.expect("list").len(), 4);
     assert_eq!(p.list_cluster("other").await.expect("list").len(), 0);
     assert_eq!(p.list_owned().await.expect("list").len(), 4);
@@ -204,7 +263,11 @@ async fn network_and_machines_lifecycle() {
     assert_eq!(up.attrs["state"], json!("running"));
     assert_eq!(up.attrs["tags"], json!({"team": "a"}));
     assert_eq!(up.attrs["address"], w1.attrs["address"]);
-    assert_eq!(up.owner.as_ref().map(|o| o.op.as_str()), Some("op-w1"), "the creator's op stays");
+    assert_eq!(
+        up.owner.as_ref().map(|o| o.op.as_str()),
+        Some("op-w1"),
+        "the creator's op stays"
+    );
 
     // Delete: the worker's address becomes free again; deleting twice is fine.
     for _ in 0..2 {
@@ -219,10 +282,22 @@ async fn network_and_machines_lifecycle() {
     }
     assert!(read(&p, "machine", "demo-workers-0").await.is_none());
     assert!(!Path::new(ign).exists(), "Ignition file removed");
-    let w2 = create(&p, "machine", "machine.workers[2]", "op-w2", machine_attrs("demo-workers-2", None)).await;
+    let w2 = create(
+        &p,
+        "machine",
+        "machine.workers[2]",
+        "op-w2",
+        machine_attrs("demo-workers-2", None),
+    )
+    .await;
     assert_eq!(w2.attrs["address"], json!("10.1.0.10"));
 
-    for (kind, id) in [("machine", "demo-workers-1"), ("machine", "demo-workers-2"), ("machine", "demo-central-0"), ("network", "demo-main")] {
+    for (kind, id) in [
+        ("machine", "demo-workers-1"),
+        ("machine", "demo-workers-2"),
+        ("machine", "demo-central-0"),
+        ("network", "demo-main"),
+    ] {
         p.delete(&DeleteRequest {
             address: Address::new(kind, "x"),
             kind: kind.into(),

@@ -212,7 +212,7 @@ async fn sleep_leg(due: tokio::time::Instant) {
 
 fn expect_object(d: Done) -> Result<Object> {
     match d {
-        Done::Object(o) => Ok(o),
+        Done::Object(o) => Ok(*o),
         Done::Nothing => Err(ProviderError::Ambiguous(
             "the sim writer returned no object".to_string(),
         )),

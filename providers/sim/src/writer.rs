@@ -42,7 +42,7 @@ impl Job {
 /// What a job produced.
 pub(crate) enum Done {
     /// The object created or updated.
-    Object(Object),
+    Object(Box<Object>),
     /// Deleted, or counted.
     Nothing,
 }
@@ -126,8 +126,10 @@ fn run_group(
             }
         };
         let r = match &env.job {
-            Job::Create(req) => ops::create(&sp, schema, &mut cache, req).map(Done::Object),
-            Job::Update(req) => ops::update(&sp, schema, req).map(Done::Object),
+            Job::Create(req) => {
+                ops::create(&sp, schema, &mut cache, req).map(|o| Done::Object(Box::new(o)))
+            }
+            Job::Update(req) => ops::update(&sp, schema, req).map(|o| Done::Object(Box::new(o))),
             Job::Delete(req) => ops::delete(&sp, &mut cache, req).map(|()| Done::Nothing),
             Job::Count(_) => Ok(Done::Nothing),
         };
