@@ -52,7 +52,7 @@ async fn lifecycle(name: &str, machines: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = seed_host(dir.path(), "");
     let ign = dir.path().join("ign");
-    let e = InProcess::load(&example(name), &uri, &ign, &dir.path().join("state"));
+    let mut e = InProcess::load(&example(name), &uri, &ign, &dir.path().join("state"));
     let conn = e.provider.connection().expect("connection");
     let before = inventory(&conn);
 
@@ -121,7 +121,8 @@ async fn lifecycle(name: &str, machines: usize) {
     assert!(p.drift.is_empty(), "{:?}", p.drift);
 
     // Drift: a worker shut off, another resized, a third removed outside clusterform.
-    let w = |i: usize| format!("{}-workers-{i}", e.model.cluster.name);
+    let cname = e.model.cluster.name.clone();
+    let w = |i: usize| format!("{cname}-workers-{i}");
     conn.lookup_domain_by_name(&w(0))
         .expect("w0")
         .destroy()
@@ -179,6 +180,7 @@ async fn lifecycle(name: &str, machines: usize) {
         .expect("w0");
     assert_eq!(start.changed, vec!["stopped".to_string()]);
 
+    let w1_uuid = w1.uuid_string().expect("uuid");
     let before_ips: Vec<_> = state
         .values()
         .map(|r| (r.address.clone(), r.attrs.get("address").cloned()))
@@ -203,14 +205,51 @@ async fn lifecycle(name: &str, machines: usize) {
         after[&"machine.workers[0]".parse().expect("a")].attrs["state"],
         json!("running")
     );
+    let w1 = conn.lookup_domain_by_name(&w(1)).expect("w1");
+    assert_eq!(w1.info().expect("info").nr_virt_cpu, 2);
     assert_eq!(
-        conn.lookup_domain_by_name(&w(1))
-            .expect("w1")
-            .info()
-            .expect("info")
-            .nr_virt_cpu,
-        2
+        w1.uuid_string().expect("uuid"),
+        w1_uuid,
+        "redefinition keeps the uuid"
     );
+
+    // A changed Ignition config replaces the machine; it keeps its address and MAC.
+    let addr: clusterform_core::Address = "machine.workers[0]".parse().expect("address");
+    let r = e
+        .model
+        .resources
+        .iter_mut()
+        .find(|r| r.address == addr)
+        .expect("worker 0");
+    let ud = r.attrs["user_data"]
+        .as_str()
+        .expect("user_data")
+        .replace("\"3.3.0\"", "\"3.3.0\" ");
+    r.attrs.insert("user_data".into(), json!(ud));
+    let old_uuid = conn
+        .lookup_domain_by_name(&w(0))
+        .expect("w0")
+        .uuid_string()
+        .expect("uuid");
+    let (p, _) = e.apply(false).await;
+    assert_eq!(
+        actions(&p),
+        vec![("machine.workers[0]".to_string(), Action::Replace)]
+    );
+    let now = e.state();
+    assert_eq!(now[&addr].attrs["user_data"], json!(ud));
+    assert_eq!(now[&addr].attrs["address"], after[&addr].attrs["address"]);
+    assert_eq!(now[&addr].attrs["mac"], after[&addr].attrs["mac"]);
+    let new_uuid = conn
+        .lookup_domain_by_name(&w(0))
+        .expect("w0")
+        .uuid_string()
+        .expect("uuid");
+    assert_ne!(new_uuid, old_uuid, "a new domain");
+    let ign_text =
+        std::fs::read_to_string(now[&addr].attrs["ignition_file"].as_str().expect("file"))
+            .expect("read");
+    assert_eq!(ign_text, ud);
 
     // Destroy leaves what was there before, and nothing of the cluster's files.
     let (p, report) = e.apply(true).await;
