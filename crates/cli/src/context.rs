@@ -29,7 +29,7 @@ const APPLY_PROVIDERS: &[&str] = &[
     "libvirt",
 ];
 
-/// The schemas of every provider this build knows.
+/// The schemas of every provider this build knows: `sim` first, then by name.
 pub fn schemas() -> Vec<ProviderSchema> {
     let sim = clusterform_provider_sim::schema();
     let mut all = vec![sim.clone()];
@@ -41,6 +41,8 @@ pub fn schemas() -> Vec<ProviderSchema> {
             ..sim.clone()
         });
     }
+    // `sim` first, the others by name (the order messages list them in).
+    all[1..].sort_by(|a, b| a.provider.cmp(&b.provider));
     all
 }
 

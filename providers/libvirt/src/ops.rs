@@ -147,8 +147,10 @@ impl Backend {
     /// The open connection (opened on first use; connections are thread-safe).
     pub(crate) fn conn(&self) -> Result<Connect> {
         let mut c = lock(&self.conn);
-        if let Some(c) = c.as_ref() {
-            return Ok(c.clone());
+        if let Some(open) = c.as_ref()
+            && open.is_alive().unwrap_or(false)
+        {
+            return Ok(open.clone());
         }
         // libvirt prints every error to stderr unless told not to; ours carry them.
         virt::error::clear_error_callback();
