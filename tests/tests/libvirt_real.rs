@@ -31,8 +31,10 @@ fn printed(log: &str) -> Option<Vec<u8>> {
     )
 }
 
-#[test]
-fn real_libvirtd_boots_dev_test_guests_with_their_ignition() {
+/// Apply `cluster` (a cluster file without its `[provider.libvirt]` table) on the lane,
+/// check what every guest printed and the network's host entries, plan (no changes),
+/// destroy (nothing left).
+fn boot_and_check(cluster: &str, fw_cfg: &str, machines: usize) {
     let Some((uri, guest, lane)) = real_lane() else {
         return;
     };
@@ -40,11 +42,7 @@ fn real_libvirtd_boots_dev_test_guests_with_their_ignition() {
     let file = w.write(
         "cluster.toml",
         &format!(
-            r#"[cluster]
-name = "lane"
-blueprint = "dev-test"
-provider = "libvirt"
-ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnlyForTheQuickstart me@laptop"]
+            r#"{cluster}
 
 [provider.libvirt]
 uri = "{uri}"
@@ -54,17 +52,7 @@ ignition_dir = "{}"
 forward = "open"       # NAT needs iptables, which the lane's namespace has not
 domain_type = "qemu"   # TCG: no /dev/kvm
 shutdown_timeout_s = 0
-
-[network]
-cidr = "192.168.150.0/24"
-dns = ["192.168.150.1"]
-
-[central]
-size = "1cpu-256mb"
-
-[workers]
-count = 1
-size = "1cpu-256mb"
+fw_cfg = "{fw_cfg}"
 "#,
             guest.display(),
             lane.join("pools").display(),
@@ -74,10 +62,16 @@ size = "1cpu-256mb"
     let file = file.to_str().expect("utf-8");
     let started = Instant::now();
     let r = w.run_ok(&["apply", file, "--auto-approve"], 0);
-    assert!(r.stdout.contains("Resources: 3 added"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("Resources: {} added", machines + 1)),
+        "{}",
+        r.stdout
+    );
     eprintln!("apply: {:.1}s", started.elapsed().as_secs_f64());
 
     let state = w.state_json(file);
+    let want_machines = machines;
     let machines: Vec<(String, String)> = state["resources"]
         .as_array()
         .expect("resources")
@@ -97,7 +91,7 @@ size = "1cpu-256mb"
             )
         })
         .collect();
-    assert_eq!(machines.len(), 2, "{state}");
+    assert_eq!(machines.len(), want_machines, "{state}");
 
     // Each guest's fw_cfg config is what `render` gives for it.
     let boot = Instant::now();
@@ -133,7 +127,15 @@ size = "1cpu-256mb"
     // The live network hands each machine its address (virNetworkUpdate on the running
     // network) and knows its name.
     let c = Connect::open(Some(&uri)).expect("connect to the lane's libvirtd");
-    let net = c.lookup_network_by_name("lane-main").expect("network");
+    let net_name = state["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["address"] == "network.main")
+        .and_then(|r| r["id"].as_str())
+        .expect("network.main")
+        .to_string();
+    let net = c.lookup_network_by_name(&net_name).expect("network");
     let live = net.xml_desc(0).expect("network XML");
     for r in state["resources"].as_array().expect("resources") {
         if let Some(ip) = r["attrs"]["address"].as_str() {
@@ -151,29 +153,92 @@ size = "1cpu-256mb"
 
     // Destroy leaves nothing behind.
     let r = w.run_ok(&["destroy", file, "--auto-approve"], 0);
-    assert!(r.stdout.contains("3 destroyed"), "{}", r.stdout);
-    let doms = c.list_all_domains(0).expect("domains");
-    let nets = c.list_all_networks(0).expect("networks");
-    let pools = c.list_all_storage_pools(0).expect("pools");
     assert!(
-        doms.is_empty(),
-        "domains left: {:?}",
-        doms.iter().map(|d| d.name()).collect::<Vec<_>>()
+        r.stdout
+            .contains(&format!("{} destroyed", want_machines + 1)),
+        "{}",
+        r.stdout
     );
-    assert!(
-        nets.is_empty(),
-        "networks left: {:?}",
-        nets.iter().map(|n| n.name()).collect::<Vec<_>>()
-    );
+    // Only this cluster's objects count: the other real-lane test may run alongside.
+    let cluster = state["cluster"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| net_name.trim_end_matches("-main").to_string());
+    let ours = |n: String| n.starts_with(&format!("{cluster}-")).then_some(n);
+    let doms: Vec<String> = c
+        .list_all_domains(0)
+        .expect("domains")
+        .iter()
+        .filter_map(|d| ours(d.name().expect("name")))
+        .collect();
+    let nets: Vec<String> = c
+        .list_all_networks(0)
+        .expect("networks")
+        .iter()
+        .filter_map(|n| ours(n.name().expect("name")))
+        .collect();
+    let pools: Vec<String> = c
+        .list_all_storage_pools(0)
+        .expect("pools")
+        .iter()
+        .filter_map(|p| ours(p.name().expect("name")))
+        .collect();
+    assert!(doms.is_empty(), "domains left: {doms:?}");
+    assert!(nets.is_empty(), "networks left: {nets:?}");
     assert!(
         pools.is_empty(),
-        "pools left: {:?}",
-        pools.iter().map(|p| p.name()).collect::<Vec<_>>()
+        "pools (and their volumes) left: {pools:?}"
     );
-    for d in ["pools", "files"] {
-        let left: Vec<_> = std::fs::read_dir(lane.join(d))
-            .map(|it| it.map(|e| e.expect("entry").path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{d}: {left:?}");
+    for left in [
+        lane.join("pools").join(&net_name),
+        lane.join("files").join(&cluster),
+    ] {
+        assert!(!left.exists(), "left behind: {}", left.display());
     }
+}
+
+#[test]
+fn real_libvirtd_boots_dev_test_guests_with_their_ignition() {
+    // dev-test at its smallest: the etcd machine and one worker, fw_cfg as sysinfo.
+    boot_and_check(
+        r#"[cluster]
+name = "lane"
+blueprint = "dev-test"
+provider = "libvirt"
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnlyForTheQuickstart me@laptop"]
+
+[network]
+cidr = "192.168.150.0/24"
+dns = ["192.168.150.1"]
+
+[central]
+size = "1cpu-256mb"
+
+[workers]
+count = 1
+size = "1cpu-256mb"
+"#,
+        "sysinfo",
+        2,
+    );
+}
+
+#[test]
+fn real_libvirtd_hands_ignition_over_the_qemu_commandline_form_too() {
+    boot_and_check(
+        r#"[cluster]
+name = "lanecmd"
+blueprint = "dev-vm"
+provider = "libvirt"
+
+[network]
+cidr = "192.168.151.0/24"
+
+[vm]
+size = "1cpu-256mb"
+address = "192.168.151.50"
+"#,
+        "commandline",
+        1,
+    );
 }

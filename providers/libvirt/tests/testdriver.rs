@@ -326,3 +326,36 @@ async fn connection_errors_say_what_to_do() {
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
     assert!(e.to_string().contains("not running"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commandline_form_autostart_and_a_stopped_machine() {
+    let host = Host::new();
+    let p = host.provider(json!({"fw_cfg": "commandline", "autostart": true}));
+    create(&p, "network", "network.main", "op-net", net_attrs()).await;
+    let mut a = machine_attrs("demo-vm", None);
+    a.insert("stopped".into(), json!(true));
+    let m = create(&p, "machine", "machine.vm", "op-vm", a).await;
+    assert_eq!(m.attrs["state"], json!("shut off"));
+    assert_eq!(m.attrs["stopped"], json!(true));
+    // The test driver keeps no `<qemu:commandline>` (a QEMU-driver extension): the form
+    // is checked in the XML unit tests and on the real lane. No sysinfo entry either.
+    let conn = p.connection().expect("connection");
+    let dom = conn.lookup_domain_by_name("demo-vm").expect("domain");
+    let xml = dom.xml_desc(0).expect("xml");
+    assert!(!xml.contains("<sysinfo"), "{xml}");
+    assert!(dom.autostart().expect("autostart"));
+    // Started by an update that drops `stopped`.
+    let up = p
+        .update(&UpdateRequest {
+            address: Address::new("machine", "vm"),
+            kind: "machine".into(),
+            id: "demo-vm".into(),
+            attrs: machine_attrs("demo-vm", None),
+            changed: vec!["stopped".into()],
+            idempotency_key: "op-start".into(),
+        })
+        .await
+        .expect("update");
+    assert_eq!(up.attrs["state"], json!("running"));
+    assert!(!up.attrs.contains_key("stopped"));
+}
