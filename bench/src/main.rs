@@ -93,7 +93,15 @@ fn build_release() -> PathBuf {
         .expect("bench/ has a parent")
         .to_path_buf();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-q", "-p", "clusterform-cli"])
+        // sim only: no libvirt (or other provider) to link.
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "clusterform-cli",
+            "--no-default-features",
+        ])
         .current_dir(&root)
         .status()
         .expect("cargo build");

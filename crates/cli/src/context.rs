@@ -17,18 +17,32 @@ use crate::errors;
 
 /// Providers whose cluster files this build reads (validate, render, graph) but cannot
 /// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
+#[cfg(feature = "libvirt")]
+const PLANNED_PROVIDERS: &[&str] = &["ec2", "metal"];
+#[cfg(not(feature = "libvirt"))]
 const PLANNED_PROVIDERS: &[&str] = &["ec2", "libvirt", "metal"];
 
-/// The schemas of every provider this build knows.
+/// Providers this build can plan and apply with.
+const APPLY_PROVIDERS: &[&str] = &[
+    "sim",
+    #[cfg(feature = "libvirt")]
+    "libvirt",
+];
+
+/// The schemas of every provider this build knows: `sim` first, then by name.
 pub fn schemas() -> Vec<ProviderSchema> {
     let sim = clusterform_provider_sim::schema();
     let mut all = vec![sim.clone()];
+    #[cfg(feature = "libvirt")]
+    all.push(clusterform_provider_libvirt::schema());
     for name in PLANNED_PROVIDERS {
         all.push(ProviderSchema {
             provider: (*name).to_string(),
             ..sim.clone()
         });
     }
+    // `sim` first, the others by name (the order messages list them in).
+    all[1..].sort_by(|a, b| a.provider.cmp(&b.provider));
     all
 }
 
@@ -109,9 +123,11 @@ pub fn load(file: &Path) -> Result<Context> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
 
+    let mut model = model;
     let configs = provider_configs(&model);
     let providers = build_providers(&configs, &base_dir)
         .map_err(|(name, msg)| provider_error(file, &model, &name, &msg))?;
+    provider_defaults(&mut model, &configs, &base_dir);
 
     let (store, state_location) = open_store(&model)?;
     let cluster = ClusterInfo {
@@ -165,6 +181,24 @@ pub fn provider_error(file: &Path, model: &Model, name: &str, msg: &str) -> miet
     ))
 }
 
+/// Fill in the attributes a provider's settings decide (libvirt: each machine's image and
+/// disk size, each network's forward mode), so that a changed setting shows in the plan.
+/// The settings were checked by [`build_providers`].
+#[allow(unused_variables)]
+fn provider_defaults(
+    model: &mut Model,
+    configs: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+) {
+    #[cfg(feature = "libvirt")]
+    if let Some(c) = configs.get(clusterform_provider_libvirt::PROVIDER_NAME)
+        && let Ok(c) =
+            clusterform_provider_libvirt::LibvirtConfig::from_provider_config(c, base_dir)
+    {
+        clusterform_provider_libvirt::apply_defaults(&c, &mut model.resources);
+    }
+}
+
 /// Build providers from their settings; on error returns (provider, message).
 pub fn build_providers(
     configs: &BTreeMap<String, ProviderConfig>,
@@ -177,12 +211,18 @@ pub fn build_providers(
                 clusterform_provider_sim::SimProvider::from_config(config, base_dir)
                     .map_err(|e| (name.clone(), e.to_string()))?,
             ),
+            #[cfg(feature = "libvirt")]
+            "libvirt" => Arc::new(
+                clusterform_provider_libvirt::LibvirtProvider::from_config(config, base_dir)
+                    .map_err(|e| (name.clone(), e.to_string()))?,
+            ),
             other => {
                 return Err((
                     other.to_string(),
                     format!(
-                        "this build cannot plan or apply with `{other}` yet (it can: sim); \
-                         `validate`, `render` and `graph` work with this file"
+                        "this build cannot plan or apply with `{other}` yet (it can: {}); \
+                         `validate`, `render` and `graph` work with this file",
+                        APPLY_PROVIDERS.join(", ")
                     ),
                 ));
             }

@@ -308,6 +308,8 @@ fn change(out: &mut String, c: &Change) {
                 }
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
+                } else if let Some(note) = c.notes.get(k.as_str()) {
+                    format!(" {}", yellow(&format!("# {note}")))
                 } else {
                     String::new()
                 };
@@ -464,6 +466,32 @@ mod tests {
     }
 
     #[test]
+    fn an_update_note_is_shown_beside_its_attribute() {
+        let attrs = |size: &str| Attrs::from([("size".to_string(), Value::String(size.into()))]);
+        let c = Change {
+            address: Address::new("machine", "m"),
+            provider: "libvirt".into(),
+            action: Action::Update,
+            id: Some("m".into()),
+            before: Some(attrs("2cpu-4gb")),
+            after: Some(attrs("4cpu-8gb")),
+            after_unknown: vec![],
+            refs: Default::default(),
+            depends_on: vec![],
+            old_dependencies: vec![],
+            replace_because: vec![],
+            changed: vec!["size".into()],
+            sensitive: vec![],
+            notes: [("size".to_string(), "restarts the machine".to_string())].into(),
+        };
+        let text = plan(&plan_with(c));
+        assert!(
+            text.contains("size = \"2cpu-4gb\" -> \"4cpu-8gb\" # restarts the machine"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn sensitive_values_are_never_printed() {
         let secret = "hunter2-canary";
         let mut after = Attrs::new();
@@ -483,6 +511,7 @@ mod tests {
             replace_because: vec![],
             changed: vec![],
             sensitive: vec!["password".into()],
+            notes: Default::default(),
         };
         let mut p = plan_with(c);
         // Changed outside clusterform: the drift note hides it as well.
