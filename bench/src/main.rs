@@ -93,7 +93,8 @@ fn build_release() -> PathBuf {
         .expect("bench/ has a parent")
         .to_path_buf();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        // The sim provider only: a release build of the EC2 provider takes ~13 min.
+        // The sim provider only: no libvirt to link, and a release build of the EC2
+        // provider takes ~13 min.
         .args([
             "build",
             "--release",

@@ -6,6 +6,7 @@
 
 mod local;
 mod lock;
+mod mem;
 
 #[cfg(test)]
 mod backup_tests;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use local::LocalStore;
 pub use lock::operator;
+pub use mem::MemStore;
 
 /// A journal entry: written durably *before* a provider mutation starts, closed after
 /// it ends, so that a run that died in between can find what it made.

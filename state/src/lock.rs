@@ -185,7 +185,7 @@ pub fn operator() -> String {
     format!("{}@{}", current_user(), current_host())
 }
 
-fn new_info(operation: &str) -> LockInfo {
+pub(crate) fn new_info(operation: &str) -> LockInfo {
     let now = SystemTime::now();
     LockInfo {
         id: uuid::Uuid::new_v4().to_string(),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod libvirt;
+
 use clusterform_provider::Object;
 use clusterform_provider_sim::SimCloud;
 use tempfile::TempDir;

@@ -59,8 +59,9 @@ set -u
 mount -t tmpfs -o size="$TMPFS_KB"k tmpfs st || exit 97
 "$CF" apply small.toml --auto-approve >out1 2>err1; echo $? >code1
 "$CF" show small.toml --json >show1.json 2>>err1
-# The big apply; once its walk is under way (a new worker exists), fill the disk.
-"$CF" apply big.toml --auto-approve >out2 2>err2 &
+# The big apply, slow enough (4 at a time, 100 ms a call: about 5 s) that the disk fills
+# while it runs: once its walk is under way (a new worker exists), fill the disk.
+"$CF" apply big.toml --auto-approve --parallelism 4 >out2 2>err2 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
     "$CF" sim list >list 2>/dev/null

@@ -75,9 +75,79 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Check whether the objects still match the state (read-only; exit 0 in sync, 2
+    /// drift, 1 error). Unapplied changes of the cluster file are reported apart.
+    Drift(DriftArgs),
+    /// Find clusters at a provider by their tags (no state needed) and delete the expired
+    /// test clusters, or objects no state records (`--orphans`).
+    Reap(ReapArgs),
+    /// Adopt an existing object into the state under an address of the cluster file.
+    Import {
+        /// [cluster file], the address (`machine.workers[0]`) and the provider's id.
+        #[arg(num_args = 2..=3, required = true, value_name = "FILE] [ADDR] [ID")]
+        args: Vec<String>,
+        /// Wait this long for a state lock held by another run (e.g. 30s).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
+    },
     /// Look at or change the simulated cloud (the `sim` provider) directly.
     #[command(subcommand)]
     Sim(SimCommand),
+}
+
+/// `drift`.
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    /// The cluster file.
+    #[arg(default_value = "cluster.toml")]
+    pub file: PathBuf,
+    /// The report as JSON (format in docs/DRIFT.md); with --every, one JSON line per check.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing unless there is drift or an error (for cron).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Keep running: check every DURATION (e.g. 15m), give or take 10% at random, until
+    /// SIGTERM or Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub every: Option<Duration>,
+    /// POST the JSON report to this URL when a check finds drift (and, with --every, when
+    /// it is gone again).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+}
+
+/// `reap`.
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Cluster files. The provider's settings are read from the first one that has a
+    /// `[provider.NAME]` table (defaults otherwise); with --orphans, the states of these
+    /// clusters decide which tagged objects are orphans.
+    pub files: Vec<PathBuf>,
+    /// The provider to search (sim, ec2, libvirt...).
+    #[arg(long)]
+    pub provider: String,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete objects tagged for the clusters of FILES that their states do not record.
+    #[arg(long)]
+    pub orphans: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Deletions in flight at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: u32,
+}
+
+/// A `--every` interval: a duration of at least one second.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("the interval must be at least 1s".to_string());
+    }
+    Ok(d)
 }
 
 /// Graph output formats.
@@ -115,9 +185,16 @@ pub struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
-    /// Plan the destruction of everything.
+    /// Plan the destruction of everything (or, with --target, of some resources).
     #[arg(long)]
     pub destroy: bool,
+    /// With --destroy: only this resource (`machine.workers[2]`, or `machine.workers` for
+    /// all of them) and what depends on it. Repeatable.
+    #[arg(long, value_name = "ADDR", requires = "destroy")]
+    pub target: Vec<String>,
+    /// Only show what changed outside clusterform (what `apply --refresh-only` accepts).
+    #[arg(long, conflicts_with = "destroy")]
+    pub refresh_only: bool,
     /// Shared flags.
     #[command(flatten)]
     pub run: RunArgs,
@@ -132,6 +209,12 @@ pub struct ApplyArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
+    /// Change no object: write what changed outside clusterform (drift) into the state.
+    #[arg(long)]
+    pub refresh_only: bool,
+    /// Allow deleting or replacing machines with `protect = true`.
+    #[arg(long)]
+    pub allow_protected: bool,
     /// Shared flags.
     #[command(flatten)]
     pub run: RunArgs,
@@ -146,6 +229,13 @@ pub struct DestroyArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
+    /// Only this resource (`machine.workers[2]`, or `machine.workers` for all of them) and
+    /// what depends on it. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Allow deleting machines with `protect = true`.
+    #[arg(long)]
+    pub allow_protected: bool,
     /// Shared flags.
     #[command(flatten)]
     pub run: RunArgs,
@@ -240,6 +330,9 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "no-color",
         "format",
         "machine",
+        "target",
+        "refresh-only",
+        "allow-protected",
     ];
     args.into_iter()
         .map(|a| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clusterform_config::{Model, StateSettings};
 use clusterform_core::ProviderSchema;
-use clusterform_engine::{ClusterInfo, Providers};
+use clusterform_engine::{ClusterInfo, Providers, Readers};
 use clusterform_provider::{Provider, ProviderConfig};
 use clusterform_state::{LocalStore, StateStore};
 use miette::Result;
@@ -16,35 +16,41 @@ use serde::{Deserialize, Serialize};
 use crate::errors;
 
 /// Providers whose cluster files this build reads (validate, render, graph) but cannot
-/// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
-#[cfg(not(feature = "ec2"))]
-const PLANNED_PROVIDERS: &[&str] = &["ec2", "libvirt", "metal"];
-/// Providers whose cluster files this build reads (validate, render, graph) but cannot
-/// plan or apply yet: their resources have the same kinds and attributes as `sim`'s.
-#[cfg(feature = "ec2")]
-const PLANNED_PROVIDERS: &[&str] = &["libvirt", "metal"];
+/// plan or apply (not built in, or not written yet): their resources have the same
+/// kinds and attributes as `sim`'s.
+const PLANNED_PROVIDERS: &[&str] = &[
+    #[cfg(not(feature = "ec2"))]
+    "ec2",
+    #[cfg(not(feature = "libvirt"))]
+    "libvirt",
+    "metal",
+];
 
-/// The providers this build plans and applies with.
-fn applying_providers() -> Vec<&'static str> {
-    let mut out = vec!["sim"];
-    if cfg!(feature = "ec2") {
-        out.push("ec2");
-    }
-    out
-}
+/// Providers this build can plan and apply with.
+const APPLY_PROVIDERS: &[&str] = &[
+    "sim",
+    #[cfg(feature = "ec2")]
+    "ec2",
+    #[cfg(feature = "libvirt")]
+    "libvirt",
+];
 
-/// The schemas of every provider this build knows.
+/// The schemas of every provider this build knows: `sim` first, then by name.
 pub fn schemas() -> Vec<ProviderSchema> {
     let sim = clusterform_provider_sim::schema();
     let mut all = vec![sim.clone()];
     #[cfg(feature = "ec2")]
     all.push(clusterform_provider_ec2::schema());
+    #[cfg(feature = "libvirt")]
+    all.push(clusterform_provider_libvirt::schema());
     for name in PLANNED_PROVIDERS {
         all.push(ProviderSchema {
             provider: (*name).to_string(),
             ..sim.clone()
         });
     }
+    // `sim` first, the others by name (the order messages list them in).
+    all[1..].sort_by(|a, b| a.provider.cmp(&b.provider));
     all
 }
 
@@ -86,6 +92,36 @@ pub fn load_model(file: &Path) -> Result<Model> {
     clusterform_config::load(file, &schemas()).map_err(errors::config)
 }
 
+/// What a read-only command (`drift`) works from: the providers only as [`Readers`].
+pub struct ReadContext {
+    /// The cluster file, validated.
+    pub model: Model,
+    /// Read-only handles to its providers: nothing reached through them can change an
+    /// object.
+    pub readers: Readers,
+    /// The state store (read with `load`, never locked nor written).
+    pub store: Arc<dyn StateStore>,
+    /// Where it is.
+    pub state_location: StateLocation,
+}
+
+/// Load the cluster file and its state store, with read-only provider handles.
+pub fn load_readonly(file: &Path) -> Result<ReadContext> {
+    let Context {
+        model,
+        providers,
+        store,
+        state_location,
+        ..
+    } = load(file)?;
+    Ok(ReadContext {
+        model,
+        readers: Readers::from(providers),
+        store,
+        state_location,
+    })
+}
+
 /// Load the cluster file, build its providers and open its state store.
 pub fn load(file: &Path) -> Result<Context> {
     let model = load_model(file)?;
@@ -95,9 +131,11 @@ pub fn load(file: &Path) -> Result<Context> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
 
+    let mut model = model;
     let configs = provider_configs(&model);
     let providers = build_providers(&configs, &base_dir)
         .map_err(|(name, msg)| provider_error(file, &model, &name, &msg))?;
+    provider_defaults(&mut model, &configs, &base_dir);
     check_resources(&model)?;
 
     let (store, state_location) = open_store(&model)?;
@@ -185,6 +223,24 @@ pub fn provider_error(file: &Path, model: &Model, name: &str, msg: &str) -> miet
     ))
 }
 
+/// Fill in the attributes a provider's settings decide (libvirt: each machine's image and
+/// disk size, each network's forward mode), so that a changed setting shows in the plan.
+/// The settings were checked by [`build_providers`].
+#[allow(unused_variables)]
+fn provider_defaults(
+    model: &mut Model,
+    configs: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+) {
+    #[cfg(feature = "libvirt")]
+    if let Some(c) = configs.get(clusterform_provider_libvirt::PROVIDER_NAME)
+        && let Ok(c) =
+            clusterform_provider_libvirt::LibvirtConfig::from_provider_config(c, base_dir)
+    {
+        clusterform_provider_libvirt::apply_defaults(&c, &mut model.resources);
+    }
+}
+
 /// Build providers from their settings; on error returns (provider, message).
 pub fn build_providers(
     configs: &BTreeMap<String, ProviderConfig>,
@@ -202,13 +258,18 @@ pub fn build_providers(
                 clusterform_provider_ec2::Ec2Provider::from_config(config)
                     .map_err(|e| (name.clone(), e.to_string()))?,
             ),
+            #[cfg(feature = "libvirt")]
+            "libvirt" => Arc::new(
+                clusterform_provider_libvirt::LibvirtProvider::from_config(config, base_dir)
+                    .map_err(|e| (name.clone(), e.to_string()))?,
+            ),
             other => {
                 return Err((
                     other.to_string(),
                     format!(
                         "this build cannot plan or apply with `{other}` yet (it can: {}); \
                          `validate`, `render` and `graph` work with this file",
-                        applying_providers().join(", ")
+                        APPLY_PROVIDERS.join(", ")
                     ),
                 ));
             }

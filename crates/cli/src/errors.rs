@@ -136,10 +136,11 @@ pub fn engine(e: clusterform_engine::EngineError) -> miette::Report {
             format!("provider `{p}` is not configured"),
             format!("add a `[provider.{p}]` table to the cluster file"),
         ),
-        E::Refresh { .. } | E::Recover { .. } => hint(
+        E::Refresh { .. } | E::Recover { .. } | E::Provider { .. } => hint(
             e.to_string(),
             "check the provider's settings and reachability, then run the command again",
         ),
+        E::Refused { message, help } => hint(message, help),
         other => plain(other.to_string()),
     }
 }

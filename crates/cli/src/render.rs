@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use clusterform_core::plan::Drift;
 use clusterform_core::{Action, Change, Plan, Value};
 use clusterform_engine::{ApplyReport, Outcome, Recovery, Resolution};
 use serde_json::json;
@@ -20,7 +21,7 @@ const USER_DATA: &str = "user_data";
 
 /// An attribute's value as a plan shows it: user data as a one-line summary of the
 /// Ignition config, never a wall of JSON and base64.
-fn attr_value(key: &str, v: &Value) -> String {
+pub fn attr_value(key: &str, v: &Value) -> String {
     match (key, v) {
         (USER_DATA, Value::String(s)) => {
             format!("({})", clusterform_ignition::summarize(s))
@@ -87,8 +88,8 @@ pub fn recoveries(notes: &[Recovery]) -> String {
     out
 }
 
-/// The whole plan as text.
-pub fn plan(p: &Plan) -> String {
+/// The note about objects that changed outside clusterform (empty when none did).
+fn drift_note(p: &Plan) -> String {
     let mut out = String::new();
     if !p.drift.is_empty() {
         let _ = writeln!(
@@ -102,19 +103,53 @@ pub fn plan(p: &Plan) -> String {
             } else {
                 let _ = writeln!(out, "  # {} has changed", bold(&d.address.to_string()));
                 let w = d.changed.iter().map(|c| c.0.len()).max().unwrap_or(0);
+                let shown = |k: &String, v: &Value| {
+                    if d.sensitive.contains(k) && !v.is_null() {
+                        dim("(sensitive)")
+                    } else {
+                        attr_value(k, v)
+                    }
+                };
                 for (k, before, after) in &d.changed {
                     let _ = writeln!(
                         out,
                         "    {} {k:<w$} = {} -> {}",
                         yellow("~"),
-                        attr_value(k, before),
-                        attr_value(k, after)
+                        shown(k, before),
+                        shown(k, after)
                     );
                 }
             }
         }
         out.push('\n');
     }
+    out
+}
+
+/// A refresh-only plan: the drift, and what accepting it does to the state.
+pub fn refresh_only(p: &Plan) -> String {
+    let mut out = drift_note(p);
+    if p.drift.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} The objects match the state; there is nothing to accept.",
+            bold("No changes.")
+        );
+        return out;
+    }
+    let gone = p.drift.iter().filter(|d| d.deleted).count();
+    let _ = writeln!(
+        out,
+        "This is a refresh-only plan: accepting it records {} changed object(s) in the state \
+         as they are now and removes {gone} deleted one(s) from it. No object is changed.",
+        p.drift.len() - gone
+    );
+    out
+}
+
+/// The whole plan as text.
+pub fn plan(p: &Plan) -> String {
+    let mut out = drift_note(p);
     if p.is_empty() {
         let _ = writeln!(
             out,
@@ -273,6 +308,8 @@ fn change(out: &mut String, c: &Change) {
                 }
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
+                } else if let Some(note) = c.notes.get(k.as_str()) {
+                    format!(" {}", yellow(&format!("# {note}")))
                 } else {
                     String::new()
                 };
@@ -322,6 +359,23 @@ pub fn plan_json(p: &Plan) -> serde_json::Value {
             c
         })
         .collect();
+    let drift: Vec<Drift> = p
+        .drift
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            for (k, before, after) in &mut d.changed {
+                if d.sensitive.contains(k) {
+                    for v in [before, after] {
+                        if !v.is_null() {
+                            *v = Value::String("(sensitive)".into());
+                        }
+                    }
+                }
+            }
+            d
+        })
+        .collect();
     json!({
         "format_version": "1",
         "cluster": p.cluster,
@@ -329,7 +383,7 @@ pub fn plan_json(p: &Plan) -> serde_json::Value {
         "state": { "lineage": p.state_lineage, "serial": p.state_serial },
         "summary": { "add": s.add, "change": s.change, "destroy": s.destroy, "unchanged": p.unchanged },
         "resource_changes": changes,
-        "drift": p.drift,
+        "drift": drift,
         "forget": p.forget,
     })
 }
@@ -412,6 +466,32 @@ mod tests {
     }
 
     #[test]
+    fn an_update_note_is_shown_beside_its_attribute() {
+        let attrs = |size: &str| Attrs::from([("size".to_string(), Value::String(size.into()))]);
+        let c = Change {
+            address: Address::new("machine", "m"),
+            provider: "libvirt".into(),
+            action: Action::Update,
+            id: Some("m".into()),
+            before: Some(attrs("2cpu-4gb")),
+            after: Some(attrs("4cpu-8gb")),
+            after_unknown: vec![],
+            refs: Default::default(),
+            depends_on: vec![],
+            old_dependencies: vec![],
+            replace_because: vec![],
+            changed: vec!["size".into()],
+            sensitive: vec![],
+            notes: [("size".to_string(), "restarts the machine".to_string())].into(),
+        };
+        let text = plan(&plan_with(c));
+        assert!(
+            text.contains("size = \"2cpu-4gb\" -> \"4cpu-8gb\" # restarts the machine"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn sensitive_values_are_never_printed() {
         let secret = "hunter2-canary";
         let mut after = Attrs::new();
@@ -431,13 +511,27 @@ mod tests {
             replace_because: vec![],
             changed: vec![],
             sensitive: vec!["password".into()],
+            notes: Default::default(),
         };
-        let p = plan_with(c);
+        let mut p = plan_with(c);
+        // Changed outside clusterform: the drift note hides it as well.
+        p.drift.push(Drift {
+            address: Address::new("machine", "m"),
+            deleted: false,
+            changed: vec![(
+                "password".into(),
+                Value::String("old-secret-canary".into()),
+                Value::String(secret.into()),
+            )],
+            sensitive: vec!["password".into()],
+        });
         let text = plan(&p);
+        assert!(!text.contains("old-secret-canary"), "{text}");
         assert!(text.contains("password = (sensitive)"), "{text}");
         assert!(!text.contains(secret), "{text}");
         let json = plan_json(&p).to_string();
         assert!(!json.contains(secret), "{json}");
+        assert!(!json.contains("old-secret-canary"), "{json}");
         assert!(json.contains("(sensitive)"), "{json}");
     }
 }

@@ -76,6 +76,7 @@ pub fn diff_resource(
             replace_because,
             changed,
             sensitive: Vec::new(),
+            notes: BTreeMap::new(),
         };
     }
 
@@ -118,8 +119,14 @@ pub fn diff_resource(
         depends_on: desired.dependencies(),
         old_dependencies: cur.dependencies.clone(),
         replace_because: Vec::new(),
-        changed,
         sensitive: sensitive_names(schema),
+        notes: schema
+            .attrs
+            .iter()
+            .filter(|a| changed.contains(&a.name))
+            .filter_map(|a| a.update_note.clone().map(|n| (a.name.clone(), n)))
+            .collect(),
+        changed,
     }
 }
 
@@ -162,6 +169,7 @@ fn create_change(
         replace_because: Vec::new(),
         changed: Vec::new(),
         sensitive: sensitive_names(schema),
+        notes: BTreeMap::new(),
     }
 }
 
@@ -181,6 +189,7 @@ pub fn diff_delete(current: &ResourceState) -> Change {
         replace_because: Vec::new(),
         changed: Vec::new(),
         sensitive: Vec::new(),
+        notes: BTreeMap::new(),
     }
 }
 
@@ -271,6 +280,23 @@ mod tests {
             c.after.as_ref().and_then(|a| a.get("address")),
             Some(&json!("10.0.0.7"))
         );
+        assert!(c.notes.is_empty(), "no note without a schema note");
+    }
+
+    #[test]
+    fn an_update_note_travels_with_the_changed_attribute() {
+        let mut s = schema();
+        s.attrs[0] =
+            AttrSchema::required("size", AttrType::String, "").update_note("restarts the machine");
+        let cur = current("s", "a");
+        let c = diff_resource(&desired("l", "a"), Some(&cur), &s, &known_net());
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(
+            c.notes.get("size").map(String::as_str),
+            Some("restarts the machine")
+        );
+        let same = diff_resource(&desired("s", "a"), Some(&cur), &s, &known_net());
+        assert!(same.notes.is_empty());
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Change {
     /// Attributes the provider marks sensitive: shown as `(sensitive)`, never printed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<String>,
+    /// What the in-place change of an attribute implies, by attribute (from the
+    /// schema's `update_note`, e.g. "restarts the machine").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
 }
 
 impl Change {
@@ -117,6 +121,9 @@ pub struct Drift {
     /// Attributes that changed: (name, value in state, value now).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<(String, Value, Value)>,
+    /// Attributes of this kind the provider marks sensitive: shown as `(sensitive)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 /// A whole plan.

@@ -70,6 +70,10 @@ pub struct AttrSchema {
     pub sensitive: bool,
     /// One line for `validate` errors and docs.
     pub doc: String,
+    /// What an in-place change of it implies (e.g. "restarts the machine"), shown
+    /// beside the change in a plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_note: Option<String>,
 }
 
 impl AttrSchema {
@@ -83,6 +87,7 @@ impl AttrSchema {
             force_new: false,
             sensitive: false,
             doc: doc.to_string(),
+            update_note: None,
         }
     }
     /// A required input.
@@ -114,6 +119,11 @@ impl AttrSchema {
     /// Mark: a change forces a replacement.
     pub fn force_new(mut self) -> Self {
         self.force_new = true;
+        self
+    }
+    /// Mark: an in-place change of it has this effect, noted in plans.
+    pub fn update_note(mut self, note: &str) -> Self {
+        self.update_note = Some(note.to_string());
         self
     }
     /// Mark: never shown nor logged.

@@ -42,6 +42,22 @@ pub enum EngineError {
         /// What the provider said.
         source: ProviderError,
     },
+    /// A provider call that is not about one resource failed (listing, import).
+    #[error("provider `{provider}`: {source}")]
+    Provider {
+        /// The provider.
+        provider: String,
+        /// What it said.
+        source: ProviderError,
+    },
+    /// A request the engine refuses, with what to do.
+    #[error("{message}")]
+    Refused {
+        /// What is wrong.
+        message: String,
+        /// What to do instead.
+        help: String,
+    },
     /// The plan's dependencies do not form a DAG (a bug, or a hand-edited plan file).
     #[error("the plan's operations cannot be ordered: {0}")]
     Order(String),

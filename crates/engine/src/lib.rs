@@ -1,12 +1,16 @@
-//! clusterform engine: journal recovery, refresh, plan, and the parallel apply walker
-//! (also used by destroy). It drives providers through the `Provider` trait and writes
-//! every finished operation to the `StateStore` at once, through a group committer.
+//! clusterform engine: journal recovery, refresh, plan, the parallel apply walker (also
+//! used by destroy), drift checks, reaping by tags, and import. It drives providers
+//! through the `Provider` trait (drift checks through the read-only `Reader` only) and
+//! writes every finished operation to the `StateStore` at once, through a group committer.
 
 mod adopt;
 mod apply;
 mod commit;
+pub mod drift;
 mod error;
+mod import;
 mod plan;
+pub mod reap;
 mod recover;
 mod refresh;
 mod retry;
@@ -16,12 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterform_provider::Provider;
+use clusterform_provider::{Provider, Reader};
 
 pub use adopt::{Adoption, adopt_tagged};
 pub use apply::{ApplyOptions, ApplyReport, Event, Observer, Outcome, apply, critical_path};
 pub use error::EngineError;
-pub use plan::{plan, plan_destroy};
+pub use import::{Imported, import};
+pub use plan::{plan, plan_destroy, protected, restrict_to_targets};
 pub use recover::{Recovery, Resolution, recover};
 pub use refresh::{Refreshed, refresh};
 pub use retry::RetryPolicy;
@@ -53,6 +58,46 @@ impl Providers {
     /// The provider names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
+    }
+
+    /// Read-only handles to the same providers.
+    pub fn readers(&self) -> Readers {
+        Readers {
+            map: self
+                .map
+                .iter()
+                .map(|(k, p)| (k.clone(), Arc::clone(p) as Arc<dyn Reader>))
+                .collect(),
+        }
+    }
+}
+
+/// Read-only handles to the providers, by name. [`Reader`] has no mutating method, so
+/// nothing reached through a `Readers` can change anything at a provider: refresh,
+/// planning and drift checks take this, never [`Providers`].
+#[derive(Clone, Default)]
+pub struct Readers {
+    map: BTreeMap<String, Arc<dyn Reader>>,
+}
+
+impl Readers {
+    /// The provider called `name`.
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Reader>, EngineError> {
+        self.map
+            .get(name)
+            .ok_or_else(|| EngineError::NoProvider(name.to_string()))
+    }
+
+    /// The provider names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}
+
+impl From<Providers> for Readers {
+    /// Keep only the read-only handles; the mutating ones are dropped.
+    fn from(p: Providers) -> Readers {
+        p.readers()
     }
 }
 

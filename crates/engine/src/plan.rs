@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use clusterform_core::diff::{RefValue, diff_delete, diff_resource};
 use clusterform_core::{Action, Address, Change, Plan, Resource, ResourceGraph};
 
-use crate::{EngineError, Providers, Refreshed};
+use crate::{EngineError, Readers, Refreshed};
 
 /// Plan the changes that make the providers match `desired`.
 pub fn plan(
@@ -15,7 +15,7 @@ pub fn plan(
     desired: &[Resource],
     graph: &ResourceGraph,
     refreshed: &Refreshed,
-    providers: &Providers,
+    providers: &Readers,
     state_lineage: Option<String>,
     state_serial: u64,
 ) -> Result<Plan, EngineError> {
@@ -83,7 +83,7 @@ pub fn plan(
 }
 
 /// A delete, with the kind's sensitive attributes marked so that plans hide them.
-fn delete_change(current: &clusterform_core::ResourceState, providers: &Providers) -> Change {
+fn delete_change(current: &clusterform_core::ResourceState, providers: &Readers) -> Change {
     let mut c = diff_delete(current);
     if let Ok(p) = providers.get(&current.provider)
         && let Some(kind) = p.schema().kind(&current.address.kind)
@@ -102,7 +102,7 @@ fn delete_change(current: &clusterform_core::ResourceState, providers: &Provider
 pub fn plan_destroy(
     cluster: &str,
     refreshed: &Refreshed,
-    providers: &Providers,
+    providers: &Readers,
     state_lineage: Option<String>,
     state_serial: u64,
 ) -> Plan {
@@ -125,4 +125,60 @@ pub fn plan_destroy(
             .map(|d| d.address.clone())
             .collect(),
     }
+}
+
+/// The machines (any resource with `protect = true` in its current attributes) that
+/// `plan` deletes or replaces: refused unless the user allows it (`--allow-protected`).
+pub fn protected(plan: &Plan) -> Vec<Address> {
+    plan.changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Delete | Action::Replace))
+        .filter(|c| {
+            c.before
+                .as_ref()
+                .and_then(|b| b.get("protect"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+        })
+        .map(|c| c.address.clone())
+        .collect()
+}
+
+/// Limit a destroy plan to the `targets` and everything in the state that depends on
+/// them, directly or not (a network takes its machines with it). Errors when a target
+/// selects nothing in the state.
+pub fn restrict_to_targets(
+    mut plan: Plan,
+    targets: &[Address],
+    state: &BTreeMap<Address, clusterform_core::ResourceState>,
+) -> Result<Plan, EngineError> {
+    let mut selected: std::collections::BTreeSet<&Address> = std::collections::BTreeSet::new();
+    for t in targets {
+        let matching: Vec<&Address> = state.keys().filter(|a| t.names(a)).collect();
+        if matching.is_empty() {
+            return Err(EngineError::Refused {
+                message: format!("`--target {t}` selects nothing in the state"),
+                help: "see what the state holds with `clusterform state list`".to_string(),
+            });
+        }
+        selected.extend(matching);
+    }
+    // Dependents, to a fixed point.
+    let mut dependents: HashMap<&Address, Vec<&Address>> = HashMap::new();
+    for r in state.values() {
+        for d in &r.dependencies {
+            dependents.entry(d).or_default().push(&r.address);
+        }
+    }
+    let mut queue: Vec<&Address> = selected.iter().copied().collect();
+    while let Some(a) = queue.pop() {
+        for &d in dependents.get(a).map(Vec::as_slice).unwrap_or_default() {
+            if selected.insert(d) {
+                queue.push(d);
+            }
+        }
+    }
+    plan.changes.retain(|c| selected.contains(&c.address));
+    plan.forget.retain(|a| selected.contains(a));
+    Ok(plan)
 }

@@ -8,7 +8,7 @@ use clusterform_core::{Address, ResourceState, Value};
 use clusterform_provider::ReadRequest;
 use futures::stream::{self, StreamExt};
 
-use crate::{EngineError, Providers, RetryPolicy};
+use crate::{EngineError, Readers, RetryPolicy};
 
 /// One refreshed record: the state's view and the provider's answer.
 type ReadAnswer<'a> = (&'a ResourceState, Option<clusterform_provider::Object>);
@@ -27,7 +27,7 @@ pub struct Refreshed {
 /// Read every resource of `state` through its provider: `concurrency` batches at a time,
 /// each at most the provider's `max_batch()` objects.
 pub async fn refresh(
-    providers: &Providers,
+    providers: &Readers,
     state: &BTreeMap<Address, ResourceState>,
     concurrency: usize,
     retry: RetryPolicy,
@@ -91,6 +91,7 @@ pub async fn refresh(
                             address: old.address.clone(),
                             deleted: false,
                             changed,
+                            sensitive: sensitive_attrs(providers, old),
                         });
                     }
                     refreshed.resources.insert(
@@ -108,6 +109,7 @@ pub async fn refresh(
                     address: old.address.clone(),
                     deleted: true,
                     changed: Vec::new(),
+                    sensitive: Vec::new(),
                 }),
             }
         }
@@ -116,9 +118,25 @@ pub async fn refresh(
     Ok(refreshed)
 }
 
+/// The attributes of `r`'s kind that its provider marks sensitive.
+fn sensitive_attrs(providers: &Readers, r: &ResourceState) -> Vec<String> {
+    providers
+        .get(&r.provider)
+        .ok()
+        .and_then(|p| p.schema().kind(&r.address.kind))
+        .map(|k| {
+            k.attrs
+                .iter()
+                .filter(|a| a.sensitive)
+                .map(|a| a.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One batch read, retrying the whole batch while any answer is transient.
 async fn read_with_retry(
-    provider: &dyn clusterform_provider::Provider,
+    provider: &dyn clusterform_provider::Reader,
     reqs: &[ReadRequest],
     retry: RetryPolicy,
 ) -> Vec<Result<Option<clusterform_provider::Object>, clusterform_provider::ProviderError>> {
@@ -168,4 +186,23 @@ fn changed_attrs(
         }
     }
     out
+}
+
+impl Refreshed {
+    /// The state mutations that accept what refresh found (`apply --refresh-only`): every
+    /// changed object recorded as it is now, every deleted one forgotten. Nothing is asked
+    /// of any provider.
+    pub fn accept(&self) -> Vec<clusterform_state::Mutation> {
+        use clusterform_state::Mutation;
+        self.drift
+            .iter()
+            .filter_map(|d| {
+                if d.deleted {
+                    Some(Mutation::Remove(d.address.clone()))
+                } else {
+                    self.resources.get(&d.address).cloned().map(Mutation::Put)
+                }
+            })
+            .collect()
+    }
 }

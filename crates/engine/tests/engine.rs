@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clusterform_core::{Action, Address, Attrs, Resource, ResourceGraph};
 use clusterform_engine::{
@@ -11,61 +10,8 @@ use clusterform_engine::{
 };
 use clusterform_provider::fake::FakeProvider;
 use clusterform_provider::{CreateRequest, Ownership, Provider};
-use clusterform_state::{
-    HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot, StateError, StateStore,
-};
+use clusterform_state::{JournalEntry, MemStore, Mutation, StateStore};
 use serde_json::json;
-
-#[derive(Default)]
-struct MemStore {
-    snap: Mutex<Snapshot>,
-    commits: Mutex<usize>,
-}
-
-impl StateStore for MemStore {
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-    fn load(&self) -> Result<Snapshot, StateError> {
-        Ok(self.snap.lock().expect("lock").clone())
-    }
-    fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
-        *self.commits.lock().expect("lock") += 1;
-        let mut s = self.snap.lock().expect("lock");
-        let mut records = false;
-        for m in mutations {
-            match m {
-                Mutation::Put(r) => {
-                    records = true;
-                    s.resources.insert(r.address.clone(), r.clone());
-                }
-                Mutation::Remove(a) => {
-                    records = true;
-                    s.resources.remove(a);
-                }
-                Mutation::JournalOpen(e) => s.journal.push(e.clone()),
-                Mutation::JournalClose(id) => s.journal.retain(|e| &e.op_id != id),
-            }
-        }
-        if records {
-            s.serial += 1;
-            s.lineage.get_or_insert_with(|| "test".into());
-        }
-        Ok(s.serial)
-    }
-    fn lock(&self, _: &str, _: Duration) -> Result<Box<dyn LockGuard>, StateError> {
-        unimplemented!()
-    }
-    fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
-        Ok(None)
-    }
-    fn force_unlock(&self, _: &str) -> Result<LockInfo, StateError> {
-        unimplemented!()
-    }
-    fn history(&self, _: usize) -> Result<Vec<HistoryEntry>, StateError> {
-        Ok(vec![])
-    }
-}
 
 fn a(s: &str) -> Address {
     s.parse().expect("address")
@@ -125,19 +71,33 @@ impl World {
     async fn plan(&self, desired: &[Resource]) -> clusterform_core::Plan {
         let snap = self.store.load().expect("load");
         let graph = ResourceGraph::build(desired).expect("graph");
-        let refreshed = refresh(&self.providers, &snap.resources, 4, RetryPolicy::default())
-            .await
-            .expect("refresh");
+        let refreshed = refresh(
+            &self.providers.readers(),
+            &snap.resources,
+            4,
+            RetryPolicy::default(),
+        )
+        .await
+        .expect("refresh");
         plan(
             "demo",
             desired,
             &graph,
             &refreshed,
-            &self.providers,
+            &self.providers.readers(),
             snap.lineage,
             snap.serial,
         )
         .expect("plan")
+    }
+
+    async fn plan_destroy(&self) -> clusterform_core::Plan {
+        let snap = self.store.load().expect("load");
+        let readers = self.providers.readers();
+        let refreshed = refresh(&readers, &snap.resources, 4, RetryPolicy::default())
+            .await
+            .expect("refresh");
+        plan_destroy("demo", &refreshed, &readers, snap.lineage, snap.serial)
     }
 
     async fn apply(&self, p: &clusterform_core::Plan) -> clusterform_engine::ApplyReport {
@@ -197,11 +157,7 @@ async fn apply_then_plan_is_empty_then_update_then_destroy() {
     assert_eq!((r.added, r.changed, r.destroyed), (0, 1, 0));
     assert!(w.plan(&desired).await.is_empty());
 
-    let snap = w.store.load().expect("load");
-    let refreshed = refresh(&w.providers, &snap.resources, 4, RetryPolicy::default())
-        .await
-        .expect("refresh");
-    let d = plan_destroy("demo", &refreshed, &w.providers, snap.lineage, snap.serial);
+    let d = w.plan_destroy().await;
     let r = w.apply(&d).await;
     assert_eq!(r.destroyed, 5);
     assert!(w.store.load().expect("load").resources.is_empty());
@@ -332,7 +288,7 @@ async fn many_finished_operations_share_commits() {
     let w = world();
     let p = w.plan(&cluster(300, "small")).await;
     w.apply(&p).await;
-    let commits = *w.store.commits.lock().expect("lock");
+    let commits = w.store.commits();
     // 302 operations would be 604 commits one by one.
     assert!(commits < 300, "{commits} commits");
 }
@@ -387,4 +343,145 @@ async fn an_open_create_entry_is_adopted_and_a_missing_one_cleared() {
     let p = w.plan(&cluster(0, "small")).await;
     assert_eq!(p.changes.len(), 1);
     assert_eq!(p.changes[0].address, a("machine.central[0]"));
+}
+
+#[tokio::test]
+async fn drift_keeps_apart_what_an_unfinished_operation_touches() {
+    let w = world();
+    let desired = cluster(2, "small");
+    w.apply(&w.plan(&desired).await).await;
+    let graph = ResourceGraph::build(&desired).expect("graph");
+    // A run died after creating workers[2] (journaled, never recorded) ...
+    let key = "cf-op-dead-run";
+    w.fake
+        .create(&CreateRequest {
+            kind: "machine".into(),
+            attrs: Attrs::from([("size".to_string(), json!("small"))]),
+            owner: Ownership {
+                cluster: "demo".into(),
+                address: a("machine.workers[2]"),
+                op: key.into(),
+                expires_at: None,
+                created_by: None,
+                created_at: None,
+            },
+        })
+        .await
+        .expect("create");
+    w.store
+        .commit(&[Mutation::JournalOpen(JournalEntry {
+            op_id: "op-dead-run".into(),
+            address: a("machine.workers[2]"),
+            action: Action::Create,
+            idempotency_key: key.into(),
+            provider: "fake".into(),
+            kind: "machine".into(),
+            object_id: None,
+            dependencies: vec![],
+            started_at: "2026-01-01T00:00:00Z".into(),
+        })])
+        .expect("journal");
+    // ... and someone resized workers[0] by hand.
+    let snap = w.store.load().expect("load");
+    let w0 = snap.resources[&a("machine.workers[0]")].id.clone();
+    w.fake.tamper(&w0, "size", json!("huge"));
+
+    let before = w.fake.calls();
+    let report = clusterform_engine::drift::check(
+        &w.providers.readers(),
+        &snap,
+        &desired,
+        &graph,
+        "demo",
+        4,
+    )
+    .await
+    .expect("drift");
+    assert!(report.drifted());
+    assert_eq!(report.changed.len(), 1);
+    assert_eq!(report.changed[0].address, a("machine.workers[0]"));
+    assert!(report.missing.is_empty());
+    assert!(report.unmanaged.is_empty(), "{:?}", report.unmanaged);
+    assert_eq!(report.unfinished_operations.len(), 1);
+    assert!(report.unfinished_operations[0].object_id.is_some());
+    assert!(
+        report.pending_changes.is_empty(),
+        "{:?}",
+        report.pending_changes
+    );
+    let after = w.fake.calls();
+    for m in ["create", "update", "delete", "import"] {
+        assert_eq!(before.get(m), after.get(m), "drift called `{m}`");
+    }
+}
+
+#[tokio::test]
+async fn reap_deletes_what_points_at_a_network_before_the_network() {
+    let w = world();
+    w.apply(&w.plan(&cluster(3, "small")).await).await;
+    let objects = w.fake.objects();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let seen = order.clone();
+    let observer: clusterform_engine::Observer = Arc::new(move |e| {
+        if let clusterform_engine::Event::Finished { address, .. } = e {
+            seen.lock().expect("lock").push(address.to_string());
+        }
+    });
+    let (outcomes, retries) = clusterform_engine::reap::delete_tagged(
+        w.fake.clone() as Arc<dyn Provider>,
+        &objects,
+        8,
+        RetryPolicy::default(),
+        observer,
+    )
+    .await;
+    assert_eq!(retries, 0);
+    assert!(outcomes.iter().all(|o| o.error.is_none()), "{outcomes:?}");
+    assert!(w.fake.objects().is_empty());
+    let order = order.lock().expect("lock").clone();
+    assert_eq!(order.len(), 5);
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("network.main"),
+        "{order:?}"
+    );
+}
+
+#[tokio::test]
+async fn destroy_targets_take_their_dependents_and_protected_machines_are_named() {
+    let w = world();
+    w.apply(&w.plan(&cluster(2, "small")).await).await;
+    let snap = w.store.load().expect("load");
+    let all = w.plan_destroy().await;
+    let only = |targets: &[&str]| {
+        let t: Vec<Address> = targets.iter().map(|s| a(s)).collect();
+        let p = clusterform_engine::restrict_to_targets(all.clone(), &t, &snap.resources)
+            .expect("targets");
+        p.changes
+            .iter()
+            .map(|c| c.address.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(only(&["machine.workers[1]"]), ["machine.workers[1]"]);
+    assert_eq!(
+        only(&["machine.workers"]),
+        ["machine.workers[0]", "machine.workers[1]"]
+    );
+    // Workers depend on the etcd machine, everything on the network.
+    assert_eq!(only(&["machine.central[0]"]).len(), 3);
+    assert_eq!(only(&["network.main"]).len(), 4);
+    assert!(
+        clusterform_engine::restrict_to_targets(all.clone(), &[a("volume.x")], &snap.resources)
+            .is_err()
+    );
+
+    assert!(clusterform_engine::protected(&all).is_empty());
+    let mut guarded = all.clone();
+    if let Some(before) = guarded.changes[0].before.as_mut() {
+        before.insert("protect".into(), json!(true));
+    }
+    assert_eq!(
+        clusterform_engine::protected(&guarded),
+        [guarded.changes[0].address.clone()]
+    );
 }

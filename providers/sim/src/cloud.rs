@@ -106,6 +106,36 @@ impl SimCloud {
         Ok(true)
     }
 
+    /// Make an object without any clusterform tags, as someone would by hand in a cloud
+    /// console; returns its id. clusterform must never touch such an object.
+    pub fn insert_untagged(
+        &self,
+        kind: &str,
+        attrs: &clusterform_core::Attrs,
+    ) -> Result<String, SimError> {
+        let prefix = crate::schema::id_prefix(kind).unwrap_or("obj");
+        let attrs_json = serde_json::to_string(attrs).map_err(|e| SimError::Corrupt {
+            id: kind.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n: i64 = tx.query_row(
+            "INSERT INTO counters(name, n) VALUES (?1, 1)
+             ON CONFLICT(name) DO UPDATE SET n = n + 1 RETURNING n",
+            [kind],
+            |r| r.get(0),
+        )?;
+        let id = format!("{prefix}-{n:06}");
+        tx.execute(
+            "INSERT INTO objects(id, kind, attrs, created_at)
+             VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+            [&id, kind, &attrs_json],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
     /// How many times each provider method was called (`read`, `read_batch`,
     /// `find_by_key`, `list_cluster`, `create`, `update`, `delete`, `import`), by every
     /// process using this folder, since the last [`SimCloud::reset_calls`].

@@ -12,7 +12,7 @@ use clusterform_state::{Snapshot, StateStore};
 use miette::Result;
 
 use crate::args::{ApplyArgs, DestroyArgs, RunArgs};
-use crate::commands::plan::prepare;
+use crate::commands::plan::{Intent, check_protected, parse_targets, prepare, refresh_only_plan};
 use crate::context;
 use crate::planfile::PlanFile;
 use crate::{errors, progress, render};
@@ -23,32 +23,89 @@ const INTERRUPTED: u8 = 130;
 /// `clusterform apply`.
 pub async fn apply(a: ApplyArgs) -> Result<u8> {
     if let Some(pf) = PlanFile::read(&a.file)? {
-        return apply_saved(pf, &a.file, &a.run).await;
+        if a.refresh_only {
+            return Err(errors::hint(
+                format!(
+                    "`{}` is a saved plan; --refresh-only takes a cluster file",
+                    a.file.display()
+                ),
+                "run `clusterform apply --refresh-only CLUSTER_FILE`",
+            ));
+        }
+        return apply_saved(pf, &a.file, &a.run, a.allow_protected).await;
     }
-    plan_confirm_run(&a.file, false, a.auto_approve, &a.run).await
+    if a.refresh_only {
+        return accept_drift(&a.file, a.auto_approve, &a.run).await;
+    }
+    let intent = Intent::default();
+    plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
 }
 
 /// `clusterform destroy`.
 pub async fn destroy(a: DestroyArgs) -> Result<u8> {
-    plan_confirm_run(&a.file, true, a.auto_approve, &a.run).await
+    let intent = Intent {
+        destroy: true,
+        targets: parse_targets(&a.target)?,
+    };
+    plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
+}
+
+/// `apply --refresh-only`: show what changed outside clusterform, ask, and write it into
+/// the state. No provider mutation.
+async fn accept_drift(file: &Path, auto_approve: bool, run_args: &RunArgs) -> Result<u8> {
+    let ctx = context::load(file)?;
+    let p = prepare(&ctx, &Intent::default(), run_args, "apply --refresh-only").await?;
+    let plan = refresh_only_plan(&p);
+    print!("{}", render::recoveries(&p.recovered));
+    print!("{}", render::refresh_only(&plan));
+    if plan.drift.is_empty() {
+        return Ok(0);
+    }
+    if !auto_approve
+        && !confirm(
+            "Would you like to update the state to reflect these detected changes?",
+            "clusterform will write these changes to the state without changing any object.",
+        )?
+    {
+        println!("\nApply cancelled.");
+        return Ok(1);
+    }
+    let serial = ctx
+        .store
+        .commit(&p.refreshed.accept())
+        .map_err(errors::state)?;
+    println!(
+        "\n{} The state now matches the objects (serial {serial}).",
+        crate::style::bold("Apply complete!")
+    );
+    Ok(0)
 }
 
 /// Plan (or plan the destruction), show it, ask for "yes" unless auto-approved, apply.
 async fn plan_confirm_run(
     file: &Path,
-    destroy: bool,
+    intent: &Intent,
     auto_approve: bool,
+    allow_protected: bool,
     run_args: &RunArgs,
 ) -> Result<u8> {
     let ctx = context::load(file)?;
+    let destroy = intent.destroy;
     let operation = if destroy { "destroy" } else { "apply" };
-    let p = prepare(&ctx, destroy, run_args, operation).await?;
+    let p = prepare(&ctx, intent, run_args, operation).await?;
     print!("{}", render::recoveries(&p.recovered));
     print!("{}", render::plan(&p.plan));
     if p.plan.is_empty() {
         return Ok(0);
     }
-    let (question, detail, cancelled) = if destroy {
+    check_protected(&p.plan, allow_protected)?;
+    let (question, detail, cancelled) = if destroy && !intent.targets.is_empty() {
+        (
+            "Do you really want to destroy these resources?",
+            "clusterform will destroy the objects listed above. There is no undo.",
+            "Destroy cancelled.",
+        )
+    } else if destroy {
         (
             "Do you really want to destroy all resources?",
             "clusterform will destroy all the objects of this cluster. There is no undo.",
@@ -77,7 +134,12 @@ async fn plan_confirm_run(
     .await
 }
 
-async fn apply_saved(pf: PlanFile, file: &Path, run_args: &RunArgs) -> Result<u8> {
+async fn apply_saved(
+    pf: PlanFile,
+    file: &Path,
+    run_args: &RunArgs,
+    allow_protected: bool,
+) -> Result<u8> {
     // A plan made against a state (it has a lineage) whose folder is gone: refuse before
     // taking the lock, which would create an empty state folder there.
     let context::StateLocation::Local { path: state_dir } = &pf.state;
@@ -132,6 +194,7 @@ async fn apply_saved(pf: PlanFile, file: &Path, run_args: &RunArgs) -> Result<u8
     if plan.is_empty() {
         return Ok(0);
     }
+    check_protected(plan, allow_protected)?;
     let cluster = ClusterInfo {
         name: plan.cluster.clone(),
         expires_after: pf.expires_after_secs.map(std::time::Duration::from_secs),
@@ -221,7 +284,7 @@ async fn run(
 }
 
 /// Ask for "yes" on stdin.
-fn confirm(question: &str, detail: &str) -> Result<bool> {
+pub(crate) fn confirm(question: &str, detail: &str) -> Result<bool> {
     let mut out = std::io::stdout();
     let _ = write!(
         out,

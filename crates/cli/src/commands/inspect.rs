@@ -420,3 +420,69 @@ pub async fn restore(file: &Path) -> Result<u8> {
     );
     Ok(0)
 }
+
+/// `clusterform import [FILE] ADDR ID`: adopt an existing object into the state under an
+/// address the cluster file declares.
+pub async fn import(args: &[String], lock_timeout: Duration) -> Result<u8> {
+    let (file, rest) = split_file_arg(args);
+    let [addr, id] = rest else {
+        return Err(errors::hint(
+            "`import` takes an address and an id",
+            "clusterform import cluster.toml machine.workers[0] m-000004",
+        ));
+    };
+    let addr = parse_addr(addr)?;
+    let ctx = context::load(&file)?;
+    let Some(desired) = ctx.model.resources.iter().find(|r| r.address == addr) else {
+        return Err(errors::hint(
+            format!("`{addr}` is not in the cluster file `{}`", file.display()),
+            "import adopts an object for a resource the cluster file declares: add it first (see `clusterform plan` for the addresses)",
+        ));
+    };
+    let guard = ctx
+        .store
+        .lock("import", lock_timeout)
+        .map_err(errors::state)?;
+    if let Some(note) = guard.note() {
+        eprintln!("note: {note}");
+    }
+    let mut snap = ctx.store.load().map_err(errors::state)?;
+    if !snap.journal.is_empty() {
+        let recovered = clusterform_engine::recover(
+            &ctx.providers,
+            ctx.store.as_ref(),
+            &snap,
+            &ctx.cluster.name,
+        )
+        .await
+        .map_err(errors::engine)?;
+        print!("{}", render::recoveries(&recovered));
+        snap = ctx.store.load().map_err(errors::state)?;
+    }
+    let provider = ctx
+        .providers
+        .get(&desired.provider)
+        .map_err(errors::engine)?;
+    let imported = clusterform_engine::import(
+        provider.as_ref(),
+        ctx.store.as_ref(),
+        &snap,
+        &ctx.cluster.name,
+        desired,
+        id,
+    )
+    .await
+    .map_err(errors::engine)?;
+    if let Some(tagged) = &imported.tagged_as {
+        println!(
+            "warning: `{id}` was made for `{tagged}` (its clusterform:address tag); it is now recorded as `{addr}`."
+        );
+    }
+    println!(
+        "Import successful! `{addr}` is now `{}` in the state (serial {}).\nRun `clusterform plan {}` to see whether it matches the cluster file.",
+        imported.record.id,
+        imported.serial,
+        file.display()
+    );
+    Ok(0)
+}

@@ -1,8 +1,10 @@
 //! The commands. Each returns the process exit code or an error report.
 
 mod apply;
+mod drift;
 mod inspect;
 mod plan;
+mod reap;
 mod sim;
 
 use miette::Result;
@@ -26,6 +28,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Render { file, machine, out } => {
             inspect::render(&file, machine.as_deref(), out.as_deref())
         }
+        Command::Drift(a) => drift::drift(a).await,
+        Command::Reap(a) => reap::reap(a).await,
+        Command::Import { args, lock_timeout } => inspect::import(&args, lock_timeout).await,
         Command::Sim(s) => sim::run(s),
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use clusterform_core::Plan;
-use clusterform_engine::{Recovery, RetryPolicy};
+use clusterform_core::{Address, Plan};
+use clusterform_engine::{Recovery, Refreshed, RetryPolicy};
 use clusterform_state::{LockGuard, Snapshot};
 use miette::Result;
 
@@ -26,12 +26,54 @@ pub struct Prepared {
     pub plan: Plan,
     /// Unfinished operations of an earlier run, now resolved.
     pub recovered: Vec<Recovery>,
+    /// The state as the providers see it now.
+    pub refreshed: Refreshed,
+}
+
+/// What a run plans.
+#[derive(Clone, Debug, Default)]
+pub struct Intent {
+    /// Destroy (everything, or the targets and their dependents).
+    pub destroy: bool,
+    /// `--target` addresses (destroy only).
+    pub targets: Vec<Address>,
+}
+
+/// Parse `--target` values.
+pub fn parse_targets(raw: &[String]) -> Result<Vec<Address>> {
+    raw.iter()
+        .map(|t| {
+            t.parse::<Address>().map_err(|e| {
+                errors::hint(
+                    format!("`--target {t}` is not a resource address: {e}"),
+                    "write it like `machine.workers[2]`, or `machine.workers` for every instance",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Refuse a plan that deletes or replaces protected machines unless allowed.
+pub fn check_protected(plan: &Plan, allowed: bool) -> Result<()> {
+    let protected = clusterform_engine::protected(plan);
+    if protected.is_empty() || allowed {
+        return Ok(());
+    }
+    let list: Vec<String> = protected.iter().map(|a| format!("`{a}`")).collect();
+    Err(errors::hint(
+        format!(
+            "the plan deletes or replaces {} protected machine(s): {}",
+            protected.len(),
+            list.join(", ")
+        ),
+        "they have `protect = true`; to go ahead anyway, pass --allow-protected",
+    ))
 }
 
 /// Lock, resolve open journal entries, refresh and plan.
 pub async fn prepare(
     ctx: &Context,
-    destroy: bool,
+    intent: &Intent,
     run: &RunArgs,
     operation: &str,
 ) -> Result<Prepared> {
@@ -62,8 +104,9 @@ pub async fn prepare(
         snapshot.serial,
         started.elapsed().as_secs_f64()
     );
+    let readers = ctx.providers.readers();
     let refreshed = clusterform_engine::refresh(
-        &ctx.providers,
+        &readers,
         &snapshot.resources,
         REFRESH_CONCURRENCY,
         RetryPolicy::default(),
@@ -76,21 +119,27 @@ pub async fn prepare(
         refreshed.calls,
         started.elapsed().as_secs_f64()
     );
-    let plan = if destroy {
-        clusterform_engine::plan_destroy(
+    let plan = if intent.destroy {
+        let all = clusterform_engine::plan_destroy(
             &ctx.cluster.name,
             &refreshed,
-            &ctx.providers,
+            &readers,
             snapshot.lineage.clone(),
             snapshot.serial,
-        )
+        );
+        if intent.targets.is_empty() {
+            all
+        } else {
+            clusterform_engine::restrict_to_targets(all, &intent.targets, &snapshot.resources)
+                .map_err(errors::engine)?
+        }
     } else {
         clusterform_engine::plan(
             &ctx.cluster.name,
             &ctx.model.resources,
             &ctx.model.graph,
             &refreshed,
-            &ctx.providers,
+            &readers,
             snapshot.lineage.clone(),
             snapshot.serial,
         )
@@ -102,13 +151,48 @@ pub async fn prepare(
         snapshot,
         plan,
         recovered,
+        refreshed,
     })
 }
 
 /// `clusterform plan`.
 pub async fn plan(a: PlanArgs) -> Result<u8> {
     let ctx = context::load(&a.file)?;
-    let p = prepare(&ctx, a.destroy, &a.run, "plan").await?;
+    let intent = Intent {
+        destroy: a.destroy,
+        targets: parse_targets(&a.target)?,
+    };
+    let p = prepare(&ctx, &intent, &a.run, "plan").await?;
+    if a.refresh_only {
+        if a.out.is_some() {
+            return Err(errors::hint(
+                "a refresh-only plan cannot be saved to a plan file",
+                "run `clusterform apply --refresh-only` to review and accept the drift",
+            ));
+        }
+        let drift = refresh_only_plan(&p);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&render::plan_json(&drift))
+                    .map_err(|e| errors::plain(e.to_string()))?
+            );
+        } else {
+            print!("{}", render::recoveries(&p.recovered));
+            print!("{}", render::refresh_only(&drift));
+        }
+        return Ok(if a.detailed_exitcode && !drift.drift.is_empty() {
+            2
+        } else {
+            0
+        });
+    }
+    if !a.json && !clusterform_engine::protected(&p.plan).is_empty() {
+        println!(
+            "Note: this plan deletes or replaces machines with `protect = true`; apply and \
+             destroy refuse it without --allow-protected.\n"
+        );
+    }
     if a.json {
         let mut v = render::plan_json(&p.plan);
         v["recovered"] =
@@ -154,4 +238,16 @@ fn save(ctx: &Context, plan: Plan, out: &Path) -> Result<()> {
         ctx.provider_configs.clone(),
     )
     .write(out)
+}
+
+/// The plan of `apply --refresh-only`: no changes, only the drift refresh found.
+pub fn refresh_only_plan(p: &Prepared) -> Plan {
+    Plan {
+        changes: Vec::new(),
+        forget: Vec::new(),
+        unchanged: 0,
+        destroy: false,
+        drift: p.refreshed.drift.clone(),
+        ..p.plan.clone()
+    }
 }
