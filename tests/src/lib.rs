@@ -279,3 +279,12 @@ impl TestRng {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
+
+/// The line of a table (as `reap` prints) whose first column is `first`; panics with the
+/// whole output when there is none.
+pub fn row<'a>(table: &'a str, first: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{first} ")))
+        .unwrap_or_else(|| panic!("no row for {first}:\n{table}"))
+}

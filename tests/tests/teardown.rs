@@ -55,11 +55,7 @@ fn reap_deletes_only_expired_clusters_even_without_their_state() {
         ("ci-live", "keep"),
         ("prod", "keep (no expiry)"),
     ] {
-        let row = dry
-            .stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no row for {name}:\n{}", dry.stdout));
+        let row = clusterform_tests::row(&dry.stdout, name);
         assert!(row.trim_end().ends_with(action), "{row}");
         assert!(row.contains(" 4 "), "4 objects: {row}");
     }

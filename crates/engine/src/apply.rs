@@ -14,6 +14,7 @@ use clusterform_state::{JournalEntry, Mutation, StateStore};
 use serde::Serialize;
 
 use crate::commit::Committer;
+use crate::plan::is_protected;
 use crate::walk::{NodeResult, longest_chain, walk};
 use crate::{ClusterInfo, EngineError, Providers, RetryPolicy};
 
@@ -419,6 +420,8 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
                 kind: c.address.kind.clone(),
                 id: object_id.clone().unwrap_or_default(),
                 idempotency_key: key.clone(),
+                // The plan was checked for protected deletes (`--allow-protected`).
+                force: is_protected(c.before.as_ref()),
             };
             ctx.retry
                 .run(|| provider.delete(&req), on_retry)

@@ -133,15 +133,17 @@ pub fn protected(plan: &Plan) -> Vec<Address> {
     plan.changes
         .iter()
         .filter(|c| matches!(c.action, Action::Delete | Action::Replace))
-        .filter(|c| {
-            c.before
-                .as_ref()
-                .and_then(|b| b.get("protect"))
-                .and_then(serde_json::Value::as_bool)
-                == Some(true)
-        })
+        .filter(|c| is_protected(c.before.as_ref()))
         .map(|c| c.address.clone())
         .collect()
+}
+
+/// True when the attributes say `protect = true`.
+pub fn is_protected(attrs: Option<&clusterform_core::Attrs>) -> bool {
+    attrs
+        .and_then(|b| b.get("protect"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
 }
 
 /// Limit a destroy plan to the `targets` and everything in the state that depends on

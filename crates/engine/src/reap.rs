@@ -184,6 +184,7 @@ pub async fn delete_tagged(
                         kind: o.kind.clone(),
                         id: o.id.clone(),
                         idempotency_key: format!("cf-reap-{}", uuid::Uuid::new_v4()),
+                        force: false,
                     };
                     let on_retry = |attempt: u32, e: &ProviderError| {
                         retries.fetch_add(1, Ordering::SeqCst);

@@ -169,6 +169,12 @@ pub struct DeleteRequest {
     pub id: String,
     /// The idempotency key of this operation.
     pub idempotency_key: String,
+    /// The object has `protect = true` and the operator allowed its deletion
+    /// (`--allow-protected`): a provider that enforces protection itself (EC2's
+    /// termination protection) lifts it first. Never set otherwise, so protection set
+    /// outside clusterform still stops a delete.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// How a provider call failed; the engine retries only what is transient.

@@ -485,22 +485,33 @@ pub async fn update(
 /// Terminate and wait until terminated. An instance already gone is fine. An instance
 /// with termination protection (`protect = true`) is refused, as EC2 refuses it: the
 /// protection is lifted only by applying `protect = false` first.
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), ApiError> {
-    let r = cloud
-        .api
-        .client
-        .terminate_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .op("TerminateInstances");
+pub async fn delete(cloud: &Cloud, id: &str, force: bool) -> Result<(), ApiError> {
+    let terminate = || async {
+        cloud
+            .api
+            .client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .op("TerminateInstances")
+    };
+    let mut r = terminate().await;
+    if force
+        && let Err(e) = &r
+        && e.code.as_deref() == Some("OperationNotPermitted")
+    {
+        // `--allow-protected`: lift the termination protection, then terminate.
+        set_protection(cloud, id, false).await?;
+        r = terminate().await;
+    }
     match r {
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) if e.code.as_deref() == Some("OperationNotPermitted") => {
             return Err(ApiError {
                 message: format!(
-                    "instance `{id}` has termination protection (`protect = true`): set `protect = false`, apply, then delete it ({})",
+                    "instance `{id}` has termination protection: pass --allow-protected (with `protect = true` in the file), or set `protect = false` and apply first ({})",
                     e.message
                 ),
                 ..e

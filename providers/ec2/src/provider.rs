@@ -294,7 +294,7 @@ impl Provider for Ec2Provider {
         match req.kind.as_str() {
             "network" => network::delete(cloud, &req.id).await,
             "subnet" => subnet::delete(cloud, &req.id).await,
-            "machine" => instance::delete(cloud, &req.id).await,
+            "machine" => instance::delete(cloud, &req.id, req.force).await,
             other => return Err(unknown_kind(other)),
         }
         .map_err(provider_error)

@@ -280,6 +280,7 @@ async fn network_and_machines_lifecycle() {
             kind: "machine".into(),
             id: "demo-workers-0".into(),
             idempotency_key: "op-d".into(),
+            force: false,
         })
         .await
         .expect("delete");
@@ -307,6 +308,7 @@ async fn network_and_machines_lifecycle() {
             kind: kind.into(),
             id: id.into(),
             idempotency_key: "op-d".into(),
+            force: false,
         })
         .await
         .unwrap_or_else(|e| panic!("delete {id}: {e}"));

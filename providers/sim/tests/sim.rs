@@ -106,6 +106,7 @@ fn delete_req(kind: &str, address: &str, id: &str) -> DeleteRequest {
         kind: kind.into(),
         id: id.into(),
         idempotency_key: "op-del".into(),
+        force: false,
     }
 }
 

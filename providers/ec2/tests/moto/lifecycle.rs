@@ -176,8 +176,22 @@ fn dev_test_apply_plan_drift_destroy() {
 
     let vpcs = w.vpcs(&name);
     assert_eq!(vpcs.len(), 1);
-    let r = w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 0);
-    assert!(r.stdout.contains("6 destroyed"), "{}", r.stdout);
+    // Termination protection turned on outside clusterform (the file does not say
+    // `protect`) stops the destroy of that machine, with what to do.
+    let w0 = by_addr["machine.workers[0]"]
+        .instance_id()
+        .unwrap_or_default()
+        .to_string();
+    w.set_protected(&w0, true);
+    let r = w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 1);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("termination protection"), "{all}");
+    // The other workers go; the central machine the protected worker points at waits
+    // for it (dependents are deleted first).
+    let left: Vec<String> = w.instances_by_address(&name).into_keys().collect();
+    assert_eq!(left, ["machine.central[0]", "machine.workers[0]"]);
+    w.set_protected(&w0, false);
+    w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 0);
     assert_nothing_left(&w.leftovers(&name, &vpcs));
 }
 
@@ -315,26 +329,22 @@ fn central_services_three_zones_protected_drift_destroy() {
     );
     w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 0);
 
-    // Termination protection holds: destroy fails on the central machines and leaves
-    // them (and the network they need) in place.
+    // Protected machines: destroy is refused before any call and deletes nothing.
     let vpcs = w.vpcs(&name);
     let r = w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 1);
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("termination protection"), "{all}");
-    assert_eq!(
-        w.instances(&name).len(),
-        3,
-        "the protected central machines stay"
+    assert!(all.contains("--allow-protected"), "{all}");
+    assert_eq!(w.instances(&name).len(), 7, "nothing deleted");
+    // With --allow-protected, clusterform lifts EC2's termination protection itself.
+    let r = w.run_ok(
+        &[
+            "destroy",
+            "cluster.toml",
+            "--auto-approve",
+            "--allow-protected",
+        ],
+        0,
     );
-    // Lifting it is a change like any other (the apply also brings back the workers the
-    // failed destroy removed); then destroy removes everything.
-    w.world.write("cluster.toml", &file(false));
-    let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
-    assert!(
-        r.stdout.contains("4 added, 3 changed, 0 destroyed"),
-        "{}",
-        r.stdout
-    );
-    w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 0);
+    assert!(r.stdout.contains("11 destroyed"), "{}", r.stdout);
     assert_nothing_left(&w.leftovers(&name, &vpcs));
 }

@@ -7,6 +7,7 @@ mod faults;
 mod lifecycle;
 mod provider;
 mod proxy;
+mod reap;
 mod recovery;
 mod refresh;
 mod support;

@@ -92,6 +92,7 @@ async fn teardown_waits_out_dependency_violation() {
         kind: "network".into(),
         id: net.id.clone(),
         idempotency_key: "cf-x".into(),
+        force: false,
     })
     .await
     .expect("delete succeeds once the subnet is gone");
@@ -139,6 +140,7 @@ async fn teardown_gives_up_after_its_timeout_naming_the_object() {
         kind: "network".into(),
         id: net.id.clone(),
         idempotency_key: "cf-y".into(),
+        force: false,
     };
     let e = p.delete(&req).await.expect_err("still in use");
     assert!(
@@ -214,6 +216,7 @@ async fn batched_read_answers_every_kind_and_gone_objects() {
             kind: kind.into(),
             id: id.clone(),
             idempotency_key: "cf-z".into(),
+            force: false,
         })
         .await
         .expect("delete");
@@ -253,6 +256,7 @@ async fn delete_removes_a_gateway_already_detached() {
         kind: "network".into(),
         id: net.id.clone(),
         idempotency_key: "cf-w".into(),
+        force: false,
     })
     .await
     .expect("delete");

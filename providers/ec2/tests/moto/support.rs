@@ -106,18 +106,26 @@ pub struct Ec2World {
     pub ec2: Client,
     /// Runs the client's calls.
     pub rt: tokio::runtime::Runtime,
+    /// The region of the client and of [`Ec2World::provider_table`].
+    pub region: String,
 }
 
 impl Ec2World {
     /// A world on moto at `url`, with a Flatcar AMI for each channel registered.
     pub fn new(url: &str) -> Ec2World {
+        Ec2World::in_region(url, REGION)
+    }
+
+    /// A world in a region of its own (moto keeps each region apart): for a test that
+    /// looks at everything the provider holds, not only its own clusters.
+    pub fn in_region(url: &str, region: &str) -> Ec2World {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let conf = aws_sdk_ec2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
+            .region(Region::new(region.to_string()))
             .endpoint_url(url)
             .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
             .build();
@@ -126,6 +134,7 @@ impl Ec2World {
             proxy: Proxy::start(url),
             ec2: Client::from_conf(conf),
             rt,
+            region: region.to_string(),
         };
         for channel in ["stable", "beta"] {
             w.register_ami(&format!("Flatcar-{channel}-9998.0.0-hvm"));
@@ -168,8 +177,8 @@ impl Ec2World {
     /// `[provider.ec2]` pointing at the proxy, with extra lines.
     pub fn provider_table(&self, extra: &str) -> String {
         format!(
-            "[provider.ec2]\nregion = \"{REGION}\"\nendpoint = \"{}\"\nami_owner = \"{MOTO_ACCOUNT}\"\npoll_interval_ms = 50\nwait_timeout_s = 120\nteardown_timeout_s = 30\nssh_cidrs = [\"203.0.113.0/24\"]\n{extra}\n",
-            self.proxy.url
+            "[provider.ec2]\nregion = \"{}\"\nendpoint = \"{}\"\nami_owner = \"{MOTO_ACCOUNT}\"\npoll_interval_ms = 50\nwait_timeout_s = 120\nteardown_timeout_s = 30\nssh_cidrs = [\"203.0.113.0/24\"]\n{extra}\n",
+            self.region, self.proxy.url
         )
     }
 
@@ -287,6 +296,24 @@ impl Ec2World {
         out.disable_api_termination()
             .and_then(|v| v.value())
             .unwrap_or(false)
+    }
+
+    /// Turn termination protection of an instance on or off, as someone outside
+    /// clusterform would.
+    pub fn set_protected(&self, id: &str, on: bool) {
+        self.rt
+            .block_on(
+                self.ec2
+                    .modify_instance_attribute()
+                    .instance_id(id)
+                    .disable_api_termination(
+                        aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                            .value(on)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .expect("ModifyInstanceAttribute");
     }
 
     /// How many VPCs, subnets, security groups, internet gateways, route tables and live
