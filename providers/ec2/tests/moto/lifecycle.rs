@@ -132,6 +132,33 @@ fn dev_test_apply_plan_drift_destroy() {
     })
     .expect("out-of-band changes");
 
+    // `drift` reports the same, read-only, as JSON: exit 2, each change with the state's
+    // value and EC2's.
+    let r = w.run_ok(&["drift", "cluster.toml", "--json"], 2);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("drift JSON");
+    let changed = |addr: &str, attr: &str| {
+        report["changed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["address"] == addr)
+            .flat_map(|c| c["attributes"].as_array().into_iter().flatten())
+            .find(|a| a["name"] == attr)
+            .map(|a| (a["state"].clone(), a["actual"].clone()))
+    };
+    assert_eq!(
+        changed("machine.workers[0]", "state"),
+        Some((serde_json::json!("running"), serde_json::json!("stopped"))),
+        "{report}"
+    );
+    assert_eq!(
+        changed("machine.workers[1]", "size"),
+        Some((serde_json::json!("t3.small"), serde_json::json!("t3.large"))),
+        "{report}"
+    );
+    assert!(changed("machine.central[0]", "tags").is_some(), "{report}");
+    assert_eq!(report["summary"]["missing"], 0, "{report}");
+
     let r = w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 2);
     let out = &squeeze(&r.stdout);
     assert!(
@@ -296,6 +323,20 @@ fn central_services_three_zones_protected_drift_destroy() {
         Ok::<_, aws_sdk_ec2::Error>(())
     })
     .expect("out-of-band changes");
+    let r = w.run_ok(&["drift", "cluster.toml", "--json"], 2);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("drift JSON");
+    let missing: Vec<&serde_json::Value> = report["missing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| &m["address"])
+        .collect();
+    assert_eq!(
+        missing,
+        [&serde_json::json!("machine.workers[3]")],
+        "{report}"
+    );
+    assert_eq!(report["summary"]["changed"], 1, "{report}");
     let r = w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 2);
     let out = &squeeze(&r.stdout);
     assert!(
