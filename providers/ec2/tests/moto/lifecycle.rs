@@ -5,7 +5,7 @@
 use aws_sdk_ec2::types::{AttributeValue, Tag};
 
 use crate::support::{
-    Ec2World, assert_nothing_left, central_services, dev_test, squeeze, tag, unique,
+    Ec2World, assert_nothing_left, central_services, dev_test, id, squeeze, tag, unique,
 };
 
 #[test]
@@ -60,10 +60,7 @@ fn dev_test_apply_plan_drift_destroy() {
         &["render", "cluster.toml", "--machine", "machine.central[0]"],
         0,
     );
-    assert_eq!(
-        w.user_data(central.instance_id().unwrap_or_default()),
-        rendered.stdout.trim_end()
-    );
+    assert_eq!(w.user_data(&id(central)), rendered.stdout.trim_end());
     let zones: Vec<&str> = by_addr
         .values()
         .filter_map(|i| i.placement().and_then(|p| p.availability_zone()))
@@ -105,15 +102,9 @@ fn dev_test_apply_plan_drift_destroy() {
 
     // Drift, made with the SDK: a worker stopped, the other's type changed, the central
     // machine retagged.
-    let w0 = by_addr["machine.workers[0]"]
-        .instance_id()
-        .unwrap_or_default()
-        .to_string();
-    let w1 = by_addr["machine.workers[1]"]
-        .instance_id()
-        .unwrap_or_default()
-        .to_string();
-    let c0 = central.instance_id().unwrap_or_default().to_string();
+    let w0 = id(&by_addr["machine.workers[0]"]);
+    let w1 = id(&by_addr["machine.workers[1]"]);
+    let c0 = id(central);
     w.rt.block_on(async {
         w.ec2.stop_instances().instance_ids(&w0).send().await?;
         w.ec2
@@ -205,10 +196,7 @@ fn dev_test_apply_plan_drift_destroy() {
     assert_eq!(vpcs.len(), 1);
     // Termination protection turned on outside clusterform (the file does not say
     // `protect`) stops the destroy of that machine, with what to do.
-    let w0 = by_addr["machine.workers[0]"]
-        .instance_id()
-        .unwrap_or_default()
-        .to_string();
+    let w0 = id(&by_addr["machine.workers[0]"]);
     w.set_protected(&w0, true);
     let r = w.run_ok(&["destroy", "cluster.toml", "--auto-approve"], 1);
     let all = format!("{}{}", r.stdout, r.stderr);
@@ -274,16 +262,13 @@ fn central_services_three_zones_protected_drift_destroy() {
             cidr_of(c.subnet_id().unwrap_or_default()),
             (cidr.to_string(), zone.to_string())
         );
-        assert!(
-            w.protected(c.instance_id().unwrap_or_default()),
-            "central[{i}] protected"
-        );
+        assert!(w.protected(&id(c)), "central[{i}] protected");
         assert_eq!(
             w.image_name(c.image_id().unwrap_or_default()),
             "Flatcar-beta-9999.0.0-hvm"
         );
         // The etcd peers list names every member at its address.
-        let ud = w.user_data(c.instance_id().unwrap_or_default());
+        let ud = w.user_data(&id(c));
         for peer in ["10.0.1.101", "10.0.17.101", "10.0.33.101"] {
             assert!(
                 ud.contains(&format!("http://{peer}:2380")),
@@ -291,23 +276,11 @@ fn central_services_three_zones_protected_drift_destroy() {
             );
         }
     }
-    assert!(
-        !w.protected(
-            by_addr["machine.workers[0]"]
-                .instance_id()
-                .unwrap_or_default()
-        )
-    );
+    assert!(!w.protected(&id(&by_addr["machine.workers[0]"])));
 
     // Drift: a worker terminated, a central machine's type changed.
-    let gone = by_addr["machine.workers[3]"]
-        .instance_id()
-        .unwrap_or_default()
-        .to_string();
-    let c1 = by_addr["machine.central[1]"]
-        .instance_id()
-        .unwrap_or_default()
-        .to_string();
+    let gone = id(&by_addr["machine.workers[3]"]);
+    let c1 = id(&by_addr["machine.central[1]"]);
     w.rt.block_on(async {
         w.ec2
             .terminate_instances()

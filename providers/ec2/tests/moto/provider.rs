@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clusterform_core::{Address, Attrs};
 use clusterform_provider::{
-    CreateRequest, DeleteRequest, Ownership, Provider, ProviderConfig, ProviderError, ReadRequest,
-    Reader,
+    CreateRequest, DeleteRequest, Object, Ownership, Provider, ProviderConfig, ProviderError,
+    ReadRequest, Reader,
 };
 use clusterform_provider_ec2::{Ec2Provider, Ec2Settings};
 use serde_json::json;
@@ -39,6 +39,20 @@ fn attrs(v: serde_json::Value) -> Attrs {
     serde_json::from_value(v).expect("attrs")
 }
 
+/// Create the cluster's `network.main` (a VPC and its parts) with these attributes
+/// besides its name.
+async fn network(p: &Ec2Provider, cluster: &str, extra: serde_json::Value) -> Object {
+    let mut a = attrs(extra);
+    a.insert("name".into(), json!(format!("{cluster}-main")));
+    p.create(&CreateRequest {
+        kind: "network".into(),
+        attrs: a,
+        owner: owner(cluster, "network.main"),
+    })
+    .await
+    .expect("network")
+}
+
 fn sdk(url: &str) -> aws_sdk_ec2::Client {
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
@@ -56,14 +70,7 @@ async fn teardown_waits_out_dependency_violation() {
     let url = crate::need_moto!();
     let p = provider(&url, 30);
     let cluster = unique("dv");
-    let net = p
-        .create(&CreateRequest {
-            kind: "network".into(),
-            attrs: attrs(json!({"name": format!("{cluster}-main"), "cidr": "10.9.0.0/16"})),
-            owner: owner(&cluster, "network.main"),
-        })
-        .await
-        .expect("network");
+    let net = network(&p, &cluster, json!({"cidr": "10.9.0.0/16"})).await;
     assert!(net.attrs.contains_key("security_group"), "{:?}", net.attrs);
     assert_eq!(net.attrs.get("ssh_cidrs"), Some(&json!([])));
     // Something clusterform does not know about keeps the VPC busy for a while.
@@ -115,14 +122,7 @@ async fn teardown_gives_up_after_its_timeout_naming_the_object() {
     let url = crate::need_moto!();
     let p = provider(&url, 1);
     let cluster = unique("dt");
-    let net = p
-        .create(&CreateRequest {
-            kind: "network".into(),
-            attrs: attrs(json!({"name": format!("{cluster}-main"), "cidr": "10.8.0.0/16"})),
-            owner: owner(&cluster, "network.main"),
-        })
-        .await
-        .expect("network");
+    let net = network(&p, &cluster, json!({"cidr": "10.8.0.0/16"})).await;
     let ec2 = sdk(&url);
     let foreign = ec2
         .create_subnet()
@@ -160,14 +160,12 @@ async fn batched_read_answers_every_kind_and_gone_objects() {
     let url = crate::need_moto!();
     let p = provider(&url, 30);
     let cluster = unique("rb");
-    let net = p
-        .create(&CreateRequest {
-            kind: "network".into(),
-            attrs: attrs(json!({"name": format!("{cluster}-main"), "cidr": "10.7.0.0/16", "gateway": "10.7.0.1", "dns": ["10.7.0.2"]})),
-            owner: owner(&cluster, "network.main"),
-        })
-        .await
-        .expect("network");
+    let net = network(
+        &p,
+        &cluster,
+        json!({"cidr": "10.7.0.0/16", "gateway": "10.7.0.1", "dns": ["10.7.0.2"]}),
+    )
+    .await;
     let sub = p
         .create(&CreateRequest {
             kind: "subnet".into(),
@@ -232,14 +230,7 @@ async fn delete_removes_a_gateway_already_detached() {
     let url = crate::need_moto!();
     let p = provider(&url, 30);
     let cluster = unique("gw");
-    let net = p
-        .create(&CreateRequest {
-            kind: "network".into(),
-            attrs: attrs(json!({"name": format!("{cluster}-main"), "cidr": "10.6.0.0/16"})),
-            owner: owner(&cluster, "network.main"),
-        })
-        .await
-        .expect("network");
+    let net = network(&p, &cluster, json!({"cidr": "10.6.0.0/16"})).await;
     let igw = net.attrs["internet_gateway"]
         .as_str()
         .expect("igw")

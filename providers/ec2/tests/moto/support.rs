@@ -422,6 +422,11 @@ pub fn assert_nothing_left(left: &BTreeMap<&'static str, usize>) {
     );
 }
 
+/// An instance's id.
+pub fn id(i: &Instance) -> String {
+    i.instance_id().unwrap_or_default().to_string()
+}
+
 /// A dev-test cluster file on ec2.
 pub fn dev_test(name: &str, provider: &str, workers: u32, size: &str) -> String {
     format!(
