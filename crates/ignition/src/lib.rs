@@ -2,12 +2,16 @@
 //! templates the cluster architectures need ([`role`]: etcd member, etcd proxy, static
 //! networkd, Docker TCP socket, SSH keys, hostname), a Butane subset reader ([`butane`],
 //! `variant: flatcar`, `version: 1.0.0`), merging, and a short diff of two configs for
-//! plans. Pure: the only file reads are Butane `contents.local` files, under the
-//! files directory given to [`parse_butane`].
+//! plans, and reading a rendered config back ([`inspect`], [`etcd`]: a unit's command,
+//! an etcd member's identity and its bootstrap-only flags). Pure: the only file reads
+//! are Butane `contents.local` files, under the files directory given to
+//! [`parse_butane`].
 
 pub mod butane;
 mod dataurl;
 pub mod diff;
+pub mod etcd;
+pub mod inspect;
 pub mod merge;
 pub mod role;
 pub mod types;
