@@ -10,6 +10,7 @@ use clusterform_provider::Object;
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::db::{self, SimError};
+use crate::live::{Live, LiveMachine};
 
 /// The methods that change the cloud, summed by [`SimCloud::mutations`].
 const MUTATIONS: [&str; 4] = ["create", "update", "delete", "import"];
@@ -18,6 +19,7 @@ const MUTATIONS: [&str; 4] = ["create", "update", "delete", "import"];
 pub struct SimCloud {
     dir: PathBuf,
     conn: Mutex<Connection>,
+    live: Live,
 }
 
 impl std::fmt::Debug for SimCloud {
@@ -38,6 +40,7 @@ impl SimCloud {
         Ok(SimCloud {
             dir: dir.to_path_buf(),
             conn: Mutex::new(db::open(dir)?),
+            live: Live::new(dir, None).map_err(SimError::Live)?,
         })
     }
 
@@ -71,12 +74,38 @@ impl SimCloud {
         db::duplicates(&self.conn())
     }
 
-    /// Delete an object regardless of what depends on it; false when there is none.
+    /// Delete an object regardless of what depends on it; false when there is none. A
+    /// machine that runs live (live mode) stops, as a machine deleted in a cloud
+    /// console would.
     pub fn delete(&self, id: &str) -> Result<bool, SimError> {
         let n = self
             .conn()
             .execute("DELETE FROM objects WHERE id = ?1", [id])?;
+        if n > 0 && self.live.has_folder(id) {
+            self.live.stop_machine(id).map_err(SimError::Live)?;
+        }
         Ok(n > 0)
+    }
+
+    /// What live mode runs for machine `id` (its namespace, its etcd member and proxy
+    /// with their pids, whether they still run, their logs), or None when it runs
+    /// nothing live. Only looks: never starts or stops anything.
+    pub fn live_machine(&self, id: &str) -> Option<LiveMachine> {
+        self.live.machine(id)
+    }
+
+    /// [`SimCloud::live_machine`] of every machine that runs live, sorted by id.
+    pub fn live_machines(&self) -> Vec<LiveMachine> {
+        self.live.machines()
+    }
+
+    /// Stop every process live mode started for this sim folder and remove every
+    /// network namespace it made, and its veth ends and bridges in the network
+    /// namespace this runs in (bridges in another namespace are left to that
+    /// namespace's owner; deleting that namespace removes them). The machines' rows and
+    /// live folders (logs, etcd data) stay; nothing restarts them. For test teardown.
+    pub fn stop_live(&self) -> Result<(), SimError> {
+        self.live.stop_all().map_err(SimError::Live)
     }
 
     /// Set (or, with `null`, remove) one attribute of an object; false when there is

@@ -28,6 +28,19 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// Addresses (`machine.workers[2]`) whose create, update and delete fail permanently.
     pub fail_on: Vec<String>,
+    /// Live mode (default false): a machine whose rendered Ignition config (`user_data`)
+    /// runs an etcd member (`etcd-member.service`) or the etcd gRPC proxy
+    /// (`etcd-grpc-proxy.service`) really runs it, with the local `etcd` binary, in a
+    /// network namespace of its own wired to one bridge per network in the namespace
+    /// clusterform runs in, so that the members' client URLs answer from there. The
+    /// processes belong to the sim cloud: they outlive clusterform and stop when their
+    /// machine is deleted. Needs root, `ip` (iproute2) and etcd (`etcd-server`); best
+    /// run in a network namespace of its own (`ip netns add hub; ip netns exec hub
+    /// clusterform apply`).
+    pub live: bool,
+    /// The etcd program live mode runs (default: `etcd` found on PATH). A bare name is
+    /// looked up on PATH; a relative path is relative to the cluster file's folder.
+    pub etcd_binary: Option<PathBuf>,
 }
 
 impl SimConfig {
@@ -204,10 +217,14 @@ mod tests {
         }
         let ok = SimConfig::from_provider_config(&cfg(serde_json::json!({
             "dir": "sim", "latency_ms": 5, "jitter_ms": 2, "rate_per_s": 10.0,
-            "fail_rate": 0.1, "seed": 3, "fail_on": ["machine.workers[2]"]
+            "fail_rate": 0.1, "seed": 3, "fail_on": ["machine.workers[2]"],
+            "live": true, "etcd_binary": "/usr/bin/etcd"
         })))
         .expect("valid settings");
         assert_eq!(ok.latency_ms, 5);
+        assert!(ok.live);
+        assert_eq!(ok.etcd_binary, Some(PathBuf::from("/usr/bin/etcd")));
+        assert!(!SimConfig::default().live);
         assert_eq!(ok.fail_on, vec!["machine.workers[2]".to_string()]);
     }
 }

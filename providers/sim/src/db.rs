@@ -46,6 +46,9 @@ pub enum SimError {
     /// The background thread that writes to the database could not start.
     #[error("cannot start the sim writer thread: {0}")]
     Thread(std::io::Error),
+    /// Live mode could not set up, inspect or remove what machines run.
+    #[error("sim live mode: {0}")]
+    Live(String),
 }
 
 impl SimError {

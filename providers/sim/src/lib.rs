@@ -6,11 +6,14 @@
 //! - [`SimProvider`] implements the engine's `Reader` and `Provider` traits.
 //! - [`SimCloud`] looks at and changes the cloud directly (tests, `clusterform sim`).
 //! - [`schema`] lists the kinds and attributes; [`resolve_dir`] finds the folder.
+//! - Live mode (`live = true`) makes machines really run the etcd member or proxy of
+//!   their configs, each in a network namespace of its own ([`LiveMachine`]).
 
 mod cloud;
 mod config;
 mod db;
 mod faults;
+mod live;
 mod net;
 mod ops;
 mod provider;
@@ -20,5 +23,6 @@ mod writer;
 pub use cloud::SimCloud;
 pub use config::{DIR_ENV, SimConfig, resolve_dir};
 pub use db::SimError;
+pub use live::{LiveMachine, LiveProcess};
 pub use provider::{MAX_BATCH, SimProvider};
 pub use schema::{PROVIDER_NAME, schema};

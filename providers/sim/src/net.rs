@@ -15,6 +15,12 @@ pub(crate) struct Cidr {
     prefix: u8,
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
 impl Cidr {
     /// Parse `a.b.c.d/len`; host bits are ignored (`10.0.0.5/24` is `10.0.0.0/24`).
     pub(crate) fn parse(s: &str) -> Option<Cidr> {
@@ -37,6 +43,22 @@ impl Cidr {
         } else {
             u32::MAX << (32 - u32::from(prefix))
         }
+    }
+
+    /// The prefix length.
+    pub(crate) fn prefix(self) -> u8 {
+        self.prefix
+    }
+
+    /// The first address after the base address (a network's default gateway).
+    pub(crate) fn first_host(self) -> u32 {
+        self.base.saturating_add(1)
+    }
+
+    /// True when the two ranges share an address.
+    pub(crate) fn overlaps(self, other: Cidr) -> bool {
+        let mask = Self::mask(self.prefix.min(other.prefix));
+        self.base & mask == other.base & mask
     }
 
     /// The last address of the range (the broadcast address).
@@ -100,6 +122,15 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("10.0.0/8").is_none());
         assert!(Cidr::parse("10.0.0.0").is_none());
+        assert_eq!(c.prefix(), 16);
+        assert_eq!(c.to_string(), "10.1.0.0/16");
+        assert_eq!(show_ip(c.first_host()), "10.1.0.1");
+        let p = |s: &str| Cidr::parse(s).expect("valid cidr");
+        assert!(c.overlaps(p("10.0.0.0/8")));
+        assert!(p("10.0.0.0/8").overlaps(c));
+        assert!(c.overlaps(p("10.1.7.0/24")));
+        assert!(!c.overlaps(p("10.2.0.0/16")));
+        assert!(!c.overlaps(p("192.168.0.0/16")));
     }
 
     #[test]

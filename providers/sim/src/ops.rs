@@ -197,13 +197,14 @@ fn json(v: &impl serde::Serialize) -> Result<String, Fail> {
     serde_json::to_string(v).map_err(|e| reject(format!("cannot encode the object: {e}")))
 }
 
-/// Create an object, or return the one an earlier call with the same idempotency key made.
+/// Create an object, or return the one an earlier call with the same idempotency key
+/// made; true when the object is new.
 pub(crate) fn create(
     conn: &Connection,
     schema: &ProviderSchema,
     cache: &mut BatchCache,
     req: &CreateRequest,
-) -> Result<Object, Fail> {
+) -> Result<(Object, bool), Fail> {
     if let Some(o) = db::by_op(conn, &req.owner.op)? {
         if o.kind != req.kind {
             return Err(reject(format!(
@@ -211,7 +212,7 @@ pub(crate) fn create(
                 req.owner.op, o.kind, o.id
             )));
         }
-        return Ok(o);
+        return Ok((o, false));
     }
     let ks = kind_schema(schema, &req.kind)?;
     let prefix = id_prefix(&req.kind)
@@ -314,12 +315,15 @@ pub(crate) fn create(
     {
         info.used.insert(ip);
     }
-    Ok(Object {
-        kind: req.kind.clone(),
-        id,
-        attrs,
-        owner: Some(req.owner.clone()),
-    })
+    Ok((
+        Object {
+            kind: req.kind.clone(),
+            id,
+            attrs,
+            owner: Some(req.owner.clone()),
+        },
+        true,
+    ))
 }
 
 /// Apply the in-place attributes of an object; refuse to change a force-new one.
@@ -381,13 +385,14 @@ fn plural(n: u64, word: &str) -> String {
 }
 
 /// Delete an object unless others still depend on it; a missing object is fine.
+/// Returns the deleted object, if there was one.
 pub(crate) fn delete(
     conn: &Connection,
     cache: &mut BatchCache,
     req: &DeleteRequest,
-) -> Result<(), Fail> {
+) -> Result<Option<Object>, Fail> {
     let Some(cur) = db::get(conn, &req.id)?.filter(|o| o.kind == req.kind) else {
-        return Ok(());
+        return Ok(None);
     };
     let dependents: Vec<(u64, &str)> = match cur.kind.as_str() {
         "network" => vec![
@@ -432,5 +437,5 @@ pub(crate) fn delete(
         }
         _ => {}
     }
-    Ok(())
+    Ok(Some(cur))
 }

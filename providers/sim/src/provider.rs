@@ -17,6 +17,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::config::{SimConfig, resolve_dir};
 use crate::db::{self, SimError};
 use crate::faults::Faults;
+use crate::live::{self, Live, Tools};
 use crate::schema::{PROVIDER_NAME, schema};
 use crate::writer::{Done, Job, Writer};
 
@@ -71,11 +72,19 @@ struct Backend {
 }
 
 impl Backend {
-    fn open(dir: &Path, schema: ProviderSchema) -> std::result::Result<Backend, SimError> {
+    fn open(
+        dir: &Path,
+        schema: ProviderSchema,
+        live: Option<&Tools>,
+    ) -> std::result::Result<Backend, SimError> {
         db::create_dir(dir)?;
         let conn = db::open(dir)?;
+        let live = live
+            .map(|t| Live::new(dir, Some(t)))
+            .transpose()
+            .map_err(SimError::Live)?;
         Ok(Backend {
-            writer: Writer::start(conn, schema)?,
+            writer: Writer::start(conn, schema, live)?,
             readers: Arc::new(ReadPool {
                 dir: dir.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -95,6 +104,8 @@ pub struct SimProvider {
     dir: PathBuf,
     schema: ProviderSchema,
     faults: Faults,
+    /// `ip` and etcd, in live mode.
+    live: Option<Tools>,
     backend: OnceCell<Backend>,
 }
 
@@ -109,17 +120,26 @@ impl std::fmt::Debug for SimProvider {
 
 impl SimProvider {
     /// Build the provider from `[provider.sim]` settings; `base_dir` is the cluster
-    /// file's folder (a relative `dir` is relative to it). Touches no disk: the
-    /// database opens (and is created) on the first call.
+    /// file's folder (a relative `dir` is relative to it). Writes nothing: the
+    /// database opens (and is created) on the first call. In live mode it checks for
+    /// root, `ip` and etcd first (see [`SimProvider::new`]).
     pub fn from_config(config: &ProviderConfig, base_dir: &Path) -> Result<SimProvider> {
         SimProvider::new(SimConfig::from_provider_config(config)?, base_dir)
     }
 
     /// Build the provider from parsed settings (checked like [`SimProvider::from_config`]).
+    /// In live mode it also checks that this process runs as root and finds `ip` and
+    /// etcd, failing with what to do when one is missing.
     pub fn new(config: SimConfig, base_dir: &Path) -> Result<SimProvider> {
         config.check()?;
         let dir = resolve_dir(config.dir.as_deref(), base_dir)?;
+        let live = if config.live {
+            Some(live::preflight(&config, base_dir)?)
+        } else {
+            None
+        };
         Ok(SimProvider {
+            live,
             faults: Faults::new(&config),
             config,
             dir,
@@ -138,12 +158,19 @@ impl SimProvider {
         &self.config
     }
 
+    /// True in live mode: the machines it makes really run the etcd member or proxy of
+    /// their configs, so that what they run (etcd) can be reached.
+    pub fn runs_machines(&self) -> bool {
+        self.config.live
+    }
+
     async fn backend(&self) -> Result<&Backend> {
         self.backend
             .get_or_try_init(|| async {
                 let dir = self.dir.clone();
                 let schema = self.schema.clone();
-                tokio::task::spawn_blocking(move || Backend::open(&dir, schema))
+                let live = self.live.clone();
+                tokio::task::spawn_blocking(move || Backend::open(&dir, schema, live.as_ref()))
                     .await
                     .map_err(|e| {
                         ProviderError::Permanent(format!("cannot open the sim cloud: {e}"))
@@ -231,6 +258,10 @@ impl Reader for SimProvider {
 
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    fn runs_machines(&self) -> bool {
+        SimProvider::runs_machines(self)
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<Option<Object>> {

@@ -11,6 +11,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::db::SimError;
+use crate::live::Live;
 use crate::ops::{self, BatchCache, Fail};
 
 /// The most requests one transaction takes.
@@ -58,12 +59,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Start the writer thread on `conn`.
-    pub(crate) fn start(conn: Connection, schema: ProviderSchema) -> Result<Writer, SimError> {
+    /// Start the writer thread on `conn`; with `live`, machines run their configs.
+    pub(crate) fn start(
+        conn: Connection,
+        schema: ProviderSchema,
+        live: Option<Live>,
+    ) -> Result<Writer, SimError> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("sim-writer".into())
-            .spawn(move || run(conn, &schema, &rx))
+            .spawn(move || run(conn, &schema, live.as_ref(), &rx))
             .map_err(SimError::Thread)?;
         Ok(Writer { tx })
     }
@@ -80,7 +85,12 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, schema: &ProviderSchema, rx: &mpsc::Receiver<Envelope>) {
+fn run(
+    mut conn: Connection,
+    schema: &ProviderSchema,
+    live: Option<&Live>,
+    rx: &mpsc::Receiver<Envelope>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -89,7 +99,7 @@ fn run(mut conn: Connection, schema: &ProviderSchema, rx: &mpsc::Receiver<Envelo
                 Err(_) => break,
             }
         }
-        let results = run_group(&mut conn, schema, &group);
+        let results = run_group(&mut conn, schema, live, &group);
         for (env, result) in group.into_iter().zip(results) {
             // The caller may have given up waiting; nothing to do then.
             let _ = env.reply.send(result);
@@ -99,9 +109,15 @@ fn run(mut conn: Connection, schema: &ProviderSchema, rx: &mpsc::Receiver<Envelo
 
 /// Run every job in one transaction; each job in its own savepoint so that a refused
 /// one does not undo the others.
+///
+/// In live mode, a batch that changes anything first removes orphaned live parts; a
+/// new machine's live parts start right after its row is inserted, before its
+/// savepoint commits (a failure refuses the create); a deleted machine's live parts
+/// (and a deleted network's bridge) are removed once the transaction has committed.
 fn run_group(
     conn: &mut Connection,
     schema: &ProviderSchema,
+    live: Option<&Live>,
     group: &[Envelope],
 ) -> Vec<Result<Done, ProviderError>> {
     let fail_all = |e: ProviderError| group.iter().map(|_| Err(e.clone())).collect();
@@ -109,10 +125,19 @@ fn run_group(
         Ok(tx) => tx,
         Err(e) => return fail_all(SimError::Db(e).into_provider()),
     };
+    if let Some(live) = live
+        && group.iter().any(|e| !matches!(e.job, Job::Count(_)))
+    {
+        // Best effort: what cannot be removed now is tried again by the next batch.
+        let _ = live.clean_orphans(&tx);
+    }
     let mut cache = BatchCache::default();
     let mut calls: BTreeMap<&str, u64> = BTreeMap::new();
     let mut results = Vec::with_capacity(group.len());
-    for env in group {
+    // Machines started in this transaction, and (job index, object) deleted by it.
+    let mut started: Vec<String> = Vec::new();
+    let mut deleted: Vec<(usize, clusterform_provider::Object)> = Vec::new();
+    for (i, env) in group.iter().enumerate() {
         *calls.entry(env.job.method()).or_default() += 1;
         if matches!(env.job, Job::Count(_)) {
             results.push(Ok(Done::Nothing));
@@ -125,12 +150,25 @@ fn run_group(
                 continue;
             }
         };
+        let mut this_started = None;
+        let mut this_deleted = None;
         let r = match &env.job {
-            Job::Create(req) => {
-                ops::create(&sp, schema, &mut cache, req).map(|o| Done::Object(Box::new(o)))
-            }
+            Job::Create(req) => ops::create(&sp, schema, &mut cache, req).and_then(|(o, new)| {
+                if new
+                    && o.kind == "machine"
+                    && let Some(live) = live
+                {
+                    live.start_machine(&sp, &o)
+                        .map_err(|m| Fail::Reject(ProviderError::Permanent(m)))?;
+                    this_started = Some(o.id.clone());
+                }
+                Ok(Done::Object(Box::new(o)))
+            }),
             Job::Update(req) => ops::update(&sp, schema, req).map(|o| Done::Object(Box::new(o))),
-            Job::Delete(req) => ops::delete(&sp, &mut cache, req).map(|()| Done::Nothing),
+            Job::Delete(req) => ops::delete(&sp, &mut cache, req).map(|o| {
+                this_deleted = o;
+                Done::Nothing
+            }),
             Job::Count(_) => Ok(Done::Nothing),
         };
         let r = match r {
@@ -138,13 +176,44 @@ fn run_group(
             // Dropping the savepoint rolls it back.
             Err(e) => Err(e),
         };
+        if r.is_ok() {
+            started.extend(this_started);
+            deleted.extend(this_deleted.map(|o| (i, o)));
+        } else if let (Some(id), Some(live)) = (this_started, live) {
+            // The row is rolled back: so are its live parts.
+            let _ = live.stop_machine(&id);
+        }
         results.push(r.map_err(Fail::into_provider));
     }
-    if let Err(e) = crate::db::add_calls(&tx, &calls) {
-        return fail_all(SimError::Db(e).into_provider());
+    let committed = crate::db::add_calls(&tx, &calls)
+        .and_then(|()| tx.commit())
+        .map_err(|e| SimError::Db(e).into_provider());
+    let Some(live) = live else {
+        return match committed {
+            Ok(()) => results,
+            Err(e) => fail_all(e),
+        };
+    };
+    if let Err(e) = committed {
+        for id in &started {
+            let _ = live.stop_machine(id);
+        }
+        return fail_all(e);
     }
-    if let Err(e) = tx.commit() {
-        return fail_all(SimError::Db(e).into_provider());
+    for (i, o) in deleted {
+        let removed = match o.kind.as_str() {
+            "machine" => live.stop_machine(&o.id),
+            "network" => live.remove_bridge(&o.id),
+            _ => Ok(()),
+        };
+        if let Err(m) = removed {
+            // The object is gone; a retry finds nothing to delete, and the next write
+            // batch removes what is left.
+            results[i] = Err(ProviderError::Transient {
+                message: format!("{} `{}` was deleted, but {m}", o.kind, o.id),
+                retry_after: None,
+            });
+        }
     }
     results
 }
