@@ -177,7 +177,7 @@ fn render_gives_what_the_provider_received() {
 }
 
 #[test]
-fn a_bigger_central_set_replaces_the_workers_because_user_data_changed() {
+fn a_bigger_central_set_changes_no_running_machine() {
     let w = World::new();
     w.write("cluster.toml", &CENTRAL.replace("COUNT", "3"));
     w.run_ok(
@@ -192,9 +192,17 @@ fn a_bigger_central_set_replaces_the_workers_because_user_data_changed() {
     );
     w.write("cluster.toml", &CENTRAL.replace("COUNT", "4"));
     let r = w.run_ok(&["plan", "cluster.toml"], 0);
+    // Only the new member: its --initial-cluster differs from the others' (a
+    // bootstrap-only flag), and the workers' proxies list every slot already.
     assert!(
         r.stdout
-            .contains("# machine.workers[0] must be replaced (because user data changed)"),
+            .contains("Plan: 1 to add, 0 to change, 0 to destroy."),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("# machine.central[3] will be created (joins etcd, 1 of 1: 3 -> 4 members)"),
         "{}",
         r.stdout
     );

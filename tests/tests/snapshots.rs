@@ -52,7 +52,11 @@ fn plan_replace_because_network_changed() {
     let w = applied(1);
     let changed = dev_test("demo", 1, "2cpu-4gb", "").replace("10.0.0.0/16", "10.0.0.0/17");
     w.write("cluster.toml", &changed);
-    insta::assert_snapshot!(plan_text(&w));
+    // Replacing dev-test's only etcd member loses its data: refused unless allowed.
+    let refused = w.run_ok(&["plan", "cluster.toml"], 1);
+    insta::assert_snapshot!("plan_replace_the_only_etcd_member_refused", refused.stderr);
+    let r = w.run_ok(&["plan", "cluster.toml", "--allow-data-loss"], 0);
+    insta::assert_snapshot!(r.stdout);
 }
 
 #[test]

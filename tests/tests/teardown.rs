@@ -266,11 +266,20 @@ fn protected_machines_need_allow_protected() {
         ],
         0,
     );
-    // A replacement of a protected machine is refused too (a new network replaces it).
+    // A replacement of a protected machine is refused too (a new network replaces it;
+    // it is dev-test's only etcd member, so that needs --allow-data-loss as well).
     w.write("cluster.toml", &text.replace("10.0.0.0/16", "10.1.0.0/16"));
-    let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 1);
+    let r = w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--allow-data-loss",
+        ],
+        1,
+    );
     assert!(r.stderr.contains("protected machine(s)"), "{}", r.stderr);
-    let r = w.run_ok(&["plan", "cluster.toml"], 0);
+    let r = w.run_ok(&["plan", "cluster.toml", "--allow-data-loss"], 0);
     assert!(
         r.stdout.contains("refuse it without --allow-protected"),
         "{}",

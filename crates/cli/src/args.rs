@@ -93,6 +93,24 @@ pub enum Command {
     /// Look at or change the simulated cloud (the `sim` provider) directly.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Look at the cluster's own etcd (the central machines' members).
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+}
+
+/// `etcd ...`.
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// The members (name, id, URLs, voter or learner), the leader, and each member's
+    /// health, raft index and database size; exit 0 healthy, 2 unhealthy, 1 unreachable.
+    Status {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `drift`.
@@ -195,6 +213,14 @@ pub struct PlanArgs {
     /// Only show what changed outside clusterform (what `apply --refresh-only` accepts).
     #[arg(long, conflicts_with = "destroy")]
     pub refresh_only: bool,
+    /// Replace this resource even though its configuration did not change (a failed
+    /// machine; an etcd member is replaced the rolling way). Repeatable.
+    #[arg(long, value_name = "ADDR", conflicts_with = "destroy")]
+    pub replace: Vec<String>,
+    /// Plan changes that lose the etcd data (replacing the only member, `update =
+    /// "all-at-once"`) instead of refusing them.
+    #[arg(long)]
+    pub allow_data_loss: bool,
     /// Shared flags.
     #[command(flatten)]
     pub run: RunArgs,
@@ -215,6 +241,14 @@ pub struct ApplyArgs {
     /// Allow deleting or replacing machines with `protect = true`.
     #[arg(long)]
     pub allow_protected: bool,
+    /// Replace this resource even though its configuration did not change (a failed
+    /// machine; an etcd member is replaced the rolling way). Repeatable.
+    #[arg(long, value_name = "ADDR", conflicts_with = "refresh_only")]
+    pub replace: Vec<String>,
+    /// Apply changes that lose the etcd data (replacing the only member, `update =
+    /// "all-at-once"`) instead of refusing them.
+    #[arg(long)]
+    pub allow_data_loss: bool,
     /// Shared flags.
     #[command(flatten)]
     pub run: RunArgs,
@@ -333,6 +367,8 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "target",
         "refresh-only",
         "allow-protected",
+        "replace",
+        "allow-data-loss",
     ];
     args.into_iter()
         .map(|a| {

@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod context;
 mod errors;
+mod etcd;
 mod planfile;
 mod progress;
 mod render;

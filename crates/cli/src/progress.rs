@@ -18,10 +18,27 @@ fn verb(a: Action) -> (&'static str, &'static str) {
     }
 }
 
-/// An observer that draws progress, or does nothing when stdout is not a terminal.
+/// An observer that draws progress; when stdout is not a terminal, it prints only the
+/// etcd membership steps (few, and slow enough that a log should show them).
 pub fn observer() -> Observer {
     if !std::io::stdout().is_terminal() {
-        return Arc::new(|_| {});
+        return Arc::new(|event| match event {
+            Event::MemberStarted { address, what } => println!("{address}: {what}"),
+            Event::MemberFinished {
+                address,
+                what,
+                elapsed,
+            } => println!("{address}: {what} after {:.1}s", elapsed.as_secs_f64()),
+            Event::MemberFailed {
+                address,
+                what,
+                error,
+            } => println!(
+                "{address}: {} failed: {error}",
+                what.trim_end_matches("...")
+            ),
+            _ => {}
+        });
     }
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let bars: Mutex<HashMap<Address, ProgressBar>> = Mutex::new(HashMap::new());
@@ -63,6 +80,37 @@ pub fn observer() -> Observer {
                     "{address}: {} after {:.1}s{id}",
                     verb(action).1,
                     elapsed.as_secs_f64()
+                ));
+            }
+            Event::MemberStarted { address, what } => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_message(format!("{address}: {what}"));
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bars.insert(address, bar);
+            }
+            Event::MemberFinished {
+                address,
+                what,
+                elapsed,
+            } => {
+                if let Some(bar) = bars.remove(&address) {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+                let _ = multi.println(format!(
+                    "{address}: {what} after {:.1}s",
+                    elapsed.as_secs_f64()
+                ));
+            }
+            Event::MemberFailed { address, what, .. } => {
+                if let Some(bar) = bars.remove(&address) {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+                let _ = multi.println(format!(
+                    "{address}: {} failed",
+                    what.trim_end_matches("...")
                 ));
             }
             Event::Failed {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use clusterform_core::plan::Drift;
-use clusterform_core::{Action, Change, Plan, Value};
+use clusterform_core::{Action, Change, EtcdPlan, MemberStep, Plan, StepKind, Value};
 use clusterform_engine::{ApplyReport, Outcome, Recovery, Resolution};
 use serde_json::json;
 
@@ -71,6 +71,15 @@ pub fn recoveries(notes: &[Recovery]) -> String {
                 "the update may or may not have happened; refresh reads the object as it is"
                     .to_string()
             }
+            Resolution::Membership => format!(
+                "an etcd membership change ({} of member {}) may be unfinished; the plan reads the member list and finishes it",
+                match n.action {
+                    Action::Create => "add",
+                    Action::Delete => "removal",
+                    _ => "promotion",
+                },
+                n.address
+            ),
             Resolution::NotDone => {
                 not_done += 1;
                 continue;
@@ -182,11 +191,14 @@ pub fn plan(p: &Plan) -> String {
         }
         let _ = writeln!(out, "\nclusterform will perform the following actions:\n");
         for c in &p.changes {
-            change(&mut out, c);
+            change(&mut out, c, p.etcd.as_ref());
         }
     }
     for a in &p.forget {
         let _ = writeln!(out, "  # {a} is gone and will be removed from the state\n");
+    }
+    if let Some(e) = &p.etcd {
+        etcd_section(&mut out, e);
     }
     let s = p.summary();
     let _ = writeln!(
@@ -200,7 +212,27 @@ pub fn plan(p: &Plan) -> String {
     out
 }
 
-fn change(out: &mut String, c: &Change) {
+/// What an etcd member's step means, for the header of its change.
+fn step_note(step: &MemberStep) -> String {
+    let (pos, of, before, min, after) = (
+        step.position,
+        step.of,
+        step.voters_before,
+        step.voters_min,
+        step.voters_after,
+    );
+    match step.kind {
+        StepKind::Replace => {
+            format!("rolling {pos} of {of}; etcd keeps {min} of {before} members")
+        }
+        StepKind::Update => format!("rolling {pos} of {of}; etcd keeps {min} of {before} members"),
+        StepKind::Join => format!("joins etcd, {pos} of {of}: {before} -> {after} members"),
+        StepKind::Leave => format!("leaves etcd first, {pos} of {of}: {before} -> {after} members"),
+        StepKind::Promote | StepKind::RemoveStray => String::new(),
+    }
+}
+
+fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
     let shown = |k: &str, v: &Value| -> String {
         if c.sensitive.iter().any(|x| x == k) {
             dim("(sensitive)")
@@ -208,11 +240,25 @@ fn change(out: &mut String, c: &Change) {
             attr_value(k, v)
         }
     };
-    let reason = if c.action == Action::Replace && !c.replace_because.is_empty() {
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(step) = etcd
+        .filter(|e| !e.bootstrap)
+        .and_then(|e| e.step_for(&c.address))
+    {
+        notes.push(step_note(step));
+    }
+    if c.action == Action::Replace && !c.replace_because.is_empty() {
         let names: Vec<String> = c.replace_because.iter().map(|k| attr_label(k)).collect();
-        format!(" (because {} changed)", names.join(", "))
-    } else {
+        notes.push(format!("because {} changed", names.join(", ")));
+    } else if c.action == Action::Replace
+        && let Some(why) = &c.replace_reason
+    {
+        notes.push(why.clone());
+    }
+    let reason = if notes.is_empty() {
         String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
     };
     let _ = writeln!(
         out,
@@ -304,7 +350,15 @@ fn change(out: &mut String, c: &Change) {
                     && let (Some(Value::String(b)), Some(Value::String(a))) =
                         (before.get(USER_DATA), after.get(USER_DATA))
                 {
-                    details = clusterform_ignition::diff_configs(b, a).lines;
+                    {
+                        // An etcd member's bootstrap-only flags are not a change.
+                        let neutral = clusterform_ignition::etcd::bootstrap_neutral;
+                        let (b, a) = match (neutral(b), neutral(a)) {
+                            (Some(nb), Some(na)) => (nb, na),
+                            _ => (b.clone(), a.clone()),
+                        };
+                        details = clusterform_ignition::diff_configs(&b, &a).lines;
+                    }
                 }
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
@@ -339,6 +393,86 @@ fn change(out: &mut String, c: &Change) {
         );
     }
     let _ = writeln!(out, "    }}\n");
+}
+
+/// The etcd part of a plan: the membership steps in order with the members at each,
+/// members left stale, what is lost, and notes.
+pub fn etcd_section(out: &mut String, e: &EtcdPlan) {
+    for a in &e.stale {
+        let _ = writeln!(
+            out,
+            "  # {} has a stale config and is left as it is (`update = \"manual\"`); replace it with `clusterform apply --replace {a}`\n",
+            bold(&a.to_string())
+        );
+    }
+    for loss in &e.data_loss {
+        let _ = writeln!(
+            out,
+            "{} {loss}\n",
+            red(&bold("Warning: this plan loses the etcd data:"))
+        );
+    }
+    if !e.steps.is_empty() {
+        let _ = writeln!(
+            out,
+            "etcd members change one at a time (`update = \"{}\"`); each step starts once the cluster is healthy:",
+            e.update.name()
+        );
+        for (i, s) in e.steps.iter().enumerate() {
+            let who = s
+                .address
+                .as_ref()
+                .map_or_else(|| format!("member `{}`", s.name), ToString::to_string);
+            let what = match s.kind {
+                StepKind::Join => format!(
+                    "{who} joins: {} -> {} members (added as a learner, promoted once it has caught up)",
+                    s.voters_before, s.voters_after
+                ),
+                StepKind::Leave => format!(
+                    "{who} leaves: {} -> {} members (removed from etcd, then its machine is deleted)",
+                    s.voters_before, s.voters_after
+                ),
+                StepKind::Replace => format!(
+                    "{who} is replaced: removed from etcd, made again with the same name and address, added back; etcd keeps {} of {} members meanwhile",
+                    s.voters_min, s.voters_before
+                ),
+                StepKind::Update => format!(
+                    "{who} is changed in place; etcd keeps {} of {} members meanwhile",
+                    s.voters_min, s.voters_before
+                ),
+                StepKind::Promote => format!(
+                    "{who} is promoted to a voting member: {} -> {} members",
+                    s.voters_before, s.voters_after
+                ),
+                StepKind::RemoveStray => format!(
+                    "{who} ({}) is removed from etcd: {} -> {} members",
+                    s.peer_url, s.voters_before, s.voters_after
+                ),
+            };
+            let resume = s
+                .resume
+                .as_ref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {}. {what}{resume}", i + 1);
+        }
+        if !e.live {
+            let _ = writeln!(
+                out,
+                "  (the provider runs no machines, so no etcd runs: these steps only set the order of the changes, and no membership call is made; the sim runs real etcd with `[provider.sim] live = true`)"
+            );
+        }
+        out.push('\n');
+    } else if !e.resolves.is_empty() {
+        let _ = writeln!(
+            out,
+            "The etcd member list matches the central machines: {} unfinished membership change(s) of an earlier run need nothing more.\n",
+            e.resolves.len()
+        );
+    }
+    for n in &e.notes {
+        let _ = writeln!(out, "{} {n}\n", yellow("Note:"));
+    }
 }
 
 /// The plan as JSON for machines (`plan --json`); sensitive values read `(sensitive)`.
@@ -385,6 +519,7 @@ pub fn plan_json(p: &Plan) -> serde_json::Value {
         "resource_changes": changes,
         "drift": drift,
         "forget": p.forget,
+        "etcd": p.etcd,
     })
 }
 
@@ -408,6 +543,30 @@ pub fn apply_summary(r: &ApplyReport, destroy: bool) -> String {
                     out,
                     "{} {addr}: not started (interrupted)",
                     yellow("Cancelled:")
+                );
+            }
+            Outcome::Done => {}
+        }
+    }
+    for (who, kind, o) in &r.members {
+        match o {
+            Outcome::Failed(e) => {
+                let _ = writeln!(out, "{} etcd {} of {who}: {e}", red("Error:"), kind.name());
+            }
+            Outcome::Skipped(cause) => {
+                let _ = writeln!(
+                    out,
+                    "{} etcd {} of {who}: skipped because `{cause}` failed",
+                    yellow("Skipped:"),
+                    kind.name()
+                );
+            }
+            Outcome::Cancelled => {
+                let _ = writeln!(
+                    out,
+                    "{} etcd {} of {who}: not started (interrupted)",
+                    yellow("Cancelled:"),
+                    kind.name()
                 );
             }
             Outcome::Done => {}
@@ -462,6 +621,7 @@ mod tests {
             unchanged: 0,
             drift: vec![],
             forget: vec![],
+            etcd: None,
         }
     }
 
@@ -480,6 +640,7 @@ mod tests {
             depends_on: vec![],
             old_dependencies: vec![],
             replace_because: vec![],
+            replace_reason: None,
             changed: vec!["size".into()],
             sensitive: vec![],
             notes: [("size".to_string(), "restarts the machine".to_string())].into(),
@@ -509,6 +670,7 @@ mod tests {
             depends_on: vec![],
             old_dependencies: vec![],
             replace_because: vec![],
+            replace_reason: None,
             changed: vec![],
             sensitive: vec!["password".into()],
             notes: Default::default(),

@@ -702,20 +702,9 @@ fn zone_addresses(
     let (first, at) = match group.first_address {
         Some((Some(ip), at)) => (ip, at),
         Some((None, _)) => return None, // reported
-        None => {
-            let a = u32::from(network.cidr.network()).checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)?;
-            (Ipv4Addr::from(a), at_table)
-        }
+        None => (default_first_address(network)?, at_table),
     };
-    let zone_of: Vec<usize> = (0..n)
-        .map(|i| {
-            let z = zone(&group.zones, i);
-            layout
-                .index(z.as_ref().and_then(Value::as_str))
-                .unwrap_or(0)
-        })
-        .collect();
-    match layout.addresses(first, &zone_of) {
+    match layout.addresses(first, &zone_indexes(layout, group, n)) {
         Ok(a) => Some(a),
         Err(message) => {
             cx.error(
@@ -734,6 +723,70 @@ fn zone_addresses(
                 )),
             );
             None
+        }
+    }
+}
+
+/// The default first central address: the network's 101st host.
+fn default_first_address(network: &Network) -> Option<Ipv4Addr> {
+    u32::from(network.cidr.network())
+        .checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)
+        .map(Ipv4Addr::from)
+}
+
+/// The subnet index of the zone of each of the first `n` machines of `group`.
+fn zone_indexes(layout: &ZoneLayout, group: &Group, n: u32) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            let z = zone(&group.zones, i);
+            layout
+                .index(z.as_ref().and_then(Value::as_str))
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The addresses of every central machine the blueprint allows (`max` of them): the
+/// `addrs` of the machines there are now, then the next slots in the same sequence,
+/// as far as they fit in the network. The workers' etcd proxies list all of them, so
+/// that their list (and so their config) does not change when members come and go: a
+/// slot with no member is skipped by the proxy's balancer.
+fn central_slots(
+    shared: &Shared,
+    network: &Network,
+    central: &Group,
+    addrs: &[Ipv4Addr],
+    max: u32,
+) -> Vec<Ipv4Addr> {
+    let n = u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+    let (Some(&first_now), true) = (addrs.first(), n < max) else {
+        return addrs.to_vec();
+    };
+    match &shared.zones {
+        Some(layout) => {
+            let Some(first) = central
+                .first_address
+                .and_then(|(ip, _)| ip)
+                .or_else(|| default_first_address(network))
+            else {
+                return addrs.to_vec();
+            };
+            let zone_of = zone_indexes(layout, central, max);
+            (n..=max)
+                .rev()
+                .find_map(|k| layout.addresses(first, &zone_of[..k as usize]).ok())
+                .unwrap_or_else(|| addrs.to_vec())
+        }
+        None => {
+            let mut out = addrs.to_vec();
+            let broadcast = network.cidr.broadcast();
+            for i in n..max {
+                match u32::from(first_now).checked_add(i).map(Ipv4Addr::from) {
+                    Some(a) if network.cidr.contains(&a) && a != broadcast => out.push(a),
+                    _ => break,
+                }
+            }
+            out
         }
     }
 }
@@ -939,13 +992,13 @@ fn etcd_cluster(
     // through a local proxy (central-services, large-scale). The `etcd_endpoints`
     // attribute is what applications on the worker use; the central client URLs are in
     // `user_data` either way.
-    let client_urls: Vec<String> = addrs.iter().map(|ip| client_url(*ip)).collect();
     let mut spec = shared.spec(String::new());
     if bp.workers_proxy() {
-        spec.etcd_proxy = Some(client_urls);
+        let slots = central_slots(shared, network, central, &addrs, rule.max);
+        spec.etcd_proxy = Some(slots.iter().map(|ip| client_url(*ip)).collect());
         spec.etcd_endpoints = vec![crate::settings::DEFAULT_ETCD_ENDPOINT.to_string()];
     } else {
-        spec.etcd_endpoints = client_urls;
+        spec.etcd_endpoints = addrs.iter().map(|ip| client_url(*ip)).collect();
     }
     let endpoints_attr = Value::Array(
         spec.etcd_endpoints

@@ -110,6 +110,18 @@ pub enum StateSettings {
     },
 }
 
+/// How day-2 changes reach the etcd members (`[central] update`, `etcd_endpoints`,
+/// `etcd_via`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `update`: how changes that replace central machines are applied.
+    pub update: clusterform_core::UpdatePolicy,
+    /// `etcd_endpoints`: the client URLs to call instead of the central machines' own.
+    pub endpoints: Option<Vec<String>>,
+    /// `etcd_via`: `ssh://USER@HOST[:PORT]`, a machine to tunnel the calls through.
+    pub via: Option<String>,
+}
+
 /// A `[provider.NAME]` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProviderBlock {
@@ -134,6 +146,8 @@ pub struct Model {
     pub state: StateSettings,
     /// `[provider.*]`, by name.
     pub providers: BTreeMap<String, ProviderBlock>,
+    /// `[central]`'s day-2 settings (defaults when there is no `[central]`).
+    pub etcd: EtcdSettings,
     /// Every resource, blueprints expanded, in file order.
     pub resources: Vec<Resource>,
     /// Their dependency graph.
@@ -378,6 +392,7 @@ fn parse_absolute(
         cluster: cluster.settings,
         state,
         providers,
+        etcd: central.etcd,
         resources,
         graph,
         spans,

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clusterform_core::ProviderSchema;
+use clusterform_core::{ProviderSchema, UpdatePolicy};
 use ipnet::Ipv4Net;
 use toml::de::DeTable;
 
@@ -437,6 +437,8 @@ pub(crate) struct Group {
     pub(crate) protect: bool,
     /// The `butane` files, read and translated once for every machine of the table.
     pub(crate) butane: Vec<clusterform_ignition::Config>,
+    /// `[central]`: how day-2 changes reach the etcd members.
+    pub(crate) etcd: crate::EtcdSettings,
 }
 
 impl Group {
@@ -485,6 +487,7 @@ pub(crate) fn group(
         first_address: None,
         protect: false,
         butane: Vec::new(),
+        etcd: crate::EtcdSettings::default(),
     };
     let Some((key, node)) = doc.get_key_value(table) else {
         return g;
@@ -502,6 +505,9 @@ pub(crate) fn group(
             "first_address",
             "protect",
             "butane",
+            "update",
+            "etcd_endpoints",
+            "etcd_via",
         ],
         "vm" => &["size", "zone", "address", "protect", "butane"],
         _ => &["count", "size", "zones", "protect", "butane"],
@@ -550,6 +556,9 @@ pub(crate) fn group(
         g.first_address = Some((ip, at));
     }
     g.protect = cx.get_bool(t, "protect", &section).unwrap_or(false);
+    if table == "central" {
+        g.etcd = etcd_settings(cx, t, &section);
+    }
     if let Some(files) = cx.get_str_list(t, "butane", &section) {
         for (f, at) in files {
             if let Some(config) = read_butane(cx, dirs, f, at) {
@@ -558,6 +567,103 @@ pub(crate) fn group(
         }
     }
     g
+}
+
+/// The day-2 keys of `[central]`: `update`, `etcd_endpoints`, `etcd_via`.
+fn etcd_settings(cx: &mut Cx<'_>, t: &DeTable<'_>, section: &str) -> crate::EtcdSettings {
+    let mut e = crate::EtcdSettings::default();
+    if let Some((u, at)) = cx.get_str(t, "update", section) {
+        match UpdatePolicy::from_name(u) {
+            Some(p) => e.update = p,
+            None => cx.error(
+                Some(at),
+                format!("unknown update policy `{u}`"),
+                "unknown policy",
+                Some(format!(
+                    "{}: `rolling` replaces one etcd member at a time, `manual` lists stale members and leaves them, `all-at-once` loses the etcd data (needs --allow-data-loss)",
+                    expected_one_of(UPDATE_POLICIES)
+                )),
+            ),
+        }
+    }
+    if let Some(list) = cx.get_str_list(t, "etcd_endpoints", section) {
+        let mut ok = Vec::with_capacity(list.len());
+        for (url, at) in &list {
+            if valid_client_url(url) {
+                ok.push((*url).to_string());
+            } else {
+                cx.error(
+                    Some(*at),
+                    format!("`{url}` is not an etcd client URL"),
+                    "not an http(s) URL",
+                    Some(
+                        "write each like \"http://10.0.1.101:2379\" (scheme, host and port)"
+                            .to_string(),
+                    ),
+                );
+            }
+        }
+        if list.is_empty() {
+            let at = t.get("etcd_endpoints").map(|n| span(n.span()));
+            cx.error(
+                at,
+                "`etcd_endpoints` is empty",
+                "no endpoints",
+                Some("name the client URLs to reach etcd at, or leave the key out to use the central machines' addresses".to_string()),
+            );
+        }
+        e.endpoints = Some(ok);
+    }
+    if let Some((via, at)) = cx.get_str(t, "etcd_via", section) {
+        if valid_ssh_via(via) {
+            e.via = Some(via.to_string());
+        } else {
+            cx.error(
+                Some(at),
+                format!("`{via}` is not an SSH destination"),
+                "expected ssh://USER@HOST[:PORT]",
+                Some("write it like \"ssh://core@bastion.example.com\": clusterform runs the system `ssh` to that machine and reaches etcd through it".to_string()),
+            );
+        }
+    }
+    e
+}
+
+/// The names of `[central] update`.
+const UPDATE_POLICIES: &[&str] = &["rolling", "manual", "all-at-once"];
+
+/// `http://HOST:PORT` or `https://HOST:PORT` (a path is allowed, nothing else).
+fn valid_client_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.contains(char::is_whitespace)
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// `ssh://USER@HOST` or `ssh://USER@HOST:PORT`.
+pub(crate) fn valid_ssh_via(via: &str) -> bool {
+    let Some(rest) = via.strip_prefix("ssh://") else {
+        return false;
+    };
+    let Some((user, host_port)) = rest.split_once('@') else {
+        return false;
+    };
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    let word =
+        |s: &str| !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '/' || c == '@');
+    word(user) && word(host) && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// Read and translate one Butane file; problems are reported (a missing file at the

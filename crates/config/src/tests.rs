@@ -475,6 +475,67 @@ nested = { a = [1, "two", true] }
     );
 }
 
+const DAY2: &str = r#"[cluster]
+name = "p"
+blueprint = "central-services"
+provider = "sim"
+[central]
+size = "m"
+update = "manual"
+etcd_endpoints = ["http://10.0.1.101:2379", "https://etcd.example.com:2379/"]
+etcd_via = "ssh://core@bastion.example.com:2222"
+"#;
+
+#[test]
+fn central_day2_settings() {
+    let m = ok(DAY2);
+    assert_eq!(
+        m.etcd,
+        crate::EtcdSettings {
+            update: clusterform_core::UpdatePolicy::Manual,
+            endpoints: Some(vec![
+                "http://10.0.1.101:2379".to_string(),
+                "https://etcd.example.com:2379/".to_string()
+            ]),
+            via: Some("ssh://core@bastion.example.com:2222".to_string()),
+        }
+    );
+    let defaults = ok(
+        "[cluster]\nname = \"p\"\nblueprint = \"central-services\"\nprovider = \"sim\"\n[central]\nsize = \"m\"\n",
+    );
+    assert_eq!(defaults.etcd, crate::EtcdSettings::default());
+    assert_eq!(
+        defaults.etcd.update,
+        clusterform_core::UpdatePolicy::Rolling
+    );
+}
+
+#[test]
+fn central_day2_settings_errors() {
+    let d = one_error(&DAY2.replace("\"manual\"", "\"yolo\""));
+    assert_diag(&d, "unknown update policy `yolo`", 7, 10);
+    let d = one_error(&DAY2.replace("\"http://10.0.1.101:2379\"", "\"10.0.1.101:2379\""));
+    assert_diag(&d, "`10.0.1.101:2379` is not an etcd client URL", 8, 19);
+    let d = one_error(&DAY2.replace(
+        "etcd_endpoints = [\"http://10.0.1.101:2379\", \"https://etcd.example.com:2379/\"]",
+        "etcd_endpoints = []",
+    ));
+    assert_diag(&d, "`etcd_endpoints` is empty", 8, 18);
+    for bad in [
+        "core@bastion",
+        "ssh://bastion",
+        "ssh://core@",
+        "ssh://core@host:0",
+        "https://core@host",
+        "ssh://core@ho st",
+    ] {
+        let d = one_error(&DAY2.replace("ssh://core@bastion.example.com:2222", bad));
+        assert_diag(&d, &format!("`{bad}` is not an SSH destination"), 9, 12);
+    }
+    let d = one_error(&DAY2.replace("[central]", "[workers]\nupdate = \"manual\"\n[central]"));
+    assert!(d.message.contains("`update`"), "{d}");
+}
+
 #[test]
 fn butane_files_must_exist_beside_the_cluster_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,25 @@ pub enum RefValue {
     Unknown,
 }
 
+/// Decides whether the value the configuration wants and the value an object has are
+/// the same for planning (no change). Plain equality unless a value has parts that do
+/// not matter once the object exists (an etcd member's bootstrap-only flags).
+pub trait Equivalence {
+    /// True when `want` (planned) and `now` (the object's) need no change of
+    /// attribute `attr` of a `kind`.
+    fn equivalent(&self, kind: &str, attr: &str, want: &Value, now: &Value) -> bool;
+}
+
+/// Values are the same when they are equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exact;
+
+impl Equivalence for Exact {
+    fn equivalent(&self, _kind: &str, _attr: &str, want: &Value, now: &Value) -> bool {
+        want == now
+    }
+}
+
 /// Plan the change of one resource that the configuration wants.
 ///
 /// `current` is the refreshed object (None when it is not in state or was deleted
@@ -24,16 +43,18 @@ pub fn diff_resource(
     schema: &KindSchema,
     refs: &BTreeMap<String, RefValue>,
 ) -> Change {
-    let mut known: Attrs = desired.attrs.clone();
-    let mut unknown: Vec<String> = Vec::new();
-    for (attr, v) in refs {
-        match v {
-            RefValue::Known(id) => {
-                known.insert(attr.clone(), Value::String(id.clone()));
-            }
-            RefValue::Unknown => unknown.push(attr.clone()),
-        }
-    }
+    diff_resource_with(desired, current, schema, refs, &Exact)
+}
+
+/// [`diff_resource`], comparing values with `eq`.
+pub fn diff_resource_with(
+    desired: &Resource,
+    current: Option<&ResourceState>,
+    schema: &KindSchema,
+    refs: &BTreeMap<String, RefValue>,
+    eq: &dyn Equivalence,
+) -> Change {
+    let (known, unknown) = resolved(desired, refs);
 
     let Some(cur) = current else {
         return create_change(desired, known, unknown, schema);
@@ -47,7 +68,7 @@ pub fn diff_resource(
             true
         } else {
             match known.get(&a.name) {
-                Some(want) => want != now,
+                Some(want) => !eq.equivalent(&schema.kind, &a.name, want, now),
                 // Left out: the provider's value stands for optional + computed
                 // attributes; others go back to unset.
                 None => !a.computed && !now.is_null(),
@@ -74,6 +95,7 @@ pub fn diff_resource(
             depends_on: desired.dependencies(),
             old_dependencies: cur.dependencies.clone(),
             replace_because,
+            replace_reason: None,
             changed,
             sensitive: Vec::new(),
             notes: BTreeMap::new(),
@@ -91,9 +113,13 @@ pub fn diff_resource(
         return c;
     }
 
-    // In place: the object's attributes with the desired inputs laid over them.
+    // In place: the object's attributes with the changed inputs laid over them (an
+    // input that is only equivalent keeps the object's value).
     let mut after = cur.attrs.clone();
     for a in schema.attrs.iter().filter(|a| a.input) {
+        if !changed.contains(&a.name) {
+            continue;
+        }
         match known.get(&a.name) {
             Some(v) => {
                 after.insert(a.name.clone(), v.clone());
@@ -119,6 +145,7 @@ pub fn diff_resource(
         depends_on: desired.dependencies(),
         old_dependencies: cur.dependencies.clone(),
         replace_because: Vec::new(),
+        replace_reason: None,
         sensitive: sensitive_names(schema),
         notes: schema
             .attrs
@@ -128,6 +155,52 @@ pub fn diff_resource(
             .collect(),
         changed,
     }
+}
+
+/// The desired attributes with references resolved where their id is known, and the
+/// names of those known only after apply.
+fn resolved(desired: &Resource, refs: &BTreeMap<String, RefValue>) -> (Attrs, Vec<String>) {
+    let mut known: Attrs = desired.attrs.clone();
+    let mut unknown: Vec<String> = Vec::new();
+    for (attr, v) in refs {
+        match v {
+            RefValue::Known(id) => {
+                known.insert(attr.clone(), Value::String(id.clone()));
+            }
+            RefValue::Unknown => unknown.push(attr.clone()),
+        }
+    }
+    (known, unknown)
+}
+
+/// Plan the replacement of an existing object though no attribute forces it (the
+/// operator asked for it with `--replace`, or it must be made again), saying why.
+pub fn replacement(
+    desired: &Resource,
+    current: &ResourceState,
+    schema: &KindSchema,
+    refs: &BTreeMap<String, RefValue>,
+    reason: String,
+) -> Change {
+    let (known, unknown) = resolved(desired, refs);
+    let changed: Vec<String> = schema
+        .attrs
+        .iter()
+        .filter(|a| a.input)
+        .filter(|a| match known.get(&a.name) {
+            Some(want) => Some(want) != current.attrs.get(&a.name),
+            None => unknown.contains(&a.name),
+        })
+        .map(|a| a.name.clone())
+        .collect();
+    let mut c = create_change(desired, known, unknown, schema);
+    c.action = Action::Replace;
+    c.id = Some(current.id.clone());
+    c.before = Some(current.attrs.clone());
+    c.old_dependencies = current.dependencies.clone();
+    c.changed = changed;
+    c.replace_reason = Some(reason);
+    c
 }
 
 /// The names of the kind's sensitive attributes.
@@ -167,6 +240,7 @@ fn create_change(
         depends_on: desired.dependencies(),
         old_dependencies: Vec::new(),
         replace_because: Vec::new(),
+        replace_reason: None,
         changed: Vec::new(),
         sensitive: sensitive_names(schema),
         notes: BTreeMap::new(),
@@ -187,6 +261,7 @@ pub fn diff_delete(current: &ResourceState) -> Change {
         depends_on: Vec::new(),
         old_dependencies: current.dependencies.clone(),
         replace_because: Vec::new(),
+        replace_reason: None,
         changed: Vec::new(),
         sensitive: Vec::new(),
         notes: BTreeMap::new(),
@@ -315,6 +390,62 @@ mod tests {
         assert_eq!(c.action, Action::Replace);
         assert_eq!(c.replace_because, vec!["network"]);
         assert!(c.after_unknown.contains(&"network".to_string()));
+    }
+
+    #[test]
+    fn a_replacement_on_request_says_why() {
+        let cur = current("s", "a");
+        let c = replacement(
+            &desired("s", "a"),
+            &cur,
+            &schema(),
+            &known_net(),
+            "requested with --replace".into(),
+        );
+        assert_eq!(c.action, Action::Replace);
+        assert_eq!(c.id.as_deref(), Some("m-1"));
+        assert!(c.replace_because.is_empty());
+        assert!(c.changed.is_empty(), "nothing differs: {:?}", c.changed);
+        assert_eq!(
+            c.replace_reason.as_deref(),
+            Some("requested with --replace")
+        );
+        assert_eq!(c.before.as_ref(), Some(&cur.attrs));
+        assert!(c.after_unknown.contains(&"id".to_string()));
+    }
+
+    struct IgnoreSize;
+    impl Equivalence for IgnoreSize {
+        fn equivalent(&self, _: &str, attr: &str, want: &Value, now: &Value) -> bool {
+            attr == "size" || want == now
+        }
+    }
+
+    #[test]
+    fn an_equivalent_value_is_no_change_and_is_kept_in_place() {
+        let cur = current("s", "a");
+        let c = diff_resource_with(
+            &desired("l", "a"),
+            Some(&cur),
+            &schema(),
+            &known_net(),
+            &IgnoreSize,
+        );
+        assert_eq!(c.action, Action::NoOp);
+        // Another change updates in place and keeps the object's (equivalent) size.
+        let mut d = desired("l", "a");
+        d.attrs.insert("zone".into(), json!("a"));
+        let mut s = schema();
+        s.attrs[1] = AttrSchema::required("zone", AttrType::String, "");
+        let mut cur2 = cur.clone();
+        cur2.attrs.insert("zone".into(), json!("b"));
+        let c = diff_resource_with(&d, Some(&cur2), &s, &known_net(), &IgnoreSize);
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.changed, vec!["zone"]);
+        assert_eq!(
+            c.after.as_ref().and_then(|a| a.get("size")),
+            Some(&json!("s"))
+        );
     }
 
     #[test]

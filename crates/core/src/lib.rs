@@ -11,6 +11,6 @@ pub mod schema;
 
 pub use address::{Address, AddressError};
 pub use graph::{GraphError, ResourceGraph};
-pub use plan::{Action, Change, Plan, Summary};
+pub use plan::{Action, Change, EtcdPlan, MemberStep, Plan, StepKind, Summary, UpdatePolicy};
 pub use resource::{Attrs, Resource, ResourceState, Value};
 pub use schema::{AttrSchema, AttrType, KindSchema, ProviderSchema};

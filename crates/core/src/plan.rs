@@ -92,6 +92,10 @@ pub struct Change {
     /// Attributes whose change forces the replacement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replace_because: Vec<String>,
+    /// Why the object is replaced when no attribute forces it (`--replace`, an etcd
+    /// member missing from its cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_reason: Option<String>,
     /// Attributes whose value changes (update, replace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
@@ -148,6 +152,153 @@ pub struct Plan {
     /// recreate it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forget: Vec<Address>,
+    /// How the etcd members among the changes are changed, one at a time (none when the
+    /// plan changes no etcd member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdPlan>,
+}
+
+/// How changes to the central machines (the etcd members) are applied:
+/// `[central] update`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdatePolicy {
+    /// One member at a time, each step gated on the cluster's health.
+    #[default]
+    Rolling,
+    /// Members whose config is stale are listed and left alone; `--replace` replaces one.
+    Manual,
+    /// Every member at once: the cluster and its data are lost (`--allow-data-loss`).
+    AllAtOnce,
+}
+
+impl UpdatePolicy {
+    /// Its name in `[central] update`.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdatePolicy::Rolling => "rolling",
+            UpdatePolicy::Manual => "manual",
+            UpdatePolicy::AllAtOnce => "all-at-once",
+        }
+    }
+
+    /// The policy called `name`.
+    pub fn from_name(name: &str) -> Option<UpdatePolicy> {
+        Some(match name {
+            "rolling" => UpdatePolicy::Rolling,
+            "manual" => UpdatePolicy::Manual,
+            "all-at-once" => UpdatePolicy::AllAtOnce,
+            _ => return None,
+        })
+    }
+}
+
+/// What one membership step does to the etcd cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A new member joins the running cluster: `MemberAdd` (as a learner), the machine
+    /// is created and boots with `--initial-cluster-state=existing`, then it is promoted.
+    Join,
+    /// A member leaves: `MemberRemove`, then its machine is deleted.
+    Leave,
+    /// A member is replaced: it leaves, its machine is made again with the same name
+    /// and address, and it joins again.
+    Replace,
+    /// A member's machine is changed in place; the cluster is checked before and after.
+    Update,
+    /// A member that joined but was never promoted (a run stopped): promote it.
+    Promote,
+    /// A member that no central machine accounts for (left by a stopped run): removed.
+    RemoveStray,
+}
+
+impl StepKind {
+    /// The lower-case name used in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Join => "join",
+            StepKind::Leave => "leave",
+            StepKind::Replace => "replace",
+            StepKind::Update => "update",
+            StepKind::Promote => "promote",
+            StepKind::RemoveStray => "remove-stray",
+        }
+    }
+}
+
+/// One step of a membership change; steps run one after the other, each only once the
+/// cluster is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStep {
+    /// The central machine (for a stray member: the one whose address it has, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    /// The member's name (`--name`).
+    pub name: String,
+    /// Its peer URL, by which it is found in the member list.
+    pub peer_url: String,
+    /// What the step does.
+    pub kind: StepKind,
+    /// 1-based position among the plan's steps of the same kind.
+    pub position: usize,
+    /// How many steps of this kind the plan has.
+    pub of: usize,
+    /// Voting members before the step.
+    pub voters_before: usize,
+    /// The fewest voting members there are during the step.
+    pub voters_min: usize,
+    /// Voting members after the step.
+    pub voters_after: usize,
+    /// What a stopped earlier run already did of this step (`already added`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+}
+
+/// The etcd side of a plan: the member changes in the order they run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdPlan {
+    /// `[central] update`.
+    pub update: UpdatePolicy,
+    /// The membership calls are made (false when the provider runs no machines, as the
+    /// plain `sim`: the steps then only order the changes).
+    pub live: bool,
+    /// The client URLs the calls go to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// `[central] etcd_via`: the SSH tunnel the calls go through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The cluster is being formed: every member is created at once with
+    /// `--initial-cluster-state=new` (no membership call).
+    pub bootstrap: bool,
+    /// Voting members before the plan.
+    pub voters: usize,
+    /// The steps, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<MemberStep>,
+    /// `update = "manual"`: members whose config is stale, left as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<Address>,
+    /// Op ids of unfinished membership changes of earlier runs (open journal entries)
+    /// that this plan finishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolves: Vec<String>,
+    /// What this plan loses, when `--allow-data-loss` allowed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_loss: Vec<String>,
+    /// Notes for the plan's reader (the member list could not be read...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl EtcdPlan {
+    /// The step that changes the machine at `address`, if any.
+    pub fn step_for(&self, address: &Address) -> Option<&MemberStep> {
+        self.steps
+            .iter()
+            .find(|s| s.address.as_ref() == Some(address))
+    }
 }
 
 /// Counts for `Plan: X to add, Y to change, Z to destroy.`
@@ -182,6 +333,11 @@ impl Plan {
 
     /// True when applying would change nothing.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.forget.is_empty()
+        self.changes.is_empty()
+            && self.forget.is_empty()
+            && self
+                .etcd
+                .as_ref()
+                .is_none_or(|e| e.steps.is_empty() && e.resolves.is_empty())
     }
 }

@@ -1,25 +1,31 @@
 //! Apply: turn a plan into operations (create, update, delete; a replace is a delete
-//! then a create), order them (creates follow dependencies, deletes run in reverse),
-//! and walk them in parallel. Each provider mutation is journaled durably before it
-//! starts and recorded with the journal closed the moment it ends.
+//! then a create), order them (creates follow dependencies, deletes run in reverse; the
+//! changes of etcd members one step at a time, each with its membership calls), and
+//! walk them in parallel. Each provider mutation and membership change is journaled
+//! durably before it starts and recorded with the journal closed the moment it ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use clusterform_core::{Action, Address, Change, Plan, ResourceState, Value};
+use clusterform_core::{
+    Action, Address, Change, EtcdPlan, MemberStep, Plan, ResourceState, StepKind, Value,
+};
+use clusterform_etcd::EtcdAdmin;
 use clusterform_provider::{CreateRequest, DeleteRequest, Ownership, ProviderError, UpdateRequest};
 use clusterform_state::{JournalEntry, Mutation, StateStore};
 use serde::Serialize;
 
 use crate::commit::Committer;
+use crate::day2::{ETCD_JOURNAL, ETCD_KIND, identity};
+use crate::members::{MemberOp, MemberWaits, Slot, layout};
 use crate::plan::is_protected;
 use crate::walk::{NodeResult, longest_chain, walk};
 use crate::{ClusterInfo, EngineError, Providers, RetryPolicy};
 
 /// How to apply.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApplyOptions {
     /// Operations in flight at most.
     pub parallelism: usize,
@@ -27,6 +33,23 @@ pub struct ApplyOptions {
     pub retry: RetryPolicy,
     /// Set to true to start no new operation (Ctrl-C); those in flight finish.
     pub stop: Arc<AtomicBool>,
+    /// The etcd cluster the plan's membership steps change (needed when the plan's
+    /// etcd section is live).
+    pub etcd: Option<Arc<dyn EtcdAdmin>>,
+    /// How long membership steps wait for members to join and the cluster to heal.
+    pub waits: MemberWaits,
+}
+
+impl std::fmt::Debug for ApplyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("parallelism", &self.parallelism)
+            .field("retry", &self.retry)
+            .field("stop", &self.stop)
+            .field("etcd", &self.etcd.as_ref().map(|e| e.endpoints()))
+            .field("waits", &self.waits)
+            .finish()
+    }
 }
 
 impl Default for ApplyOptions {
@@ -35,6 +58,8 @@ impl Default for ApplyOptions {
             parallelism: 64,
             retry: RetryPolicy::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            etcd: None,
+            waits: MemberWaits::default(),
         }
     }
 }
@@ -75,6 +100,31 @@ pub enum Event {
         address: Address,
         /// The operation.
         action: Action,
+        /// Why.
+        error: String,
+    },
+    /// A membership call (or health wait) of an etcd member started.
+    MemberStarted {
+        /// The member's machine, or `etcd-member.<name>` for a member without one.
+        address: Address,
+        /// What it does (`Removing from etcd...`).
+        what: &'static str,
+    },
+    /// A membership call finished.
+    MemberFinished {
+        /// The member's machine.
+        address: Address,
+        /// What it did (`Removed from etcd`).
+        what: &'static str,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A membership call failed; the journal keeps it for the next run.
+    MemberFailed {
+        /// The member's machine.
+        address: Address,
+        /// What it was doing.
+        what: &'static str,
         /// Why.
         error: String,
     },
@@ -119,6 +169,10 @@ pub struct ApplyReport {
     /// The first error writing the state during the walk (disk full, ...), if any: the
     /// operations it hit are kept in the journal for the next run to adopt.
     pub state_error: Option<String>,
+    /// Membership steps that change no machine (promote a learner, remove a stray
+    /// member) and how they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<(String, StepKind, Outcome)>,
 }
 
 impl ApplyReport {
@@ -137,6 +191,7 @@ impl ApplyReport {
     /// True when every change was applied.
     pub fn success(&self) -> bool {
         self.outcomes.iter().all(|(_, _, o)| *o == Outcome::Done)
+            && self.members.iter().all(|(_, _, o)| *o == Outcome::Done)
     }
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.outcomes.iter().filter(|(_, _, o)| f(o)).count()
@@ -147,33 +202,51 @@ impl ApplyReport {
 enum Phase {
     Destroy,
     Apply,
+    Member(MemberOp),
 }
 
-/// The operations of a plan and their order: (change index, phase) and, per node, the
-/// nodes that must finish first.
+/// One operation of the walk: a provider operation on a change's object, or a
+/// membership node of an etcd step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Node {
+    /// The change (provider operations, and membership nodes of a machine's step).
+    change: Option<usize>,
+    /// The etcd step (membership nodes, and the provider operations of a member).
+    step: Option<usize>,
+    phase: Phase,
+}
+
+/// The operations of a plan and their order: per node, the nodes that must finish
+/// first.
 struct Schedule {
-    nodes: Vec<(usize, Phase)>,
+    nodes: Vec<Node>,
     deps: Vec<Vec<usize>>,
 }
 
-fn schedule(changes: &[Change]) -> Schedule {
+fn schedule(changes: &[Change], etcd: Option<&EtcdPlan>) -> Schedule {
     let mut nodes = Vec::new();
     let mut apply_node: HashMap<&Address, usize> = HashMap::new();
     let mut destroy_node: HashMap<&Address, usize> = HashMap::new();
     for (ci, c) in changes.iter().enumerate() {
+        let node = |phase| Node {
+            change: Some(ci),
+            step: None,
+            phase,
+        };
         if matches!(c.action, Action::Delete | Action::Replace) {
             destroy_node.insert(&c.address, nodes.len());
-            nodes.push((ci, Phase::Destroy));
+            nodes.push(node(Phase::Destroy));
         }
         if matches!(c.action, Action::Create | Action::Update | Action::Replace) {
             apply_node.insert(&c.address, nodes.len());
-            nodes.push((ci, Phase::Apply));
+            nodes.push(node(Phase::Apply));
         }
     }
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (n, &(ci, phase)) in nodes.iter().enumerate() {
+    for (n, node) in nodes.iter().enumerate() {
+        let Some(ci) = node.change else { continue };
         let c = &changes[ci];
-        match phase {
+        match node.phase {
             Phase::Apply => {
                 for d in &c.depends_on {
                     if let Some(&dn) = apply_node.get(d) {
@@ -192,22 +265,106 @@ fn schedule(changes: &[Change]) -> Schedule {
                     }
                 }
             }
+            Phase::Member(_) => {}
+        }
+    }
+
+    // etcd members: one step after the other, each step's nodes in sequence.
+    if let Some(e) = etcd.filter(|e| !e.bootstrap) {
+        let change_of: HashMap<&Address, usize> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (&c.address, i))
+            .collect();
+        let mut last: Option<usize> = None;
+        for (k, step) in e.steps.iter().enumerate() {
+            let ci = step
+                .address
+                .as_ref()
+                .and_then(|a| change_of.get(a))
+                .copied();
+            for slot in layout(step.kind) {
+                let n = match *slot {
+                    Slot::Op(op) if e.live => {
+                        nodes.push(Node {
+                            change: ci,
+                            step: Some(k),
+                            phase: Phase::Member(op),
+                        });
+                        deps.push(Vec::new());
+                        nodes.len() - 1
+                    }
+                    Slot::Op(_) => continue,
+                    Slot::Destroy => {
+                        match step.address.as_ref().and_then(|a| destroy_node.get(a)) {
+                            Some(&n) => n,
+                            None => continue,
+                        }
+                    }
+                    Slot::Apply => match step.address.as_ref().and_then(|a| apply_node.get(a)) {
+                        Some(&n) => n,
+                        None => continue,
+                    },
+                };
+                nodes[n].step = Some(k);
+                if let Some(prev) = last
+                    && !deps[n].contains(&prev)
+                {
+                    deps[n].push(prev);
+                }
+                last = Some(n);
+            }
         }
     }
     Schedule { nodes, deps }
 }
 
+/// True when the nodes' dependencies form no cycle.
+fn acyclic(deps: &[Vec<usize>]) -> bool {
+    let n = deps.len();
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    done == n
+}
+
 /// Operations on the plan's longest dependency chain: with unlimited parallelism and
 /// every operation taking time t, an apply cannot end before `critical_path(plan) * t`.
 pub fn critical_path(plan: &Plan) -> usize {
-    longest_chain(&schedule(&plan.changes).deps)
+    longest_chain(&schedule(&plan.changes, plan.etcd.as_ref()).deps)
 }
 
 struct Ctx {
     changes: Vec<Change>,
-    nodes: Vec<(usize, Phase)>,
-    /// The journal entry of each node, committed before the walk starts.
-    entries: Vec<JournalEntry>,
+    nodes: Vec<Node>,
+    /// The journal entry of each node that changes something, committed before the walk
+    /// starts.
+    entries: Vec<Option<JournalEntry>>,
+    /// The etcd steps.
+    steps: Vec<MemberStep>,
+    /// Membership calls are made.
+    etcd_live: bool,
+    etcd: Option<Arc<dyn EtcdAdmin>>,
+    waits: MemberWaits,
+    /// `--initial-cluster` of each joining member, from its `Add` node.
+    joins: Mutex<HashMap<Address, Vec<(String, String)>>>,
+    /// Member names by peer URL (for members the list shows as not started yet).
+    names: HashMap<String, String>,
     providers: Providers,
     cluster: ClusterInfo,
     committer: Committer,
@@ -242,18 +399,44 @@ pub async fn apply(
             .map_err(EngineError::Internal)?;
     }
 
-    let sched = schedule(&plan.changes);
+    let sched = schedule(&plan.changes, plan.etcd.as_ref());
+    if !acyclic(&sched.deps) {
+        return Err(EngineError::Order(
+            "the etcd member steps and the dependencies between resources cross".to_string(),
+        ));
+    }
+    let steps: Vec<MemberStep> = plan
+        .etcd
+        .as_ref()
+        .map(|e| e.steps.clone())
+        .unwrap_or_default();
+    let etcd_live = plan.etcd.as_ref().is_some_and(|e| e.live && !e.bootstrap);
+    if etcd_live && let Some(e) = &plan.etcd {
+        crate::members::preflight(e, options.etcd.as_deref()).await?;
+    }
     // Journal every operation before any starts: one durable commit instead of one per
     // dependency level. Entries of operations that never start are closed at the end;
     // after a crash the next run resolves them (there is nothing to find for those).
-    let entries: Vec<JournalEntry> = sched
+    let entries: Vec<Option<JournalEntry>> = sched
         .nodes
         .iter()
-        .map(|&(ci, phase)| journal_entry(&plan.changes[ci], phase))
+        .map(|node| match (node.phase, node.change, node.step) {
+            (Phase::Member(op), _, Some(k)) => op.mutates().then(|| member_entry(&steps[k], op)),
+            (Phase::Member(_), _, None) => None,
+            (phase, Some(ci), _) => Some(journal_entry(&plan.changes[ci], phase)),
+            (_, None, _) => None,
+        })
         .collect();
-    if !entries.is_empty() {
+    if entries.iter().any(Option::is_some) {
         serial = committer
-            .commit(entries.iter().cloned().map(Mutation::JournalOpen).collect())
+            .commit(
+                entries
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .map(Mutation::JournalOpen)
+                    .collect(),
+            )
             .await
             .map_err(|e| {
                 EngineError::Internal(format!(
@@ -265,10 +448,28 @@ pub async fn apply(
         .iter()
         .map(|(a, r)| (a.clone(), r.id.clone()))
         .collect();
+    let names = plan
+        .changes
+        .iter()
+        .filter_map(|c| c.after.as_ref().and_then(identity))
+        .chain(current.values().filter_map(|r| identity(&r.attrs)))
+        .flat_map(|id| {
+            id.peer_urls
+                .iter()
+                .map(|u| (u.clone(), id.name.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let ctx = Arc::new(Ctx {
         changes: plan.changes.clone(),
         nodes: sched.nodes.clone(),
         entries,
+        steps,
+        etcd_live,
+        etcd: options.etcd.clone(),
+        waits: options.waits,
+        joins: Mutex::new(HashMap::new()),
+        names,
         providers: providers.clone(),
         cluster: cluster.clone(),
         committer,
@@ -297,24 +498,42 @@ pub async fn apply(
     let elapsed = started.elapsed();
 
     // Operations that never started: nothing was done, close their entries.
-    let unstarted: Vec<Mutation> = results
+    let mut unstarted: Vec<Mutation> = results
         .iter()
         .enumerate()
         .filter(|(_, r)| matches!(r, NodeResult::Skipped(_) | NodeResult::Cancelled))
-        .map(|(n, _)| Mutation::JournalClose(ctx.entries[n].op_id.clone()))
+        .filter_map(|(n, _)| ctx.entries[n].as_ref())
+        .map(|e| Mutation::JournalClose(e.op_id.clone()))
         .collect();
+    // Every membership step done: the unfinished ones of earlier runs are finished too.
+    let members_done = results
+        .iter()
+        .zip(&sched.nodes)
+        .filter(|(_, node)| node.step.is_some())
+        .all(|(r, _)| *r == NodeResult::Done);
+    if members_done && let Some(e) = &plan.etcd {
+        unstarted.extend(e.resolves.iter().cloned().map(Mutation::JournalClose));
+    }
     if !unstarted.is_empty() {
         // If this fails the entries stay open and the next run clears them.
         let _ = ctx.commit(unstarted).await;
     }
 
-    // Fold node results into one outcome per change.
+    // Fold node results into one outcome per change (and per membership step that
+    // changes no machine).
     let mut per_change: Vec<Vec<(Phase, &NodeResult<String>)>> =
         vec![Vec::new(); plan.changes.len()];
+    let mut per_step: BTreeMap<usize, Vec<&NodeResult<String>>> = BTreeMap::new();
     for (n, r) in results.iter().enumerate() {
-        let (ci, phase) = sched.nodes[n];
-        per_change[ci].push((phase, r));
+        let node = sched.nodes[n];
+        match (node.change, node.step) {
+            (Some(ci), _) => per_change[ci].push((node.phase, r)),
+            (None, Some(k)) => per_step.entry(k).or_default().push(r),
+            (None, None) => {}
+        }
     }
+    let cause_of =
+        |n: usize| -> Address { node_address(&plan.changes, &ctx.steps, &sched.nodes[n]) };
     let mut report = ApplyReport {
         outcomes: Vec::with_capacity(plan.changes.len()),
         added: 0,
@@ -329,28 +548,58 @@ pub async fn apply(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        members: Vec::new(),
     };
-    for (ci, c) in plan.changes.iter().enumerate() {
+    let fold = |rs: &mut dyn Iterator<Item = &NodeResult<String>>| {
         let mut outcome = Outcome::Done;
-        for (phase, r) in &per_change[ci] {
+        for r in rs {
             match r {
-                NodeResult::Done => match (c.action, phase) {
-                    (Action::Update, _) => report.changed += 1,
-                    (_, Phase::Apply) => report.added += 1,
-                    (_, Phase::Destroy) => report.destroyed += 1,
-                },
                 NodeResult::Failed(e) => outcome = Outcome::Failed(e.clone()),
                 NodeResult::Skipped(cause) if outcome == Outcome::Done => {
-                    let (cause_ci, _) = sched.nodes[*cause];
-                    outcome = Outcome::Skipped(plan.changes[cause_ci].address.clone());
+                    outcome = Outcome::Skipped(cause_of(*cause));
                 }
                 NodeResult::Cancelled if outcome == Outcome::Done => outcome = Outcome::Cancelled,
                 _ => {}
             }
         }
+        outcome
+    };
+    for (ci, c) in plan.changes.iter().enumerate() {
+        for (phase, r) in &per_change[ci] {
+            if **r == NodeResult::Done {
+                match (c.action, phase) {
+                    (_, Phase::Member(_)) => {}
+                    (Action::Update, _) => report.changed += 1,
+                    (_, Phase::Apply) => report.added += 1,
+                    (_, Phase::Destroy) => report.destroyed += 1,
+                }
+            }
+        }
+        let outcome = fold(&mut per_change[ci].iter().map(|(_, r)| *r));
         report.outcomes.push((c.address.clone(), c.action, outcome));
     }
+    for (k, rs) in per_step {
+        let step = &ctx.steps[k];
+        let label = step
+            .address
+            .as_ref()
+            .map_or_else(|| step.name.clone(), ToString::to_string);
+        let outcome = fold(&mut rs.into_iter());
+        report.members.push((label, step.kind, outcome));
+    }
     Ok(report)
+}
+
+/// The address a node is about: its change's, or its etcd step's machine (for a member
+/// without one, `etcd-member.stray`).
+fn node_address(changes: &[Change], steps: &[MemberStep], node: &Node) -> Address {
+    if let Some(ci) = node.change {
+        return changes[ci].address.clone();
+    }
+    node.step
+        .and_then(|k| steps.get(k))
+        .and_then(|s| s.address.clone())
+        .unwrap_or_else(|| Address::new(ETCD_KIND, "stray"))
 }
 
 fn now_rfc3339() -> String {
@@ -363,6 +612,30 @@ fn node_action(action: Action, phase: Phase) -> Action {
         (_, Phase::Destroy) => Action::Delete,
         (Action::Update, Phase::Apply) => Action::Update,
         _ => Action::Create,
+    }
+}
+
+/// The journal entry of a membership call: provider `etcd`, kind `etcd-member`, the
+/// member's peer URL as the object id.
+fn member_entry(step: &MemberStep, op: MemberOp) -> JournalEntry {
+    let op_id = uuid::Uuid::new_v4().to_string();
+    JournalEntry {
+        idempotency_key: format!("cf-{op_id}"),
+        op_id,
+        address: step
+            .address
+            .clone()
+            .unwrap_or_else(|| Address::new(ETCD_KIND, "stray")),
+        action: match op {
+            MemberOp::Remove => Action::Delete,
+            MemberOp::Add => Action::Create,
+            _ => Action::Update,
+        },
+        provider: ETCD_JOURNAL.to_string(),
+        kind: ETCD_KIND.to_string(),
+        object_id: Some(step.peer_url.clone()),
+        dependencies: Vec::new(),
+        started_at: now_rfc3339(),
     }
 }
 
@@ -386,9 +659,84 @@ fn journal_entry(c: &Change, phase: Phase) -> JournalEntry {
 }
 
 async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
-    let (ci, _) = ctx.nodes[n];
+    let node = ctx.nodes[n];
+    match (node.phase, node.change) {
+        (Phase::Member(op), _) => run_member(ctx, n, op).await,
+        (_, Some(ci)) => run_provider(ctx, n, ci).await,
+        (_, None) => Ok(()),
+    }
+}
+
+/// A membership node: its call through etcd's API; the journal entry is closed when it
+/// succeeds and kept when it fails (the next plan reads the member list).
+async fn run_member(ctx: &Ctx, n: usize, op: MemberOp) -> Result<(), String> {
+    let node = ctx.nodes[n];
+    let Some(step) = node.step.and_then(|k| ctx.steps.get(k)) else {
+        return Ok(());
+    };
+    let address = node_address(&ctx.changes, &ctx.steps, &node);
+    let (doing, done) = op.verbs();
+    (ctx.observer)(Event::MemberStarted {
+        address: address.clone(),
+        what: doing,
+    });
+    let started = Instant::now();
+    let Some(etcd) = ctx.etcd.as_deref() else {
+        let error = "no etcd client for a live membership step".to_string();
+        (ctx.observer)(Event::MemberFailed {
+            address,
+            what: doing,
+            error: error.clone(),
+        });
+        return Err(error);
+    };
+    // A replacement removes the old member, whose peer URL the old config names.
+    let old_peer_url = node
+        .change
+        .and_then(|ci| ctx.changes[ci].before.as_ref())
+        .and_then(identity)
+        .and_then(|id| id.peer_urls.first().cloned());
+    let names = |url: &str| ctx.names.get(url).cloned();
+    let result =
+        crate::members::perform(op, etcd, step, old_peer_url.as_deref(), &names, &ctx.waits).await;
+    match result {
+        Ok(cluster) => {
+            if let (Some(list), Some(a)) = (cluster, &step.address) {
+                ctx.joins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(a.clone(), list);
+            }
+            if let Some(e) = &ctx.entries[n] {
+                // If this commit fails the entry stays open and the next run reads the
+                // member list again.
+                let _ = ctx
+                    .commit(vec![Mutation::JournalClose(e.op_id.clone())])
+                    .await;
+            }
+            (ctx.observer)(Event::MemberFinished {
+                address,
+                what: done,
+                elapsed: started.elapsed(),
+            });
+            Ok(())
+        }
+        Err(error) => {
+            (ctx.observer)(Event::MemberFailed {
+                address,
+                what: doing,
+                error: error.clone(),
+            });
+            Err(error)
+        }
+    }
+}
+
+async fn run_provider(ctx: &Ctx, n: usize, ci: usize) -> Result<(), String> {
     let c = &ctx.changes[ci];
-    let entry = &ctx.entries[n];
+    let Some(entry) = ctx.entries[n].as_ref() else {
+        return Err(format!("`{}` has no journal entry", c.address));
+    };
     let provider = ctx
         .providers
         .get(&c.provider)
@@ -448,7 +796,8 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
                 .map(|obj| ctx.record(c, obj))
         }
         _ => {
-            let attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let mut attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            ctx.join_config(n, c, &mut attrs)?;
             let now = SystemTime::now();
             let expires_at = ctx
                 .cluster
@@ -518,6 +867,39 @@ async fn run(ctx: &Ctx, n: usize) -> Result<(), String> {
 }
 
 impl Ctx {
+    /// A member that joins a running cluster boots with the member list its `Add` node
+    /// got (`--initial-cluster`, `--initial-cluster-state=existing`).
+    fn join_config(
+        &self,
+        n: usize,
+        c: &Change,
+        attrs: &mut BTreeMap<String, Value>,
+    ) -> Result<(), String> {
+        let Some(step) = self.nodes[n].step.and_then(|k| self.steps.get(k)) else {
+            return Ok(());
+        };
+        if !self.etcd_live || !matches!(step.kind, StepKind::Join | StepKind::Replace) {
+            return Ok(());
+        }
+        let cluster = self
+            .joins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&c.address)
+            .cloned()
+            .ok_or_else(|| format!("`{}` was not added to etcd before it is made", c.address))?;
+        let Some(Value::String(ud)) = attrs.get("user_data") else {
+            return Err(format!(
+                "`{}` has no config to boot the member with",
+                c.address
+            ));
+        };
+        let joined = clusterform_ignition::etcd::join_existing(ud, &cluster)
+            .map_err(|e| format!("`{}`: {e}", c.address))?;
+        attrs.insert("user_data".to_string(), Value::String(joined));
+        Ok(())
+    }
+
     /// True once a state write has failed.
     fn state_failed(&self) -> bool {
         self.state_error
@@ -608,7 +990,7 @@ mod tests {
             ),
             change("network.main", Action::Delete, &[], &[]),
         ];
-        let s = schedule(&changes);
+        let s = schedule(&changes, None);
         // One node per delete, in change order.
         assert_eq!(s.deps[0], vec![1], "etcd machine waits for the worker");
         assert_eq!(s.deps[1], Vec::<usize>::new(), "the worker goes first");
@@ -624,8 +1006,13 @@ mod tests {
             change("machine.m", Action::Replace, &["network.n"], &["network.n"]),
             change("network.n", Action::Replace, &[], &[]),
         ];
-        let s = schedule(&changes);
-        let find = |ci: usize, p: Phase| s.nodes.iter().position(|&x| x == (ci, p)).expect("node");
+        let s = schedule(&changes, None);
+        let find = |ci: usize, p: Phase| {
+            s.nodes
+                .iter()
+                .position(|x| x.change == Some(ci) && x.phase == p)
+                .expect("node")
+        };
         let (dm, cm, dn, cn) = (
             find(0, Phase::Destroy),
             find(0, Phase::Apply),

@@ -115,12 +115,30 @@ pub struct DriftReport {
     pub unfinished_operations: Vec<Unfinished>,
     /// Provider read calls made.
     pub provider_calls: usize,
+    /// The etcd member list compared with the central machines in the state (None when
+    /// the state has no etcd member or no etcd runs).
+    pub etcd: Option<EtcdCheck>,
+}
+
+/// The etcd part of a drift check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EtcdCheck {
+    /// The member list was read.
+    pub checked: bool,
+    /// Why it could not be read (not drift: the check reports it apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How it disagrees with the state.
+    #[serde(flatten)]
+    pub drift: crate::day2::MemberDrift,
 }
 
 impl DriftReport {
-    /// True when something changed outside clusterform.
+    /// True when something changed outside clusterform (objects, or the etcd member
+    /// list).
     pub fn drifted(&self) -> bool {
         !(self.missing.is_empty() && self.changed.is_empty() && self.unmanaged.is_empty())
+            || self.etcd.as_ref().is_some_and(|e| e.drift.drifted())
     }
 }
 
@@ -269,6 +287,7 @@ pub async fn check(
         .collect();
 
     Ok(DriftReport {
+        etcd: None,
         cluster: cluster.to_string(),
         state_serial: snapshot.serial,
         resources: snapshot.resources.len(),

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use clusterform_core::diff::{RefValue, diff_delete, diff_resource};
+use clusterform_core::diff::{RefValue, diff_delete, diff_resource_with, replacement};
 use clusterform_core::{Action, Address, Change, Plan, Resource, ResourceGraph};
 
+use crate::day2::BootstrapFlags;
 use crate::{EngineError, Readers, Refreshed};
 
 /// Plan the changes that make the providers match `desired`.
@@ -18,6 +19,33 @@ pub fn plan(
     providers: &Readers,
     state_lineage: Option<String>,
     state_serial: u64,
+) -> Result<Plan, EngineError> {
+    plan_replacing(
+        cluster,
+        desired,
+        graph,
+        refreshed,
+        providers,
+        state_lineage,
+        state_serial,
+        &BTreeMap::new(),
+    )
+}
+
+/// [`plan`], replacing the objects at the addresses of `replace` whatever their
+/// attributes (`--replace`), each with the reason given. Values are compared with
+/// [`BootstrapFlags`]: an etcd member whose config differs only in bootstrap-only flags
+/// is not changed.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_replacing(
+    cluster: &str,
+    desired: &[Resource],
+    graph: &ResourceGraph,
+    refreshed: &Refreshed,
+    providers: &Readers,
+    state_lineage: Option<String>,
+    state_serial: u64,
+    replace: &BTreeMap<Address, String>,
 ) -> Result<Plan, EngineError> {
     let by_addr: HashMap<&Address, &Resource> = desired.iter().map(|r| (&r.address, r)).collect();
     let mut actions: HashMap<&Address, Action> = HashMap::with_capacity(desired.len());
@@ -47,7 +75,13 @@ pub fn plan(
             };
             refs.insert(attr.clone(), v);
         }
-        let change = diff_resource(r, refreshed.resources.get(addr), schema, &refs);
+        let current = refreshed.resources.get(addr);
+        let mut change = diff_resource_with(r, current, schema, &refs, &BootstrapFlags);
+        if let (Some(reason), Some(cur)) = (replace.get(addr), current)
+            && matches!(change.action, Action::NoOp | Action::Update)
+        {
+            change = replacement(r, cur, schema, &refs, reason.clone());
+        }
         actions.insert(addr, change.action);
         if change.action == Action::NoOp {
             unchanged += 1;
@@ -79,6 +113,7 @@ pub fn plan(
         unchanged,
         drift: refreshed.drift.clone(),
         forget,
+        etcd: None,
     })
 }
 
@@ -124,6 +159,7 @@ pub fn plan_destroy(
             .filter(|d| d.deleted)
             .map(|d| d.address.clone())
             .collect(),
+        etcd: None,
     }
 }
 

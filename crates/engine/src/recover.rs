@@ -4,6 +4,8 @@
 //! recorded, and the entries are closed, all in one commit. Lookups are batched: one
 //! `list_cluster` per provider for creates (matched by idempotency key) and one
 //! `read_batch` per provider for deletes and updates, however many entries are open.
+//! Entries of etcd membership calls are left open: the plan reads the member list and
+//! finishes what they started.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +28,9 @@ pub enum Resolution {
     NotDone,
     /// An update whose outcome refresh will read.
     Refresh,
+    /// A change of the etcd member list: left open for the plan, which reads the member
+    /// list and finishes it.
+    Membership,
 }
 
 /// What recovery did with one open journal entry.
@@ -54,7 +59,11 @@ pub async fn recover(
         source,
     };
     let mut by_provider: BTreeMap<&str, Vec<&JournalEntry>> = BTreeMap::new();
-    for e in &snapshot.journal {
+    for e in snapshot
+        .journal
+        .iter()
+        .filter(|e| e.provider != crate::day2::ETCD_JOURNAL)
+    {
         by_provider.entry(e.provider.as_str()).or_default().push(e);
     }
 
@@ -113,6 +122,14 @@ pub async fn recover(
     let mut mutations = Vec::new();
     let mut notes = Vec::new();
     for e in ordered {
+        if e.provider == crate::day2::ETCD_JOURNAL {
+            notes.push(Recovery {
+                address: e.address.clone(),
+                action: e.action,
+                resolution: Resolution::Membership,
+            });
+            continue;
+        }
         let resolution = match e.action {
             Action::Delete => {
                 if read_now.get(e.op_id.as_str()).is_some_and(|o| o.is_some()) {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use clusterform_core::{Address, AttrSchema, AttrType, KindSchema, ProviderSchema, Value};
@@ -24,6 +25,7 @@ pub struct FakeProvider {
     schema: ProviderSchema,
     inner: Mutex<Inner>,
     fail: Mutex<BTreeSet<Address>>,
+    runs_machines: AtomicBool,
 }
 
 impl Default for FakeProvider {
@@ -51,6 +53,8 @@ impl FakeProvider {
                 AttrSchema::optional("zone", AttrType::String, "").force_new(),
                 AttrSchema::optional("network", AttrType::Reference, "").force_new(),
                 AttrSchema::optional_computed("address", AttrType::String, "").force_new(),
+                AttrSchema::optional("name", AttrType::String, "").force_new(),
+                AttrSchema::optional("user_data", AttrType::String, "").force_new(),
             ],
         };
         FakeProvider {
@@ -60,7 +64,13 @@ impl FakeProvider {
             },
             inner: Mutex::new(Inner::default()),
             fail: Mutex::new(BTreeSet::new()),
+            runs_machines: AtomicBool::new(false),
         }
+    }
+
+    /// Say whether its machines "boot" (see [`Reader::runs_machines`]; default false).
+    pub fn set_runs_machines(&self, runs: bool) {
+        self.runs_machines.store(runs, Ordering::SeqCst);
     }
 
     /// Make every create/update/delete of `address` fail permanently.
@@ -122,6 +132,9 @@ impl Reader for FakeProvider {
     }
     fn max_batch(&self) -> usize {
         100
+    }
+    fn runs_machines(&self) -> bool {
+        self.runs_machines.load(Ordering::SeqCst)
     }
     async fn read(&self, req: &ReadRequest) -> Result<Option<Object>> {
         self.count("read");

@@ -228,6 +228,14 @@ pub trait Reader: Send + Sync {
         1
     }
 
+    /// True when the machines it makes really boot their configs, so that what they run
+    /// (the etcd members) can be reached and must be changed through etcd's membership
+    /// API. False for the plain `sim` and for emulators (moto, libvirt's test driver):
+    /// their machines run nothing, and nothing is called on them.
+    fn runs_machines(&self) -> bool {
+        true
+    }
+
     /// Refresh one object: `Ok(None)` when it no longer exists.
     async fn read(&self, req: &ReadRequest) -> Result<Option<Object>>;
 

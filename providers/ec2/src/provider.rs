@@ -180,6 +180,10 @@ impl Reader for Ec2Provider {
         MAX_BATCH
     }
 
+    fn runs_machines(&self) -> bool {
+        !self.settings.is_local_emulator()
+    }
+
     async fn read(&self, req: &ReadRequest) -> Result<Option<Object>> {
         self.read_batch(std::slice::from_ref(req))
             .await

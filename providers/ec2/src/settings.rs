@@ -96,6 +96,27 @@ impl Ec2Settings {
         Ok(s)
     }
 
+    /// True when `endpoint` is an emulator on this machine (a loopback host: moto):
+    /// its instances never boot, so nothing on them (etcd) is ever called.
+    pub fn is_local_emulator(&self) -> bool {
+        let Some(e) = &self.endpoint else {
+            return false;
+        };
+        let rest = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
+            .unwrap_or(e);
+        let host_port = rest.split('/').next().unwrap_or_default();
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Check values serde accepts but EC2 would not.
     pub fn check(&self) -> Result<(), ProviderError> {
         if let Some(r) = &self.region
@@ -240,6 +261,29 @@ mod tests {
         match parse(v.clone()) {
             Err(ProviderError::Config(m)) => m,
             other => panic!("{v}: expected a settings error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_loopback_endpoint_is_an_emulator() {
+        let with = |e: Option<&str>| Ec2Settings {
+            endpoint: e.map(str::to_string),
+            ..Ec2Settings::default()
+        };
+        for e in [
+            "http://127.0.0.1:5000",
+            "http://localhost:5000/",
+            "https://[::1]:443",
+            "http://127.9.9.9",
+        ] {
+            assert!(with(Some(e)).is_local_emulator(), "{e}");
+        }
+        for e in [
+            Some("https://ec2.eu-west-1.amazonaws.com"),
+            Some("http://10.0.0.5:5000"),
+            None,
+        ] {
+            assert!(!with(e).is_local_emulator(), "{e:?}");
         }
     }
 

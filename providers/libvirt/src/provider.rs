@@ -122,6 +122,11 @@ impl Reader for LibvirtProvider {
         MAX_BATCH
     }
 
+    fn runs_machines(&self) -> bool {
+        // libvirt's test driver (`test:///...`) keeps domains in memory and boots nothing.
+        !self.backend.uri.starts_with("test:")
+    }
+
     async fn read(&self, req: &ReadRequest) -> Result<Option<Object>> {
         let mut out = self.read_batch(std::slice::from_ref(req)).await;
         out.pop().unwrap_or(Ok(None))

@@ -12,7 +12,9 @@ use clusterform_state::{Snapshot, StateStore};
 use miette::Result;
 
 use crate::args::{ApplyArgs, DestroyArgs, RunArgs};
-use crate::commands::plan::{Intent, check_protected, parse_targets, prepare, refresh_only_plan};
+use crate::commands::plan::{
+    Intent, check_protected, parse_addresses, parse_targets, prepare, refresh_only_plan,
+};
 use crate::context;
 use crate::planfile::PlanFile;
 use crate::{errors, progress, render};
@@ -37,7 +39,11 @@ pub async fn apply(a: ApplyArgs) -> Result<u8> {
     if a.refresh_only {
         return accept_drift(&a.file, a.auto_approve, &a.run).await;
     }
-    let intent = Intent::default();
+    let intent = Intent {
+        replace: parse_addresses("--replace", &a.replace)?,
+        allow_data_loss: a.allow_data_loss,
+        ..Intent::default()
+    };
     plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
 }
 
@@ -46,6 +52,7 @@ pub async fn destroy(a: DestroyArgs) -> Result<u8> {
     let intent = Intent {
         destroy: true,
         targets: parse_targets(&a.target)?,
+        ..Intent::default()
     };
     plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
 }
@@ -130,6 +137,7 @@ async fn plan_confirm_run(
         &ctx.cluster,
         run_args,
         destroy,
+        p.etcd.as_ref(),
     )
     .await
 }
@@ -171,10 +179,16 @@ async fn apply_saved(
     let plan = &pf.plan;
     // A plan made against an empty state has no lineage yet; the serial tells.
     let other_lineage = plan.state_lineage.is_some() && snapshot.lineage != plan.state_lineage;
-    if other_lineage || snapshot.serial != plan.state_serial || !snapshot.journal.is_empty() {
+    // Open entries of membership calls that the plan finishes are expected.
+    let resolves: &[String] = plan.etcd.as_ref().map_or(&[], |e| &e.resolves);
+    let unresolved = snapshot
+        .journal
+        .iter()
+        .any(|e| !resolves.contains(&e.op_id));
+    if other_lineage || snapshot.serial != plan.state_serial || unresolved {
         let why = if other_lineage {
             "it belongs to a different state (lineage differs)".to_string()
-        } else if !snapshot.journal.is_empty() {
+        } else if unresolved {
             "the state has unfinished operations to resolve first".to_string()
         } else {
             format!(
@@ -200,6 +214,14 @@ async fn apply_saved(
         expires_after: pf.expires_after_secs.map(std::time::Duration::from_secs),
         operator: Some(clusterform_state::operator()),
     };
+    // The plan's membership steps go to the etcd it names.
+    let access = match &plan.etcd {
+        Some(e) if e.live && !e.bootstrap => {
+            let set = saved_plan_members(plan, &snapshot);
+            Some(crate::etcd::connect(e.endpoints.clone(), e.via.as_deref(), &set).await?)
+        }
+        _ => None,
+    };
     let code = run(
         plan,
         &snapshot,
@@ -208,12 +230,32 @@ async fn apply_saved(
         &cluster,
         run_args,
         plan.destroy,
+        access.as_ref(),
     )
     .await;
     drop(guard);
     code
 }
 
+/// The etcd member machines of a saved plan: those of the state, and those it makes.
+fn saved_plan_members(plan: &Plan, snapshot: &Snapshot) -> clusterform_engine::day2::MemberSet {
+    let desired: Vec<clusterform_core::Resource> = plan
+        .changes
+        .iter()
+        .filter_map(|c| {
+            c.after.as_ref().map(|attrs| clusterform_core::Resource {
+                address: c.address.clone(),
+                provider: c.provider.clone(),
+                attrs: attrs.clone(),
+                refs: Default::default(),
+                depends_on: Vec::new(),
+            })
+        })
+        .collect();
+    clusterform_engine::day2::MemberSet::new(&desired, &snapshot.resources)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     plan: &Plan,
     snapshot: &Snapshot,
@@ -222,6 +264,7 @@ async fn run(
     cluster: &ClusterInfo,
     run_args: &RunArgs,
     destroy: bool,
+    etcd: Option<&crate::etcd::EtcdAccess>,
 ) -> Result<u8> {
     let stop = Arc::new(AtomicBool::new(false));
     let interrupts = {
@@ -248,6 +291,7 @@ async fn run(
     let options = ApplyOptions {
         parallelism: run_args.parallelism as usize,
         stop: stop.clone(),
+        etcd: etcd.map(|a| a.client.clone() as Arc<dyn clusterform_etcd::EtcdAdmin>),
         ..ApplyOptions::default()
     };
     let report = clusterform_engine::apply(

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::args::DriftArgs;
 use crate::context::{self, ReadContext, StateLocation};
 use crate::style::{bold, dim, green, red, yellow};
-use crate::{errors, render};
+use crate::{errors, etcd, render};
 
 /// The version of the JSON report (docs/DRIFT.md). Bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -67,6 +67,9 @@ impl Check {
             "pending_changes": r.pending_changes,
             "unfinished_operations": r.unfinished_operations,
         });
+        if let Some(e) = &r.etcd {
+            v["etcd"] = json!(e);
+        }
         if let Some(e) = event {
             v["event"] = json!(e);
         }
@@ -104,7 +107,7 @@ async fn check(ctx: &ReadContext) -> Result<Check> {
     let started = Instant::now();
     let at = SystemTime::now();
     let snapshot = ctx.store.load().map_err(errors::state)?;
-    let report = drift::check(
+    let mut report = drift::check(
         &ctx.readers,
         &snapshot,
         &ctx.model.resources,
@@ -114,10 +117,43 @@ async fn check(ctx: &ReadContext) -> Result<Check> {
     )
     .await
     .map_err(errors::engine)?;
+    report.etcd = etcd_check(ctx, &snapshot).await;
     Ok(Check {
         report,
         at,
         took: started.elapsed(),
+    })
+}
+
+/// Compare the etcd member list with the central machines in the state, read-only
+/// (through an `EtcdReader`); None when the state has no member or no etcd runs.
+async fn etcd_check(
+    ctx: &ReadContext,
+    snapshot: &clusterform_state::Snapshot,
+) -> Option<drift::EtcdCheck> {
+    use clusterform_engine::day2::{MemberSet, member_drift};
+    let set = MemberSet::new(&[], &snapshot.resources);
+    if set.current.is_empty() || !etcd::live(&ctx.model.etcd, &set, &ctx.readers) {
+        return None;
+    }
+    let endpoints = etcd::endpoints(&ctx.model.etcd, &set);
+    let failed = |error: String| drift::EtcdCheck {
+        checked: false,
+        error: Some(error),
+        drift: Default::default(),
+    };
+    let access = match etcd::connect(endpoints, ctx.model.etcd.via.as_deref(), &set).await {
+        Ok(a) => a,
+        Err(e) => return Some(failed(format!("{e}"))),
+    };
+    let reader: &dyn clusterform_etcd::EtcdReader = access.client.as_ref();
+    Some(match reader.members().await {
+        Ok(members) => drift::EtcdCheck {
+            checked: true,
+            error: None,
+            drift: member_drift(&set.current, &members),
+        },
+        Err(e) => failed(e.to_string()),
     })
 }
 
@@ -304,7 +340,7 @@ fn stopped(a: &DriftArgs, checks: u64, why: &str) -> u8 {
 
 /// Two reports name the same drift (whatever the time and duration of the check).
 fn same_drift(a: &Value, b: &Value) -> bool {
-    ["missing", "changed", "unmanaged"]
+    ["missing", "changed", "unmanaged", "etcd"]
         .iter()
         .all(|k| a.get(k) == b.get(k))
 }
@@ -367,6 +403,15 @@ fn text(c: &Check) -> String {
         c.took.as_secs_f64()
     );
     out.push_str(&details(r));
+    if r.etcd.as_ref().is_some_and(|e| e.drift.drifted()) {
+        let _ = writeln!(
+            out,
+            "{} the etcd member list disagrees with the central machines in the state: \
+             `clusterform plan` shows the steps that repair it (`clusterform etcd status` shows \
+             the members).",
+            bold(&red("Drift:")),
+        );
+    }
     if r.drifted() {
         let _ = writeln!(
             out,
@@ -391,6 +436,59 @@ fn text(c: &Check) -> String {
 /// The sections of a report that are not empty.
 fn details(r: &DriftReport) -> String {
     let mut out = String::new();
+    if let Some(e) = &r.etcd {
+        if let Some(err) = &e.error {
+            let _ = writeln!(
+                out,
+                "{} the etcd member list could not be read: {err}\n",
+                yellow("Note:")
+            );
+        }
+        let d = &e.drift;
+        if d.drifted() {
+            let _ = writeln!(
+                out,
+                "{}",
+                bold("etcd members that disagree with the state:")
+            );
+            let at = |m: &clusterform_engine::day2::MemberRef| {
+                m.address
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            };
+            for m in &d.missing {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: member `{}` ({}) is not in the cluster",
+                    red("-"),
+                    at(m),
+                    m.name,
+                    m.peer_url
+                );
+            }
+            for m in &d.learners {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: member `{}` is still a learner (never promoted)",
+                    yellow("~"),
+                    at(m),
+                    m.name
+                );
+            }
+            for m in &d.extra {
+                let _ = writeln!(
+                    out,
+                    "  {} member `{}` ({}, id {}) matches no central machine",
+                    yellow("+"),
+                    m.name,
+                    m.peer_url,
+                    m.id.clone().unwrap_or_default()
+                );
+            }
+            out.push('\n');
+        }
+    }
     if !r.missing.is_empty() {
         let _ = writeln!(out, "{}", bold("Deleted outside clusterform:"));
         for m in &r.missing {

@@ -2,6 +2,7 @@
 
 mod apply;
 mod drift;
+mod etcd;
 mod inspect;
 mod plan;
 mod reap;
@@ -32,5 +33,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Reap(a) => reap::reap(a).await,
         Command::Import { args, lock_timeout } => inspect::import(&args, lock_timeout).await,
         Command::Sim(s) => sim::run(s),
+        Command::Etcd(crate::args::EtcdCommand::Status { file, json }) => {
+            etcd::status(&file, json).await
+        }
     }
 }

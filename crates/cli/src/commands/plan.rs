@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use clusterform_core::{Address, Plan};
+use clusterform_engine::day2::{self, Day2Settings, MemberSet};
 use clusterform_engine::{Recovery, Refreshed, RetryPolicy};
 use clusterform_state::{LockGuard, Snapshot};
 use miette::Result;
@@ -18,6 +19,8 @@ const REFRESH_CONCURRENCY: usize = 16;
 
 /// Everything a run holds after planning.
 pub struct Prepared {
+    /// The connection to the cluster's etcd, when the plan changes its members.
+    pub etcd: Option<crate::etcd::EtcdAccess>,
     /// The state lock; released when dropped.
     pub _guard: Box<dyn LockGuard>,
     /// The state the plan was made against.
@@ -37,20 +40,51 @@ pub struct Intent {
     pub destroy: bool,
     /// `--target` addresses (destroy only).
     pub targets: Vec<Address>,
+    /// `--replace` addresses: replaced whatever their attributes.
+    pub replace: Vec<Address>,
+    /// `--allow-data-loss`: plans that lose the etcd data are not refused.
+    pub allow_data_loss: bool,
 }
 
 /// Parse `--target` values.
 pub fn parse_targets(raw: &[String]) -> Result<Vec<Address>> {
+    parse_addresses("--target", raw)
+}
+
+/// Parse the addresses given to `flag`.
+pub fn parse_addresses(flag: &str, raw: &[String]) -> Result<Vec<Address>> {
     raw.iter()
         .map(|t| {
             t.parse::<Address>().map_err(|e| {
                 errors::hint(
-                    format!("`--target {t}` is not a resource address: {e}"),
+                    format!("`{flag} {t}` is not a resource address: {e}"),
                     "write it like `machine.workers[2]`, or `machine.workers` for every instance",
                 )
             })
         })
         .collect()
+}
+
+/// The state's addresses `--replace` names (an address without an index names every
+/// instance), each with the reason shown in the plan.
+fn replace_requests(
+    replace: &[Address],
+    state: &std::collections::BTreeMap<Address, clusterform_core::ResourceState>,
+) -> Result<std::collections::BTreeMap<Address, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in replace {
+        let matching: Vec<&Address> = state.keys().filter(|a| r.names(a)).collect();
+        if matching.is_empty() {
+            return Err(errors::hint(
+                format!("`--replace {r}` selects nothing in the state"),
+                "replace what exists: see `clusterform state list`; a resource not made yet is simply created",
+            ));
+        }
+        for a in matching {
+            out.insert(a.clone(), "requested with --replace".to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Refuse a plan that deletes or replaces protected machines unless allowed.
@@ -119,34 +153,80 @@ pub async fn prepare(
         refreshed.calls,
         started.elapsed().as_secs_f64()
     );
-    let plan = if intent.destroy {
-        let all = clusterform_engine::plan_destroy(
-            &ctx.cluster.name,
-            &refreshed,
-            &readers,
-            snapshot.lineage.clone(),
-            snapshot.serial,
-        );
-        if intent.targets.is_empty() {
-            all
+    let mut replace = replace_requests(&intent.replace, &refreshed.resources)?;
+    let make_plan = |replace: &std::collections::BTreeMap<Address, String>| -> Result<Plan> {
+        if intent.destroy {
+            let all = clusterform_engine::plan_destroy(
+                &ctx.cluster.name,
+                &refreshed,
+                &readers,
+                snapshot.lineage.clone(),
+                snapshot.serial,
+            );
+            if intent.targets.is_empty() {
+                Ok(all)
+            } else {
+                clusterform_engine::restrict_to_targets(all, &intent.targets, &snapshot.resources)
+                    .map_err(errors::engine)
+            }
         } else {
-            clusterform_engine::restrict_to_targets(all, &intent.targets, &snapshot.resources)
-                .map_err(errors::engine)?
+            clusterform_engine::plan_replacing(
+                &ctx.cluster.name,
+                &ctx.model.resources,
+                &ctx.model.graph,
+                &refreshed,
+                &readers,
+                snapshot.lineage.clone(),
+                snapshot.serial,
+                replace,
+            )
+            .map_err(errors::engine)
         }
-    } else {
-        clusterform_engine::plan(
-            &ctx.cluster.name,
-            &ctx.model.resources,
-            &ctx.model.graph,
-            &refreshed,
-            &readers,
-            snapshot.lineage.clone(),
-            snapshot.serial,
-        )
-        .map_err(errors::engine)?
     };
+    let mut plan = make_plan(&replace)?;
+
+    // Day 2: changes of etcd members are made one at a time through etcd.
+    let desired: &[clusterform_core::Resource] = if intent.destroy {
+        &[]
+    } else {
+        &ctx.model.resources
+    };
+    let set = MemberSet::new(desired, &refreshed.resources);
+    let mut access = None;
+    if day2::involves_members(&plan, &set, &snapshot.journal) {
+        let settings = Day2Settings {
+            update: ctx.model.etcd.update,
+            allow_data_loss: intent.allow_data_loss,
+            endpoints: crate::etcd::endpoints(&ctx.model.etcd, &set),
+            via: ctx.model.etcd.via.clone(),
+        };
+        let live = crate::etcd::live(&ctx.model.etcd, &set, &readers);
+        let (membership, acc) =
+            crate::etcd::membership(live, &settings.endpoints, settings.via.as_deref(), &set).await;
+        access = acc;
+        if !intent.destroy {
+            let forced = day2::forced_replacements(&plan, &set, &membership, &settings);
+            if !forced.is_empty() {
+                for (a, why) in forced {
+                    replace.entry(a).or_insert(why);
+                }
+                plan = make_plan(&replace)?;
+            }
+        }
+        let requested: std::collections::BTreeSet<Address> = replace.keys().cloned().collect();
+        day2::plan_members(
+            &mut plan,
+            &set,
+            &membership,
+            &snapshot.journal,
+            &settings,
+            &requested,
+        )
+        .map_err(errors::engine)?;
+    }
     tracing::info!("planned ({:.3}s)", started.elapsed().as_secs_f64());
     Ok(Prepared {
+        etcd: access,
         _guard: guard,
         snapshot,
         plan,
@@ -161,6 +241,8 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
     let intent = Intent {
         destroy: a.destroy,
         targets: parse_targets(&a.target)?,
+        replace: parse_addresses("--replace", &a.replace)?,
+        allow_data_loss: a.allow_data_loss,
     };
     let p = prepare(&ctx, &intent, &a.run, "plan").await?;
     if a.refresh_only {
@@ -248,6 +330,7 @@ pub fn refresh_only_plan(p: &Prepared) -> Plan {
         unchanged: 0,
         destroy: false,
         drift: p.refreshed.drift.clone(),
+        etcd: None,
         ..p.plan.clone()
     }
 }

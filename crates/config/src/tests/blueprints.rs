@@ -454,26 +454,39 @@ fn central_services_expansion() {
 }
 
 #[test]
-fn workers_user_data_follows_the_central_set() {
+fn a_change_of_the_member_set_changes_no_running_machine() {
     let five = ok(CENTRAL);
     let three = ok(&CENTRAL.replace("count = 5", "count = 3"));
     assert_eq!(three.resources.len(), 1 + 3 + 4);
+    // The workers' proxies list every address a central machine can have (5 slots), so
+    // their config is the same whatever the member count.
     let w5 = attr(&five, "machine.workers[0]", "user_data");
     let w3 = attr(&three, "machine.workers[0]", "user_data");
-    assert_ne!(w5, w3, "the endpoints are in the workers' user_data");
+    assert_eq!(
+        w5, w3,
+        "the workers' config does not follow the member count"
+    );
+    for i in 0..5 {
+        assert!(
+            w3.as_str()
+                .unwrap()
+                .contains(&format!("http://10.0.1.{}:2379", 101 + i)),
+            "slot {i} is listed: {w3}"
+        );
+    }
     assert_eq!(
         attr(&five, "machine.workers[0]", "etcd_endpoints"),
         attr(&three, "machine.workers[0]", "etcd_endpoints"),
         "the local proxy's URL"
     );
-    assert!(
-        !w3.as_str().unwrap().contains("10.0.1.104"),
-        "a removed member is gone"
-    );
-    assert_ne!(
-        attr(&five, "machine.central[0]", "user_data"),
-        attr(&three, "machine.central[0]", "user_data"),
-        "the initial cluster changed"
+    // The members' configs differ only in bootstrap-only flags.
+    let c5 = attr(&five, "machine.central[0]", "user_data");
+    let c3 = attr(&three, "machine.central[0]", "user_data");
+    assert_ne!(c5, c3, "the initial cluster differs");
+    assert_eq!(
+        clusterform_ignition::etcd::bootstrap_neutral(c5.as_str().unwrap()),
+        clusterform_ignition::etcd::bootstrap_neutral(c3.as_str().unwrap()),
+        "only --initial-cluster differs"
     );
     // More workers change no existing machine.
     let more = ok(&CENTRAL.replace("count = 4", "count = 6"));
@@ -484,6 +497,25 @@ fn workers_user_data_follows_the_central_set() {
             "{a}"
         );
     }
+}
+
+#[test]
+fn proxy_slots_stop_at_the_end_of_the_network() {
+    // 10.0.1.96/29: hosts .97-.102, broadcast .103. From .99, four of the five slots
+    // fit: .99-.102.
+    let m = ok(&CENTRAL
+        .replace("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.1.96/29\"")
+        .replace(
+            "first_address = \"10.0.1.101\"",
+            "first_address = \"10.0.1.99\"",
+        )
+        .replace("count = 5", "count = 3"));
+    let w = attr(&m, "machine.workers[0]", "user_data");
+    let w = w.as_str().unwrap();
+    assert!(
+        w.contains("--endpoints=http://10.0.1.99:2379,http://10.0.1.100:2379,http://10.0.1.101:2379,http://10.0.1.102:2379 "),
+        "{w}"
+    );
 }
 
 #[test]
