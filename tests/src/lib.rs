@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod libvirt;
+pub mod live;
 
 use clusterform_provider::Object;
 use clusterform_provider_sim::SimCloud;
@@ -57,6 +58,19 @@ pub struct Run {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+}
+
+impl Run {
+    /// This run, after checking that `clusterform args...` exited `code` (the whole
+    /// output in the panic message otherwise).
+    pub fn expecting(self, args: &[&str], code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "clusterform {args:?} exited {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
 }
 
 impl From<Output> for Run {
@@ -128,13 +142,7 @@ impl World {
 
     /// Run and insist on exit code `code`.
     pub fn run_ok(&self, args: &[&str], code: i32) -> Run {
-        let r = self.run(args);
-        assert_eq!(
-            r.code, code,
-            "clusterform {args:?} exited {}\n--- stdout\n{}\n--- stderr\n{}",
-            r.code, r.stdout, r.stderr
-        );
-        r
+        self.run(args).expecting(args, code)
     }
 
     /// The sim cloud.

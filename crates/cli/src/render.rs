@@ -160,6 +160,10 @@ pub fn refresh_only(p: &Plan) -> String {
 pub fn plan(p: &Plan) -> String {
     let mut out = drift_note(p);
     if p.is_empty() {
+        // Members left stale (`update = "manual"`) are no change, but are worth saying.
+        if let Some(e) = &p.etcd {
+            etcd_section(&mut out, e);
+        }
         let _ = writeln!(
             out,
             "{} Your cluster matches the configuration; nothing to do.",

@@ -55,6 +55,9 @@ pub fn identity(attrs: &Attrs) -> Option<MemberIdentity> {
     attrs
         .get(USER_DATA)
         .and_then(Value::as_str)
+        // Most machines are workers: a substring search spares parsing their configs
+        // (a no-op plan of 10,000 workers would parse 20,000 of them).
+        .filter(|ud| ud.contains(clusterform_ignition::etcd::MEMBER_UNIT))
         .and_then(member_identity_json)
 }
 
