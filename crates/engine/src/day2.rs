@@ -374,15 +374,26 @@ pub fn plan_members(
     if !involves_members(plan, set, journal) {
         return Ok(());
     }
+    let resolves: Vec<String> = open_member_entries(journal)
+        .iter()
+        .map(|e| e.op_id.clone())
+        .collect();
+    if teardown(plan, set) {
+        // The cluster goes (`destroy`): nothing to call, and the unfinished membership
+        // changes of earlier runs end with it.
+        plan.etcd = Some(EtcdPlan {
+            update: settings.update,
+            resolves,
+            ..EtcdPlan::default()
+        });
+        return Ok(());
+    }
     let mut etcd = EtcdPlan {
         update: settings.update,
         live: membership.live(),
         endpoints: settings.endpoints.clone(),
         via: settings.via.clone(),
-        resolves: open_member_entries(journal)
-            .iter()
-            .map(|e| e.op_id.clone())
-            .collect(),
+        resolves,
         ..EtcdPlan::default()
     };
     let members: Option<&[Member]> = match membership {

@@ -518,3 +518,33 @@ fn drift_names_missing_extra_and_unpromoted_members() {
     assert_eq!(d.extra[0].name, "intruder");
     assert_eq!(d.extra[0].id.as_deref(), Some("0000000000000abc"));
 }
+
+#[test]
+fn a_teardown_after_a_stopped_run_calls_nothing_and_closes_its_entries() {
+    let (set3, _, _) = set(3, 0, "");
+    let entry = JournalEntry {
+        op_id: "op-9".into(),
+        address: a(1),
+        action: Action::Delete,
+        idempotency_key: "cf-op-9".into(),
+        provider: ETCD_JOURNAL.into(),
+        kind: ETCD_KIND.into(),
+        object_id: Some("http://10.0.1.102:2380".into()),
+        dependencies: vec![],
+        started_at: "2026-12-02T10:00:00Z".into(),
+    };
+    let mut p = plan_of((0..3).map(|i| change(a(i), Action::Delete)).collect());
+    p.destroy = true;
+    plan_members(
+        &mut p,
+        &set3,
+        &Membership::Unreachable("connection refused".into()),
+        std::slice::from_ref(&entry),
+        &settings(UpdatePolicy::Rolling),
+        &BTreeSet::new(),
+    )
+    .unwrap();
+    let e = p.etcd.as_ref().unwrap();
+    assert!(e.steps.is_empty() && !e.live, "{e:?}");
+    assert_eq!(e.resolves, vec!["op-9".to_string()]);
+}
