@@ -139,8 +139,8 @@ fn transient(e: &EtcdError) -> bool {
     }
 }
 
-/// Run a membership change, retrying while etcd says it is briefly unable (up to
-/// `waits.healthy`).
+/// Run a membership change, retrying while etcd says it is briefly unable, or its
+/// answer was lost (the caller takes "already done" for done), up to `waits.healthy`.
 async fn with_retry<T, F, Fut>(waits: &MemberWaits, mut f: F) -> Result<T, EtcdError>
 where
     F: FnMut() -> Fut,
@@ -149,13 +149,19 @@ where
     let deadline = Instant::now() + waits.healthy;
     loop {
         match f().await {
-            Err(e) if transient(&e) && Instant::now() < deadline => {
-                tracing::debug!("etcd is briefly unable ({e}); trying again");
+            Err(e) if retry_change(&e) && Instant::now() < deadline => {
+                tracing::debug!("etcd did not take the change ({e}); trying again");
                 tokio::time::sleep(waits.poll).await;
             }
             other => return other,
         }
     }
+}
+
+/// Worth making a membership change again: etcd was briefly unable, or the answer was
+/// lost (the change may have been made: the next attempt finds out).
+fn retry_change(e: &EtcdError) -> bool {
+    transient(e) || matches!(e, EtcdError::Unreachable { .. })
 }
 
 /// The member with this peer URL.
@@ -226,9 +232,13 @@ pub(crate) async fn perform(
             {
                 tracing::warn!("could not hand etcd leadership to {}: {e}", to.name);
             }
-            with_retry(waits, || etcd.remove_member(m.id))
-                .await
-                .map_err(|e| format!("removing {} from etcd: {e}", describe_member(&m)))?;
+            match with_retry(waits, || etcd.remove_member(m.id)).await {
+                Ok(_) => {}
+                // Removed already: an earlier attempt arrived and its answer was lost (a
+                // member being removed may go before it answers).
+                Err(EtcdError::Api { code: 5, .. }) => {}
+                Err(e) => return Err(format!("removing {} from etcd: {e}", describe_member(&m))),
+            }
             Ok(None)
         }
         MemberOp::Add => {
@@ -260,10 +270,20 @@ pub(crate) async fn perform(
                         .statuses
                         .values()
                         .all(|s| supports_learners(&s.version));
-                    let (_, after) = with_retry(waits, || etcd.add_member(&step.peer_url, learner))
-                        .await
-                        .map_err(|e| format!("adding {who} to etcd: {e}"))?;
-                    after
+                    match with_retry(waits, || etcd.add_member(&step.peer_url, learner)).await {
+                        Ok((_, after)) => after,
+                        // Added already: an earlier attempt arrived and its answer was lost.
+                        Err(e @ EtcdError::Api { .. })
+                            if e.to_string().contains("already exist") =>
+                        {
+                            let now = etcd.members().await.map_err(err)?;
+                            if find(&now, &step.peer_url).is_none() {
+                                return Err(format!("adding {who} to etcd: {e}"));
+                            }
+                            now
+                        }
+                        Err(e) => return Err(format!("adding {who} to etcd: {e}")),
+                    }
                 }
             };
             let mut cluster = Vec::with_capacity(list.len());
@@ -301,8 +321,15 @@ pub(crate) async fn perform(
                 if m.started() {
                     match etcd.promote_member(m.id).await {
                         Ok(_) => break,
-                        Err(e) if transient(&e) => {}
-                        Err(e) => return Err(format!("promoting {who}: {e}")),
+                        Err(e) if retry_change(&e) => {}
+                        Err(e) => {
+                            // A lost answer: the promotion went through after all.
+                            let now = etcd.members().await.map_err(err)?;
+                            if find(&now, &step.peer_url).is_some_and(|m| !m.is_learner) {
+                                break;
+                            }
+                            return Err(format!("promoting {who}: {e}"));
+                        }
                     }
                 }
                 if Instant::now() >= deadline {

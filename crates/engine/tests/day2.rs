@@ -529,3 +529,25 @@ async fn replacing_a_failed_member_is_allowed_past_the_gate() {
     assert_eq!(w.calls(), ["remove", "add", "promote"]);
     assert_eq!(w.voters(), (0..3).map(peer).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_removal_whose_answer_says_not_found_counts_as_done() {
+    // etcd answers "member not found" when an earlier attempt of the same removal got
+    // through and its answer was lost (the removed member may stop before it answers).
+    let w = World::running(3).await;
+    let (p, _) = w
+        .plan(&cluster(3, "-new"), UpdatePolicy::Rolling, false)
+        .await
+        .unwrap();
+    w.etcd.fail_next(
+        FakeMethod::RemoveMember,
+        EtcdError::Api {
+            endpoint: "http://10.0.1.102:2379".into(),
+            code: 5,
+            message: "etcdserver: member not found".into(),
+        },
+    );
+    let r = w.apply(&p).await;
+    assert!(r.success(), "{r:?}");
+    assert_eq!(w.voters(), (0..3).map(peer).collect::<Vec<_>>());
+}
