@@ -451,7 +451,8 @@ pub fn lost_writes(w: &LiveWorld, log: &[Write]) -> Vec<u64> {
 }
 
 /// Counts how many of the `expected` members (at 10.0.1.101 and up) are not up as
-/// voting members, about every 300 ms, until stopped; keeps the most at once.
+/// voting members, about every 300 ms, until stopped; keeps the most at once (a member
+/// counts as down when two looks in a row find it so).
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     worst: Arc<Mutex<(usize, usize)>>,
@@ -470,16 +471,21 @@ impl Monitor {
         let endpoints: Vec<String> = (0..expected)
             .map(|i| format!("http://10.0.1.{}:2379", 101 + i))
             .collect();
+        let all = endpoints.clone();
         let endpoints = endpoints.join(",");
         let thread = std::thread::spawn(move || {
+            // A member is down in a look when it does not answer as a voting member; it
+            // counts when it is down in two looks in a row, so that one slow answer on a
+            // loaded machine is not taken for a member down.
+            let mut previous: BTreeSet<String> = BTreeSet::new();
             while !s.load(Ordering::SeqCst) {
                 let out = Command::new("nsenter")
                     .arg(format!("--net=/run/netns/{hub}"))
                     .args(["--", "etcdctl"])
                     .arg(format!("--endpoints={endpoints}"))
                     .args([
-                        "--dial-timeout=500ms",
-                        "--command-timeout=1s",
+                        "--dial-timeout=1s",
+                        "--command-timeout=3s",
                         "endpoint",
                         "status",
                         "-w",
@@ -491,18 +497,21 @@ impl Monitor {
                     .output();
                 if let Ok(out) = out {
                     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                    let voters_up = v
+                    let up: BTreeSet<String> = v
                         .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter(|e| !e["Status"]["isLearner"].as_bool().unwrap_or(false))
-                                .count()
-                        })
-                        .unwrap_or(0);
-                    let down = expected.saturating_sub(voters_up);
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|e| !e["Status"]["isLearner"].as_bool().unwrap_or(false))
+                        .filter_map(|e| e["Endpoint"].as_str().map(str::to_string))
+                        .collect();
+                    let down: BTreeSet<String> =
+                        all.iter().filter(|e| !up.contains(*e)).cloned().collect();
+                    let confirmed = down.intersection(&previous).count();
                     let mut g = wo.lock().unwrap_or_else(|e| e.into_inner());
-                    g.0 = g.0.max(down);
+                    g.0 = g.0.max(confirmed);
                     g.1 += 1;
+                    previous = down;
                 }
                 std::thread::sleep(Duration::from_millis(300));
             }
