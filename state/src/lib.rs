@@ -4,6 +4,7 @@
 //! `.clusterform/` beside the cluster file. A shared backend (etcd) implements the same
 //! trait.
 
+mod identity;
 mod local;
 mod lock;
 mod mem;
@@ -20,7 +21,9 @@ use std::time::Duration;
 use clusterform_core::{Action, Address, ResourceState};
 use serde::{Deserialize, Serialize};
 
+pub use identity::Owned;
 pub use local::LocalStore;
+pub use local::{BACKUP_FILE, LINEAGE_FILE};
 pub use lock::operator;
 pub use mem::MemStore;
 
@@ -48,11 +51,24 @@ pub struct JournalEntry {
     pub started_at: String,
 }
 
+/// Which cluster a state belongs to, recorded in it: a state of another cluster (a
+/// copied state folder) is refused before anything is planned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// `[cluster] name`.
+    pub name: String,
+    /// The cluster file's name (`cluster.toml`), for messages.
+    pub file: String,
+}
+
 /// Everything the state holds, read in one consistent snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     /// Identity of this state's history; `None` until the first commit.
     pub lineage: Option<String>,
+    /// The cluster it belongs to; `None` for a new state or one made before it was
+    /// recorded.
+    pub identity: Option<ClusterIdentity>,
     /// Increases with every commit that changes resource records.
     pub serial: u64,
     /// One record per resource.
@@ -72,6 +88,8 @@ pub enum Mutation {
     JournalOpen(JournalEntry),
     /// Close (remove) the journal entry with this op id.
     JournalClose(String),
+    /// Record the cluster the state belongs to (keeps the serial).
+    SetIdentity(ClusterIdentity),
 }
 
 /// Who holds the lock.
@@ -143,6 +161,33 @@ pub enum StateError {
         id: String,
         /// The lock there is, if any.
         current: Option<Box<LockInfo>>,
+    },
+    /// The state file is missing or empty where there was one: a backup, a damaged
+    /// file set aside, or the lineage it had says so. Never a fresh start: that would make
+    /// every object again.
+    #[error(
+        "the state file `{path}` is {what}, but this folder had a state ({evidence}); clusterform will not start afresh over it: that would make every object a second time"
+    )]
+    Lost {
+        /// The state file.
+        path: String,
+        /// `missing` or `empty (0 bytes)`.
+        what: String,
+        /// What shows there was a state.
+        evidence: String,
+    },
+    /// The state records another cluster than the file's.
+    #[error(
+        "the state `{path}` belongs to the cluster `{}` (from `{}`), not to `{}` (from `{}`): it was made by another cluster file; clusterform will not plan `{}` against it",
+        .theirs.name, .theirs.file, .ours.name, .ours.file, .ours.name
+    )]
+    OtherCluster {
+        /// The store.
+        path: String,
+        /// The cluster it records.
+        theirs: Box<ClusterIdentity>,
+        /// The cluster of the file in use.
+        ours: Box<ClusterIdentity>,
     },
     /// The state file cannot be decoded.
     #[error("the state at `{path}` is corrupt: {detail}")]

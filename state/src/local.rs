@@ -14,13 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 use clusterform_core::{Address, ResourceState};
 use redb::{
     Builder, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, TableDefinition, TableError, TransactionError,
+    ReadableTable, ReadableTableMetadata, TableDefinition, TableError, TransactionError,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::lock::{self, LockPaths};
 use crate::{
-    HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot, StateError, StateStore,
+    ClusterIdentity, HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot,
+    StateError, StateStore,
 };
 
 /// `format_version` (u32, little endian), `lineage` (UTF-8 uuid), `serial` (u64, little endian).
@@ -35,6 +36,19 @@ const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const KEY_FORMAT_VERSION: &str = "format_version";
 const KEY_LINEAGE: &str = "lineage";
 const KEY_SERIAL: &str = "serial";
+/// JSON of [`ClusterIdentity`].
+const KEY_CLUSTER: &str = "cluster";
+
+/// The state file in the state folder.
+const DB_FILE: &str = "state.redb";
+/// The copy of the state as the last run found it, in the state folder.
+pub const BACKUP_FILE: &str = "state.redb.backup";
+/// A small file beside the state recording its lineage (and cluster): if the state file
+/// goes (deleted, truncated by a full disk), this says there was one.
+pub const LINEAGE_FILE: &str = "lineage";
+/// Copies of the state kept when the backup would have been replaced by a state with
+/// fewer resources or another lineage: `state.redb.backup.<unix time>`, the newest few.
+const KEPT_BACKUPS: usize = 5;
 
 /// The newest format this build reads and the one it writes.
 const FORMAT_VERSION: u32 = 1;
@@ -63,6 +77,7 @@ struct HistoryHead {
 struct Meta {
     lineage: Option<String>,
     serial: u64,
+    identity: Option<ClusterIdentity>,
 }
 
 /// The state in a redb file in a folder (normally `.clusterform/` beside the cluster
@@ -163,7 +178,7 @@ impl LocalStore {
     /// A store in `dir` (`dir/state.redb`, `dir/lock`). Creates nothing on disk: the folder
     /// (mode 0700) and files (0600) are created by the first commit or lock.
     pub fn new(dir: PathBuf) -> LocalStore {
-        let db_path = dir.join("state.redb");
+        let db_path = dir.join(DB_FILE);
         let lock_path = dir.join("lock");
         LocalStore {
             store: db_path.display().to_string(),
@@ -179,7 +194,90 @@ impl LocalStore {
     /// The copy of the state as it was before this store's first commit:
     /// `<dir>/state.redb.backup` (the last good state of the previous run).
     pub fn backup_path(&self) -> PathBuf {
-        self.dir.join("state.redb.backup")
+        self.dir.join(BACKUP_FILE)
+    }
+
+    /// What shows that this folder had a state, when the state file is missing or
+    /// empty: a backup, a damaged file set aside, the lineage file. `None` for a folder
+    /// that never had one.
+    fn evidence(&self) -> Option<String> {
+        let non_empty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+        if non_empty(&self.backup_path()) {
+            return Some(format!(
+                "its backup `{}` is there",
+                self.backup_path().display()
+            ));
+        }
+        if let Ok(text) = std::fs::read_to_string(self.dir.join(LINEAGE_FILE))
+            && let Some(lineage) = text.split_whitespace().next()
+        {
+            return Some(format!(
+                "`{}` records lineage {lineage}",
+                self.dir.join(LINEAGE_FILE).display()
+            ));
+        }
+        let damaged = std::fs::read_dir(&self.dir).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("state.redb.damaged-"))
+            })
+        });
+        damaged.map(|d| format!("a damaged state file was set aside as `{}`", d.display()))
+    }
+
+    /// Refuse to treat a missing or empty state file as a new state when the folder had
+    /// one.
+    fn refuse_lost(&self, what: &str) -> Result<(), StateError> {
+        match self.evidence() {
+            None => Ok(()),
+            Some(evidence) => Err(StateError::Lost {
+                path: self.db_path.display().to_string(),
+                what: what.to_string(),
+                evidence,
+            }),
+        }
+    }
+
+    /// Record the lineage (and cluster) beside the state, unless it is there already.
+    /// Best effort: the state itself is already committed.
+    fn write_lineage_file(&self, lineage: &str, identity: Option<&ClusterIdentity>) {
+        let path = self.dir.join(LINEAGE_FILE);
+        let text = match identity {
+            Some(i) => format!("{lineage} {} {}\n", i.name, i.file),
+            None => format!("{lineage}\n"),
+        };
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+            return;
+        }
+        let tmp = self.dir.join("lineage.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("cannot write `{}`: {e}", path.display());
+        }
+    }
+
+    /// (lineage, resource count) of the redb file at `path`, if it can be read.
+    fn summary_of(&self, path: &Path) -> Option<(Option<String>, usize)> {
+        let db = Builder::new().open_read_only(path).ok()?;
+        let txn = db.begin_read().ok()?;
+        let meta = self.read_meta_txn(&txn).ok()?;
+        let count = match self.read_table(&txn, RESOURCES).ok()? {
+            Some(t) => usize::try_from(t.len().ok()?).ok()?,
+            None => 0,
+        };
+        Some((meta.lineage, count))
     }
 
     /// Put the backup in place of a damaged state file: the damaged file is kept as
@@ -202,6 +300,29 @@ impl LocalStore {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
         };
+        // The copy is made and checked first: whatever fails from here on, the state
+        // file is still where it was.
+        let tmp = self.dir.join("state.redb.restore.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let prepare = || -> Result<(), StateError> {
+            std::fs::copy(&backup, &tmp).map_err(io(&tmp))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            if self.summary_of(&tmp).is_none() {
+                return Err(self.corrupt(format!(
+                    "the backup `{}` cannot be read either; nothing was changed",
+                    backup.display()
+                )));
+            }
+            Ok(())
+        };
+        if let Err(e) = prepare() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         let mut damaged = None;
         if self.db_path.exists() {
             let secs = SystemTime::now()
@@ -209,16 +330,21 @@ impl LocalStore {
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
             let aside = self.dir.join(format!("state.redb.damaged-{secs}"));
-            std::fs::rename(&self.db_path, &aside).map_err(io(&aside))?;
+            if let Err(e) = std::fs::rename(&self.db_path, &aside) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(&aside)(e));
+            }
             damaged = Some(aside);
         }
-        let tmp = self.dir.join("state.redb.restore.tmp");
-        std::fs::copy(&backup, &tmp).map_err(io(&tmp))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &self.db_path).map_err(io(&self.db_path))?;
+        if let Err(e) = std::fs::rename(&tmp, &self.db_path) {
+            // Put the damaged file back: the folder is never left without a state.
+            if let Some(aside) = &damaged {
+                let _ = std::fs::rename(aside, &self.db_path);
+            }
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&self.db_path)(e));
+        }
+        let _ = std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
         // The restored file is the backup: no need to back it up again this run.
         self.backed_up.store(true, Ordering::SeqCst);
         Ok(damaged)
@@ -232,7 +358,26 @@ impl LocalStore {
         if self.backed_up.load(Ordering::SeqCst) || !self.db_path.exists() {
             return Ok(());
         }
-        let backup = self.backup_path();
+        let mut backup = self.backup_path();
+        // A backup is never replaced by a state with fewer resources or of another
+        // lineage: that state is kept beside it instead (`state.redb.backup.<time>`).
+        if backup.exists()
+            && let Some((old_lineage, old_count)) = self.summary_of(&backup)
+        {
+            let now = self.summary_of(&self.db_path);
+            let keep_old = match &now {
+                Some((lineage, count)) => *lineage != old_lineage || *count < old_count,
+                None => true,
+            };
+            if keep_old {
+                let secs = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                backup = self.dir.join(format!("{BACKUP_FILE}.{secs}"));
+                self.prune_kept_backups();
+            }
+        }
         let tmp = self.dir.join("state.redb.backup.tmp");
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -254,6 +399,28 @@ impl LocalStore {
         }
         self.backed_up.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Keep only the newest [`KEPT_BACKUPS`] - 1 timestamped backups (one is about to be
+    /// written).
+    fn prune_kept_backups(&self) {
+        let prefix = format!("{BACKUP_FILE}.");
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut kept: Vec<(u128, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let stamp: u128 = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((stamp, e.path()))
+            })
+            .collect();
+        kept.sort();
+        while kept.len() >= KEPT_BACKUPS {
+            let (_, oldest) = kept.remove(0);
+            let _ = std::fs::remove_file(oldest);
+        }
     }
 
     /// The folder holding the state.
@@ -352,6 +519,15 @@ impl LocalStore {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// How an absent state file is: `missing`, or `empty (0 bytes)`.
+    fn absent_what(&self) -> &'static str {
+        if self.db_path.exists() {
+            "empty (0 bytes)"
+        } else {
+            "missing"
         }
     }
 
@@ -508,7 +684,18 @@ impl LocalStore {
             ),
             None => 0,
         };
-        Ok(Meta { lineage, serial })
+        let identity = match get(KEY_CLUSTER)? {
+            Some(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| self.corrupt(format!("table `meta`, key `{KEY_CLUSTER}`: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Meta {
+            lineage,
+            serial,
+            identity,
+        })
     }
 
     /// Opens a table in a read transaction; `None` when it was never created.
@@ -530,6 +717,7 @@ impl LocalStore {
             None => Ok(Meta {
                 lineage: None,
                 serial: 0,
+                identity: None,
             }),
         }
     }
@@ -539,6 +727,7 @@ impl LocalStore {
         let mut snapshot = Snapshot {
             lineage: meta.lineage,
             serial: meta.serial,
+            identity: meta.identity,
             ..Snapshot::default()
         };
         if let Some(table) = self.read_table(txn, RESOURCES)? {
@@ -655,6 +844,11 @@ impl LocalStore {
                             .remove(op_id.as_str())
                             .map_err(|e| write_err("journal", e))?;
                     }
+                    Mutation::SetIdentity(identity) => {
+                        let json = self.encode("the cluster identity", identity)?;
+                        meta.insert(KEY_CLUSTER, json.as_slice())
+                            .map_err(|e| write_err("meta", e))?;
+                    }
                 }
             }
         }
@@ -716,6 +910,7 @@ impl StateStore for LocalStore {
         let _calls = self.serialize_calls();
         self.guarded(|| {
             let Some(reader) = self.open_reader()? else {
+                self.refuse_lost(self.absent_what())?;
                 return Ok(Snapshot::default());
             };
             let txn = reader
@@ -737,6 +932,9 @@ impl StateStore for LocalStore {
                     .map_err(|e| self.redb_err("starting a read", e))?;
                 return Ok(self.read_meta_txn(&txn)?.serial);
             }
+            if self.open_reader()?.is_none() {
+                self.refuse_lost(self.absent_what())?;
+            }
             self.backup_once()?;
             self.create_files()?;
             let db = self
@@ -748,6 +946,12 @@ impl StateStore for LocalStore {
             // On error the transaction is dropped, which aborts it.
             let serial = self.apply(&txn, mutations)?;
             txn.commit().map_err(|e| self.redb_err("committing", e))?;
+            if let Ok(read) = db.begin_read()
+                && let Ok(meta) = self.read_meta_txn(&read)
+                && let Some(lineage) = &meta.lineage
+            {
+                self.write_lineage_file(lineage, meta.identity.as_ref());
+            }
             // The commit is durable; an error while closing only costs a repair on the
             // next open, so it is not reported as a failed commit.
             let _ = db.close();
@@ -1033,6 +1237,181 @@ mod tests {
         assert_eq!(store.commit(&[]).expect("empty commit"), 0);
         assert_eq!(store.lock_holder().expect("holder"), None);
         assert!(!store.dir().exists());
+    }
+
+    /// A store with two runs behind it: a state with `n` records and its backup.
+    fn store_with_history(n: u32) -> (tempfile::TempDir, LocalStore) {
+        let (tmp, store) = store();
+        for i in 0..n {
+            store
+                .commit(&[Mutation::Put(record("w", i, &format!("i-{i}")))])
+                .expect("commit");
+        }
+        // The next run backs up what the first one left.
+        let next = LocalStore::new(store.dir().to_path_buf());
+        next.commit(&[Mutation::Put(record("w", n, "i-last"))])
+            .expect("commit");
+        (tmp, LocalStore::new(store.dir().to_path_buf()))
+    }
+
+    #[test]
+    fn a_truncated_or_deleted_state_where_there_was_one_is_an_error_not_a_fresh_start() {
+        // (how the state file is lost, which evidence is left, the evidence named)
+        type Lose = fn(&LocalStore);
+        let truncate: Lose = |s| {
+            std::fs::write(s.path(), b"").expect("truncate");
+        };
+        let delete: Lose = |s| std::fs::remove_file(s.path()).expect("rm");
+        let no_backup: Lose = |s| {
+            std::fs::remove_file(s.backup_path()).expect("rm backup");
+        };
+        let no_lineage: Lose = |s| {
+            std::fs::remove_file(s.dir().join(LINEAGE_FILE)).expect("rm lineage");
+        };
+        let cases: Vec<(&str, Vec<Lose>, &str, &str)> = vec![
+            (
+                "truncated, backup there",
+                vec![truncate],
+                "empty (0 bytes)",
+                "backup",
+            ),
+            ("deleted, backup there", vec![delete], "missing", "backup"),
+            (
+                "truncated, backup gone",
+                vec![truncate, no_backup],
+                "empty (0 bytes)",
+                "records lineage",
+            ),
+            (
+                "deleted, backup and lineage gone, damaged copy set aside",
+                vec![
+                    |s| {
+                        std::fs::copy(s.path(), s.dir().join("state.redb.damaged-1"))
+                            .expect("copy");
+                    },
+                    delete,
+                    no_backup,
+                    no_lineage,
+                ],
+                "missing",
+                "damaged",
+            ),
+        ];
+        for (name, steps, what, evidence) in cases {
+            let (_tmp, store) = store_with_history(3);
+            for step in steps {
+                step(&store);
+            }
+            for (call, result) in [
+                ("load", store.load().map(|_| 0)),
+                (
+                    "commit",
+                    store.commit(&[Mutation::Put(record("w", 9, "dup"))]),
+                ),
+            ] {
+                match result {
+                    Err(StateError::Lost {
+                        what: w,
+                        evidence: e,
+                        ..
+                    }) => {
+                        assert_eq!(w, what, "{name}: {call}");
+                        assert!(e.contains(evidence), "{name}: {call}: {e}");
+                    }
+                    other => panic!("{name}: {call} gave {other:?}, not Lost"),
+                }
+            }
+            // Nothing was written over what is left.
+            if store.backup_path().exists() {
+                let kept = LocalStore::new(store.dir().to_path_buf());
+                assert!(
+                    kept.summary_of(&store.backup_path())
+                        .is_some_and(|(_, n)| n == 3)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn state_restore_brings_back_a_deleted_state_from_its_backup() {
+        let (_tmp, store) = store_with_history(3);
+        std::fs::remove_file(store.path()).expect("rm");
+        assert!(matches!(store.load(), Err(StateError::Lost { .. })));
+        assert_eq!(store.restore_backup().expect("restore"), None);
+        assert_eq!(store.load().expect("load").resources.len(), 3);
+    }
+
+    #[test]
+    fn a_backup_is_never_replaced_by_fewer_resources_or_another_lineage() {
+        let (_tmp, store) = store_with_history(3);
+        let lineage = store.load().expect("load").lineage;
+        // This run (the state has 4 records, the backup 3) backs up the 4 and removes
+        // all but one record; the next one starts from 1 record: the backup (4) stays
+        // and the 1-record state is kept beside it.
+        let snap = store.load().expect("load");
+        let removals: Vec<Mutation> = snap
+            .resources
+            .keys()
+            .skip(1)
+            .map(|a| Mutation::Remove(a.clone()))
+            .collect();
+        store.commit(&removals).expect("commit");
+        let next = LocalStore::new(store.dir().to_path_buf());
+        next.commit(&[Mutation::Remove(Address::indexed("machine", "w", 0))])
+            .expect("commit");
+        assert_eq!(
+            next.summary_of(&next.backup_path()),
+            Some((lineage.clone(), 4)),
+            "the fuller backup is kept"
+        );
+        let kept: Vec<PathBuf> = std::fs::read_dir(store.dir())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("state.redb.backup."))
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(next.summary_of(&kept[0]), Some((lineage.clone(), 1)));
+        // Many runs after it keep at most a few copies, and the backup.
+        for _ in 0..10 {
+            LocalStore::new(store.dir().to_path_buf())
+                .commit(&[
+                    Mutation::JournalOpen(entry("x")),
+                    Mutation::JournalClose("x".into()),
+                ])
+                .expect("commit");
+        }
+        let copies = std::fs::read_dir(store.dir())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("state.redb.backup.") && !n.ends_with(".tmp"))
+            })
+            .count();
+        assert!((1..=KEPT_BACKUPS).contains(&copies), "{copies} copies");
+        assert_eq!(
+            next.summary_of(&next.backup_path()),
+            Some((lineage.clone(), 4))
+        );
+        // A state of another lineage in the folder does not replace the backup either.
+        let other = tempfile::tempdir().expect("tmp");
+        let foreign = LocalStore::new(other.path().join("s"));
+        for i in 0..6 {
+            foreign
+                .commit(&[Mutation::Put(record("w", i, "f"))])
+                .expect("commit");
+        }
+        std::fs::copy(foreign.path(), store.path()).expect("copy");
+        LocalStore::new(store.dir().to_path_buf())
+            .commit(&[Mutation::Put(record("w", 99, "x"))])
+            .expect("commit");
+        assert_eq!(next.summary_of(&next.backup_path()), Some((lineage, 4)));
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl StateStore for MemStore {
                 }
                 Mutation::JournalOpen(e) => s.journal.push(e.clone()),
                 Mutation::JournalClose(id) => s.journal.retain(|e| &e.op_id != id),
+                Mutation::SetIdentity(identity) => s.identity = Some(identity.clone()),
             }
         }
         if records {

@@ -122,8 +122,37 @@ fn butane_deep() -> String {
     )
 }
 
+/// The plan file's JSON, with its checksum made to match again (an editor who knows the
+/// algorithm): the other checks are what a case then meets.
 fn json_bytes(v: &Value) -> Vec<u8> {
-    serde_json::to_vec_pretty(v).expect("encode")
+    let mut v = v.clone();
+    if v.get("checksum").is_some() {
+        v["checksum"] = json!("");
+        let bytes = serde_json::to_vec(&v).expect("encode");
+        use sha2::Digest;
+        let sum: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        v["checksum"] = json!(sum);
+    }
+    serde_json::to_vec_pretty(&v).expect("encode")
+}
+
+/// A plan file edited by hand, its checksum left as it was.
+fn plan_edited(_: &World, mut v: Value) -> Vec<u8> {
+    v["plan"]["changes"][0]["after"]["size"] = json!("64cpu-512gb");
+    serde_json::to_vec_pretty(&v).expect("encode")
+}
+
+/// A plan file with one change twice (checksum made to match).
+fn plan_duplicate_address(_: &World, mut v: Value) -> Vec<u8> {
+    let first = v["plan"]["changes"][0].clone();
+    v["plan"]["changes"]
+        .as_array_mut()
+        .expect("changes")
+        .push(first);
+    json_bytes(&v)
 }
 
 /// A plan made against a state (it has a lineage) whose state folder does not exist.
@@ -551,7 +580,7 @@ fn cases() -> Vec<Case> {
             "plan_wrong_version",
             Plan,
             PlanEdit(|_, mut v| {
-                v["version"] = json!(2);
+                v["version"] = json!(99);
                 json_bytes(&v)
             }),
         ),
@@ -564,6 +593,12 @@ fn cases() -> Vec<Case> {
             }),
         ),
         case("plan_truncated_json", Plan, PlanEdit(plan_truncated)),
+        case("plan_edited_checksum_kept", Plan, PlanEdit(plan_edited)),
+        case(
+            "plan_duplicate_address",
+            Plan,
+            PlanEdit(plan_duplicate_address),
+        ),
         case("plan_wrong_types", Plan, PlanEdit(plan_wrong_types)),
         case(
             "plan_missing_state",

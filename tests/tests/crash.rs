@@ -8,7 +8,9 @@ use clusterform_tests::{World, dev_test};
 
 #[test]
 fn kill_9_mid_apply_then_rerun_adopts_and_finishes() {
-    for kill_after_ms in [150, 450, 750] {
+    // Killed 0, 300 and 600 ms after the first object appears at the provider (the
+    // run's plan before it takes a few calls of 300 ms each).
+    for kill_after_ms in [0, 300, 600] {
         let w = World::new();
         w.write(
             "cluster.toml",
@@ -20,6 +22,14 @@ fn kill_9_mid_apply_then_rerun_adopts_and_finishes() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
+        let started = std::time::Instant::now();
+        while w.objects().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the apply made nothing in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(kill_after_ms));
         child.kill().expect("kill -9");
         let _ = child.wait();

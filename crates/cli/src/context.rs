@@ -9,7 +9,7 @@ use clusterform_config::{Model, StateSettings};
 use clusterform_core::ProviderSchema;
 use clusterform_engine::{ClusterInfo, Providers, Readers};
 use clusterform_provider::{Provider, ProviderConfig};
-use clusterform_state::{LocalStore, StateStore};
+use clusterform_state::{ClusterIdentity, LocalStore, Owned, StateStore};
 use miette::Result;
 use serde::{Deserialize, Serialize};
 
@@ -281,10 +281,12 @@ pub fn build_providers(
 
 fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {
     match &model.state {
-        StateSettings::Local { path } => Ok((
-            Arc::new(LocalStore::new(path.clone())),
-            StateLocation::Local { path: path.clone() },
-        )),
+        StateSettings::Local { path } => {
+            refuse_legacy_shared_state(model, path)?;
+            let location = StateLocation::Local { path: path.clone() };
+            let identity = identity(&model.cluster.name, &model.path);
+            Ok((open_location(&location, identity), location))
+        }
         StateSettings::Etcd { .. } => Err(errors::hint(
             "the etcd state backend is not available in this build yet",
             "remove `backend = \"etcd\"` from `[state]` to use the local store",
@@ -292,11 +294,76 @@ fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {
     }
 }
 
-/// Open the store a plan file points at.
-pub fn open_location(location: &StateLocation) -> Arc<dyn StateStore> {
-    match location {
-        StateLocation::Local { path } => Arc::new(LocalStore::new(path.clone())),
+/// Which cluster a state is used for: its name and its file's name.
+pub fn identity(cluster: &str, file: &Path) -> ClusterIdentity {
+    ClusterIdentity {
+        name: cluster.to_string(),
+        file: file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     }
+}
+
+/// Open the store at `location` for the cluster `identity` (a state of another cluster
+/// is refused when it is read).
+pub fn open_location(location: &StateLocation, identity: ClusterIdentity) -> Arc<dyn StateStore> {
+    let inner: Arc<dyn StateStore> = match location {
+        StateLocation::Local { path } => Arc::new(LocalStore::new(path.clone())),
+    };
+    Arc::new(Owned::new(inner, identity))
+}
+
+/// Before each cluster file had its own state folder, every file of a folder used
+/// `.clusterform/`. A file other than `cluster.toml` whose own folder does not exist yet,
+/// beside a `.clusterform/` whose state is this file's (it says so, or, made before the
+/// state recorded its file, it names this cluster and only this file's providers), is
+/// told to move it rather than start afresh (which would make every object again).
+fn refuse_legacy_shared_state(model: &Model, path: &Path) -> Result<()> {
+    let Some(dir) = model.path.parent() else {
+        return Ok(());
+    };
+    let legacy = dir.join(clusterform_config::DEFAULT_STATE_PATH);
+    if path == legacy || path.exists() || !legacy.join("state.redb").exists() {
+        return Ok(());
+    }
+    let ours = identity(&model.cluster.name, &model.path);
+    let Ok(snapshot) = LocalStore::new(legacy.clone()).load() else {
+        return Ok(());
+    };
+    let providers: std::collections::BTreeSet<&str> = model
+        .resources
+        .iter()
+        .map(|r| r.provider.as_str())
+        .collect();
+    let is_ours = match &snapshot.identity {
+        Some(theirs) => *theirs == ours,
+        None => {
+            !snapshot.resources.is_empty()
+                && snapshot
+                    .resources
+                    .values()
+                    .all(|r| providers.contains(r.provider.as_str()))
+        }
+    };
+    if !is_ours {
+        return Ok(());
+    }
+    Err(errors::hint(
+        format!(
+            "the state of `{}` may be in `{}`: each cluster file now has its own state folder, and this one's is `{}`, which does not exist yet",
+            model.path.display(),
+            legacy.display(),
+            path.display()
+        ),
+        format!(
+            "if `{}` holds this file's machines, move it: `mv {} {}`; if not, make the new folder empty (`mkdir {}`) and run the command again",
+            legacy.display(),
+            legacy.display(),
+            path.display(),
+            path.display()
+        ),
+    ))
 }
 
 /// Split `[FILE] REST...` arguments: the first is the cluster file when it ends in

@@ -14,7 +14,8 @@ use crate::context::StateLocation;
 use crate::errors;
 
 const FORMAT: &str = "clusterform-plan";
-const VERSION: u32 = 1;
+/// 2: a `checksum` of the rest of the file.
+const VERSION: u32 = 2;
 
 /// A saved plan.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct PlanFile {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// The plan.
     pub plan: Plan,
+    /// SHA-256 (hex) of the file's JSON with this field empty: a plan file edited by
+    /// hand (or damaged) no longer matches it and is refused.
+    #[serde(default)]
+    pub checksum: String,
 }
 
 impl PlanFile {
@@ -59,12 +64,29 @@ impl PlanFile {
             state,
             providers,
             plan,
+            checksum: String::new(),
         }
+    }
+
+    /// The checksum of this plan file (computed with `checksum` empty).
+    fn compute_checksum(&self) -> Result<String> {
+        use sha2::Digest;
+        let encode = |e: serde_json::Error| errors::plain(format!("cannot encode the plan: {e}"));
+        let mut value = serde_json::to_value(self).map_err(encode)?;
+        value["checksum"] = serde_json::Value::String(String::new());
+        let bytes = serde_json::to_vec(&value).map_err(encode)?;
+        Ok(sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     /// Write it atomically, readable by the owner only.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self)
+        let mut value = serde_json::to_value(self)
+            .map_err(|e| errors::plain(format!("cannot encode the plan: {e}")))?;
+        value["checksum"] = serde_json::Value::String(self.compute_checksum()?);
+        let json = serde_json::to_vec_pretty(&value)
             .map_err(|e| errors::plain(format!("cannot encode the plan: {e}")))?;
         let dir = path
             .parent()
@@ -132,7 +154,62 @@ impl PlanFile {
                 "make a new one with `clusterform plan --out FILE`",
             )
         })?;
+        if pf.checksum != pf.compute_checksum()? {
+            return Err(errors::hint(
+                format!(
+                    "plan file `{}` does not match its own checksum: it was edited or damaged after `plan --out` wrote it",
+                    path.display()
+                ),
+                "a plan file is applied exactly as it was reviewed: make a new one with `clusterform plan --out FILE`",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = pf.plan.changes.iter().find(|c| !seen.insert(&c.address)) {
+            return Err(errors::hint(
+                format!(
+                    "plan file `{}` has `{}` twice: each address may have one change",
+                    path.display(),
+                    dup.address
+                ),
+                "make a new one with `clusterform plan --out FILE`",
+            ));
+        }
         Ok(Some(pf))
+    }
+
+    /// Refuse to write a plan over a file that is not a plan file (the cluster file, a
+    /// Butane file, anything else the run reads or the user keeps), before planning.
+    pub fn check_out(out: &Path, cluster_file: &Path) -> Result<()> {
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let refuse = |what: &str| {
+            errors::hint(
+                format!("`plan --out {}` would overwrite {what}", out.display()),
+                "give the plan a new file name, like `--out plan.cfplan`",
+            )
+        };
+        if same(out, cluster_file) {
+            return Err(refuse("the cluster file"));
+        }
+        let Ok(meta) = std::fs::metadata(out) else {
+            return Ok(());
+        };
+        if !meta.is_file() {
+            return Err(refuse("something that is not a regular file"));
+        }
+        let is_plan = std::fs::read(out).is_ok_and(|bytes| {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(FORMAT))
+        });
+        if is_plan {
+            Ok(())
+        } else {
+            Err(refuse(
+                "a file that is not a plan file (only an earlier plan file is replaced)",
+            ))
+        }
     }
 }
 

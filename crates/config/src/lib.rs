@@ -24,6 +24,8 @@ mod settings;
 mod tests;
 mod zones;
 
+pub use settings::{DEFAULT_STATE_PATH, default_state_dir};
+
 /// A byte range in the cluster file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -305,7 +307,7 @@ fn parse_absolute(
     cx.check_keys(doc, TOP_LEVEL_KEYS, "the file");
 
     let cluster = settings::cluster(&mut cx, doc, schemas);
-    let state = settings::state(&mut cx, doc, &dir);
+    let state = settings::state(&mut cx, doc, &path);
     let providers = settings::providers(&mut cx, doc, schemas);
     let network = settings::network(&mut cx, doc);
     let central = settings::group(&mut cx, doc, "central", &dirs);

@@ -26,8 +26,26 @@ pub(crate) const BLUEPRINTS: &[&str] = &[
 pub(crate) const CHANNELS: &[&str] = &["stable", "beta", "alpha", "lts"];
 /// Default Flatcar channel.
 pub(crate) const DEFAULT_CHANNEL: &str = "stable";
-/// Default `[state] path`, relative to the cluster file's folder.
-pub(crate) const DEFAULT_STATE_PATH: &str = ".clusterform";
+/// Default `[state] path` of `cluster.toml`, relative to the cluster file's folder; other
+/// cluster files get `.clusterform-<file stem>` (see [`default_state_dir`]).
+pub const DEFAULT_STATE_PATH: &str = ".clusterform";
+
+/// The default state folder of the cluster file at `file`: `.clusterform` beside
+/// `cluster.toml`, `.clusterform-<stem>` beside any other file (`ec2.toml` ->
+/// `.clusterform-ec2`), so that two cluster files in one folder never share a state.
+pub fn default_state_dir(file: &Path) -> std::path::PathBuf {
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("cluster");
+    let name = file.file_name().and_then(|s| s.to_str()).unwrap_or("");
+    if name == "cluster.toml" {
+        dir.join(DEFAULT_STATE_PATH)
+    } else {
+        dir.join(format!("{DEFAULT_STATE_PATH}-{stem}"))
+    }
+}
 /// Default `[state] prefix` for etcd.
 pub(crate) const DEFAULT_ETCD_PREFIX: &str = "/clusterform";
 /// Default `[state] endpoints` for etcd (etcdctl's own default).
@@ -198,10 +216,11 @@ pub(crate) fn unknown_provider(cx: &mut Cx<'_>, name: &str, at: Span, schemas: &
 }
 
 /// Read `[state]`; `dir` is the cluster file's folder.
-pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, dir: &Path) -> StateSettings {
+pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSettings {
     const SECTION: &str = "`[state]`";
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let default_local = || StateSettings::Local {
-        path: dir.join(DEFAULT_STATE_PATH),
+        path: default_state_dir(file),
     };
     let Some(node) = doc.get("state") else {
         return default_local();
@@ -243,7 +262,7 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, dir: &Path) -> StateSett
     if backend == "local" {
         let path = match cx.get_str(t, "path", SECTION) {
             Some((p, _)) => dir.join(p),
-            None => dir.join(DEFAULT_STATE_PATH),
+            None => default_state_dir(file),
         };
         StateSettings::Local { path }
     } else {

@@ -8,6 +8,7 @@ mod apply;
 mod commit;
 pub mod day2;
 pub mod drift;
+mod duplicates;
 mod error;
 mod import;
 mod members;
@@ -26,6 +27,7 @@ use clusterform_provider::{Provider, Reader};
 
 pub use adopt::{Adoption, adopt_tagged};
 pub use apply::{ApplyOptions, ApplyReport, Event, Observer, Outcome, apply, critical_path};
+pub use duplicates::{Duplicate, duplicates};
 pub use error::EngineError;
 pub use import::{Imported, import};
 pub use members::{MemberWaits, preflight as etcd_preflight, unreachable as etcd_unreachable};

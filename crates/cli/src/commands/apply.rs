@@ -168,7 +168,10 @@ async fn apply_saved(
         context::build_providers(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
             errors::plain(format!("provider `{name}` in the plan file: {msg}"))
         })?;
-    let store = context::open_location(&pf.state);
+    let store = context::open_location(
+        &pf.state,
+        context::identity(&pf.plan.cluster, &pf.cluster_file),
+    );
     let guard = store
         .lock("apply", run_args.lock_timeout)
         .map_err(errors::state)?;

@@ -382,10 +382,14 @@ pub async fn restore(file: &Path) -> Result<u8> {
         .lock("state restore", Duration::ZERO)
         .map_err(errors::state)?;
     let damaged = local.restore_backup().map_err(|e| {
-        errors::hint(
-            e.to_string(),
-            "there is no state.redb.backup in the state folder (a backup is made before the first change of each run)",
-        )
+        if local.backup_path().exists() {
+            errors::state(e)
+        } else {
+            errors::hint(
+                e.to_string(),
+                "there is no state.redb.backup in the state folder (a backup is made before the first change of each run); the state file was left as it was",
+            )
+        }
     })?;
     let snap = local.load().map_err(errors::state)?;
     let adoption = clusterform_engine::adopt_tagged(

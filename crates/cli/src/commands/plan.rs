@@ -104,6 +104,56 @@ pub fn check_protected(plan: &Plan, allowed: bool) -> Result<()> {
     ))
 }
 
+/// Stop before a plan creates an object whose address already has one at the provider,
+/// tagged with this cluster, that the state does not record.
+async fn refuse_duplicates(
+    ctx: &Context,
+    readers: &clusterform_engine::Readers,
+    snapshot: &Snapshot,
+    plan: &Plan,
+) -> Result<()> {
+    let found = clusterform_engine::duplicates(readers, snapshot, &ctx.cluster.name, plan)
+        .await
+        .map_err(errors::engine)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = found
+        .iter()
+        .take(10)
+        .map(|d| {
+            format!(
+                "  {} already exists at `{}` as {}",
+                d.address, d.provider, d.id
+            )
+        })
+        .collect();
+    let more = if found.len() > 10 {
+        format!("\n  ... and {} more", found.len() - 10)
+    } else {
+        String::new()
+    };
+    // The file as the user would type it here.
+    let file = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| ctx.model.path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| ctx.model.path.clone());
+    let file = file.display();
+    let (first, first_id, provider) = (&found[0].address, &found[0].id, &found[0].provider);
+    Err(errors::hint(
+        format!(
+            "the plan would create {} object(s) that already exist, tagged with the cluster `{}` and their address, but that the state `{}` does not record:\n{}{more}",
+            found.len(),
+            ctx.cluster.name,
+            ctx.store.describe(),
+            list.join("\n")
+        ),
+        format!(
+            "creating them again would make duplicates. If the state was lost or replaced by an older copy, run `clusterform state restore {file}` (it puts the backup back and adopts every tagged object); to take one object in, `clusterform import {file} {first} {first_id}`; if they are leftovers to delete, `clusterform reap --provider {provider} --orphans {file}`"
+        ),
+    ))
+}
+
 /// Lock, resolve open journal entries, refresh and plan.
 pub async fn prepare(
     ctx: &Context,
@@ -224,6 +274,7 @@ pub async fn prepare(
         )
         .map_err(errors::engine)?;
     }
+    refuse_duplicates(ctx, &readers, &snapshot, &plan).await?;
     tracing::info!("planned ({:.3}s)", started.elapsed().as_secs_f64());
     Ok(Prepared {
         etcd: access,
@@ -238,6 +289,9 @@ pub async fn prepare(
 /// `clusterform plan`.
 pub async fn plan(a: PlanArgs) -> Result<u8> {
     let ctx = context::load(&a.file)?;
+    if let Some(out) = &a.out {
+        PlanFile::check_out(out, &ctx.model.path)?;
+    }
     let intent = Intent {
         destroy: a.destroy,
         targets: parse_targets(&a.target)?,
