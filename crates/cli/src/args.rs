@@ -16,6 +16,10 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); CLUSTERFORM_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The folder the files a cluster file names (Butane files) may be read from,
+    /// symlinks resolved (default: the cluster file's folder).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub files_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

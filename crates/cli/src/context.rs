@@ -81,6 +81,14 @@ pub struct Context {
     pub cluster: ClusterInfo,
 }
 
+/// `--files-dir`: set once, before any command runs.
+static FILES_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Record `--files-dir` for every cluster file this run loads.
+pub fn set_files_dir(dir: Option<PathBuf>) {
+    let _ = FILES_DIR.set(dir);
+}
+
 /// Load and validate the cluster file (no provider or state access).
 pub fn load_model(file: &Path) -> Result<Model> {
     if !file.exists() {
@@ -89,7 +97,10 @@ pub fn load_model(file: &Path) -> Result<Model> {
             "pass the path of a cluster.toml (see examples/), or run from its folder",
         ));
     }
-    clusterform_config::load(file, &schemas()).map_err(errors::config)
+    let options = clusterform_config::LoadOptions {
+        files_dir: FILES_DIR.get().cloned().flatten(),
+    };
+    clusterform_config::load_with(file, &schemas(), &options).map_err(errors::config)
 }
 
 /// What a read-only command (`drift`) works from: the providers only as [`Readers`].

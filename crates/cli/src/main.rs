@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let color = style::init(cli.no_color);
     errors::install_hook(color);
     init_tracing(cli.verbose);
+    context::set_files_dir(cli.files_dir.clone());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -205,11 +205,32 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// How a cluster file is loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The folder the files the cluster file names (Butane files) may be read from,
+    /// symlinks resolved; `None` for the cluster file's own folder. Relative paths in the
+    /// cluster file stay relative to the cluster file's folder.
+    pub files_dir: Option<PathBuf>,
+}
+
+/// The largest cluster file read: 4 MiB.
+pub const CLUSTER_FILE_LIMIT: u64 = 4 << 20;
+
 /// Read and validate the cluster file at `path` against the schemas of the providers
 /// this build has.
 pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
-    match std::fs::read(path).map(String::from_utf8) {
-        Ok(Ok(source)) => parse(path, &source, schemas),
+    load_with(path, schemas, &LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(
+    path: &Path,
+    schemas: &[ProviderSchema],
+    options: &LoadOptions,
+) -> Result<Model, Diagnostics> {
+    match read_cluster_file(path).map(String::from_utf8) {
+        Ok(Ok(source)) => parse_with(path, &source, schemas, options),
         Ok(Err(e)) => Err(Diagnostics(vec![not_utf8(path, &e)])),
         Err(e) => {
             Err(Diagnostics(vec![diagnostic_at(
@@ -222,6 +243,25 @@ pub fn load(path: &Path, schemas: &[ProviderSchema]) -> Result<Model, Diagnostic
             )]))
         }
     }
+}
+
+/// The cluster file's bytes, at most [`CLUSTER_FILE_LIMIT`] of them. It is named on the
+/// command line, so a pipe (`<(...)`) is fine; a folder is not, nor an endless file.
+fn read_cluster_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(std::io::Error::other("it is a folder"));
+    }
+    let mut bytes = Vec::new();
+    file.take(CLUSTER_FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > CLUSTER_FILE_LIMIT {
+        return Err(std::io::Error::other(format!(
+            "it is larger than the limit of {} MiB",
+            CLUSTER_FILE_LIMIT >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A file that is not UTF-8: pointed at its first invalid byte (the text before it is
@@ -254,12 +294,22 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 
 /// Validate `source` as the text of the cluster file at `path` (which need not exist:
 /// it names the file in diagnostics and anchors relative paths such as `[state] path`
-/// and Butane files).
+/// and Butane files, which are read only from inside its folder).
 pub fn parse(path: &Path, source: &str, schemas: &[ProviderSchema]) -> Result<Model, Diagnostics> {
+    parse_with(path, source, schemas, &LoadOptions::default())
+}
+
+/// [`parse`] with options.
+pub fn parse_with(
+    path: &Path,
+    source: &str,
+    schemas: &[ProviderSchema],
+    options: &LoadOptions,
+) -> Result<Model, Diagnostics> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     // Diagnostics name the file as the user wrote it; the model keeps it absolute.
     // Diagnostics about other files (Butane) already name them as the user wrote them.
-    parse_absolute(path, &absolute, source, schemas).map_err(|mut d| {
+    parse_absolute(path, &absolute, source, schemas, options).map_err(|mut d| {
         for x in &mut d.0 {
             if x.path == absolute {
                 x.path = path.to_path_buf();
@@ -274,11 +324,14 @@ fn parse_absolute(
     path: &Path,
     source: &str,
     schemas: &[ProviderSchema],
+    options: &LoadOptions,
 ) -> Result<Model, Diagnostics> {
     let path = path.to_path_buf();
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let shown_dir = shown.parent().map(Path::to_path_buf).unwrap_or_default();
+    let root = options.files_dir.clone().unwrap_or_else(|| dir.clone());
     let dirs = settings::Dirs {
+        root: &root,
         dir: &dir,
         shown_dir: &shown_dir,
     };

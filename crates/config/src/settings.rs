@@ -479,9 +479,12 @@ impl Group {
     }
 }
 
-/// Where the cluster file is: Butane files are read relative to `dir` (absolute) and
-/// named in diagnostics relative to `shown_dir` (the folder as the user wrote it).
+/// Where the cluster file is: Butane files are read relative to `dir` (absolute), only
+/// from inside `root`, and named in diagnostics relative to `shown_dir` (the folder as
+/// the user wrote it).
 pub(crate) struct Dirs<'a> {
+    /// The folder files may be read from: `--files-dir`, else the cluster file's folder.
+    pub(crate) root: &'a Path,
     /// The cluster file's folder, absolute.
     pub(crate) dir: &'a Path,
     /// The cluster file's folder as written (may be empty).
@@ -685,50 +688,69 @@ pub(crate) fn valid_ssh_via(via: &str) -> bool {
     word(user) && word(host) && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
-/// Read and translate one Butane file; problems are reported (a missing file at the
-/// `butane` entry, a bad file inside the Butane file).
+/// Read and translate one Butane file; problems are reported (a file that is missing,
+/// outside the files folder, not a regular file, too large or not UTF-8 at the `butane`
+/// entry; a bad file inside the Butane file). The file is read only through
+/// [`clusterform_ignition::read_confined`], and nothing of a refused file is shown.
 fn read_butane(
     cx: &mut Cx<'_>,
     dirs: &Dirs<'_>,
     file: &str,
     at: Span,
 ) -> Option<clusterform_ignition::Config> {
-    let p: PathBuf = dirs.dir.join(file);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(text) => text,
+    let read = match clusterform_ignition::read_confined(
+        dirs.root,
+        dirs.dir,
+        Path::new(file),
+        clusterform_ignition::BUTANE_LIMIT,
+    ) {
+        Ok(read) => read,
         Err(e) => {
-            let (message, help) = if p.is_file() {
-                (
-                    format!("cannot read Butane file `{file}`: {e}"),
-                    "make the file readable UTF-8 text",
-                )
-            } else {
-                (
-                    format!(
-                        "Butane file `{file}` does not exist (looked for {})",
-                        p.display()
-                    ),
-                    "name a file relative to the folder of the cluster file",
-                )
-            };
-            cx.error(Some(at), message, "file not found", Some(help.to_string()));
+            let (label, help) = butane_file_help(dirs, &e);
+            cx.error(
+                Some(at),
+                format!("Butane file `{file}` {e}"),
+                label,
+                Some(help),
+            );
             return None;
         }
     };
-    let files_dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = match String::from_utf8(read.bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            cx.error(
+                Some(at),
+                format!(
+                    "Butane file `{file}` is not UTF-8 text (an invalid byte at its line {line}, column {column})"
+                ),
+                "not UTF-8",
+                Some("save the Butane file as UTF-8 text".to_string()),
+            );
+            return None;
+        }
+    };
+    // The path as the user wrote it names the file in diagnostics; `contents.local`
+    // files are read from the folder the file really is in (symlinks resolved).
+    let p: PathBuf = dirs.dir.join(file);
+    let files_dir = read
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     match clusterform_ignition::parse_butane(&p, &text, &files_dir) {
         Ok(config) => Some(config),
         Err(e) => {
-            // The error is in the Butane file, or in a file it names (`contents.local`).
-            let (shown, text) = if e.path == p {
-                (dirs.shown_dir.join(file), text)
-            } else {
-                let shown = match e.path.strip_prefix(dirs.dir) {
-                    Ok(rel) => dirs.shown_dir.join(rel),
-                    Err(_) => e.path.clone(),
-                };
-                (shown, std::fs::read_to_string(&e.path).unwrap_or_default())
-            };
+            // The error is in the Butane file (a `contents.local` problem is located at
+            // its `local:` key); the snippet shows the Butane file, never a refused one.
+            let shown = dirs.shown_dir.join(file);
             let source: Arc<str> = Arc::from(text);
             let at = if e.line == 0 && e.offset.is_none() {
                 None
@@ -759,6 +781,47 @@ fn read_butane(
             cx.diags.push(d);
             None
         }
+    }
+}
+
+/// The label and help for a Butane file that was not read.
+fn butane_file_help(
+    dirs: &Dirs<'_>,
+    e: &clusterform_ignition::FileError,
+) -> (&'static str, String) {
+    use clusterform_ignition::FileError;
+    let flag = if dirs.root == dirs.dir {
+        " (or pass `--files-dir DIR` naming a folder that holds both)"
+    } else {
+        ""
+    };
+    match e {
+        FileError::Missing { .. } => (
+            "file not found",
+            "name a file relative to the folder of the cluster file".to_string(),
+        ),
+        FileError::Outside { root, .. } => (
+            "outside the files folder",
+            format!(
+                "Butane files are read only from inside {} (symlinks resolved): move or copy the file there{flag}",
+                root.display()
+            ),
+        ),
+        FileError::NotRegular { .. } => (
+            "not a regular file",
+            "name a Butane file: folders, devices and FIFOs are not read".to_string(),
+        ),
+        FileError::TooLarge { .. } => (
+            "file too large",
+            format!(
+                "Butane files may be at most {} MiB; split it, or move large contents into `contents.local` files",
+                clusterform_ignition::BUTANE_LIMIT >> 20
+            ),
+        ),
+        FileError::Root { .. } | FileError::Io(_) => (
+            "unreadable",
+            "make the file readable UTF-8 text".to_string(),
+        ),
     }
 }
 

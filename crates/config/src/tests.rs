@@ -564,6 +564,110 @@ fn butane_files_must_exist_beside_the_cluster_file() {
     assert_eq!(m.resources.len(), 2);
 }
 
+/// A cluster file with `butane = [NAME]` in `dir/proj/cluster.toml`: its diagnostics.
+fn butane_entry_errors(dir: &Path, name: &str, options: &crate::LoadOptions) -> Vec<Diagnostic> {
+    let proj = dir.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let path = proj.join("cluster.toml");
+    let src = format!(
+        "[cluster]\nname = \"x\"\nblueprint = \"dev-test\"\nprovider = \"sim\"\n\
+         [central]\nsize = \"s\"\nbutane = [{}]\n",
+        serde_json::to_string(name).unwrap()
+    );
+    std::fs::write(&path, src).unwrap();
+    match crate::load_with(&path, &[sim()], options) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    }
+}
+
+const SECRET: &str = "variant: flatcar\nversion: 1.0.0\n# SECRET-CONTENT-42\n";
+
+fn assert_refused(d: &[Diagnostic], needle: &str) {
+    assert_eq!(d.len(), 1, "{d:?}");
+    let d = &d[0];
+    assert!(d.message.contains(needle), "{d}");
+    assert_eq!((d.line, d.column), (7, 11), "{d}");
+    assert!(d.path.ends_with("cluster.toml"), "{d}");
+    assert!(d.help.is_some(), "{d}");
+    let all = format!("{d} {:?} {}", d.help, d.source);
+    assert!(!all.contains("SECRET-CONTENT"), "{all}");
+}
+
+#[test]
+fn butane_files_are_read_only_from_inside_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("outside.bu"), SECRET).unwrap();
+    let none = crate::LoadOptions::default();
+    let d = butane_entry_errors(dir.path(), "../outside.bu", &none);
+    assert_refused(&d, "is outside the folder");
+    assert!(
+        d[0].help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("--files-dir"),
+        "{}",
+        d[0]
+    );
+    let abs = dir.path().join("outside.bu").display().to_string();
+    assert_refused(
+        &butane_entry_errors(dir.path(), &abs, &none),
+        "is outside the folder",
+    );
+    std::os::unix::fs::symlink(dir.path().join("outside.bu"), dir.path().join("proj/l.bu")).ok();
+    assert_refused(
+        &butane_entry_errors(dir.path(), "l.bu", &none),
+        "is outside the folder",
+    );
+    // `--files-dir` naming a folder that holds both lets it be read.
+    let wide = crate::LoadOptions {
+        files_dir: Some(dir.path().to_path_buf()),
+    };
+    assert!(butane_entry_errors(dir.path(), "../outside.bu", &wide).is_empty());
+    assert!(butane_entry_errors(dir.path(), "l.bu", &wide).is_empty());
+}
+
+#[test]
+fn butane_files_must_be_small_regular_utf8_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("folder.bu")).unwrap();
+    let none = crate::LoadOptions::default();
+    assert_refused(
+        &butane_entry_errors(dir.path(), "folder.bu", &none),
+        "is a folder, not a regular file",
+    );
+    let big = std::fs::File::create(proj.join("big.bu")).unwrap();
+    big.set_len(clusterform_ignition::BUTANE_LIMIT + 1).unwrap();
+    assert_refused(
+        &butane_entry_errors(dir.path(), "big.bu", &none),
+        "larger than the limit of 1 MiB",
+    );
+    std::fs::write(proj.join("bin.bu"), [SECRET.as_bytes(), b"\xff\n"].concat()).unwrap();
+    let d = butane_entry_errors(dir.path(), "bin.bu", &none);
+    assert_refused(&d, "is not UTF-8 text");
+    assert!(d[0].message.contains("line 4, column 1"), "{}", d[0]);
+    let dev = crate::LoadOptions {
+        files_dir: Some(PathBuf::from("/")),
+    };
+    assert_refused(
+        &butane_entry_errors(dir.path(), "/dev/zero", &dev),
+        "is a character device, not a regular file",
+    );
+}
+
+#[test]
+fn load_refuses_a_folder_and_an_endless_cluster_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load(dir.path(), &[sim()]).unwrap_err();
+    assert!(err.to_string().contains("it is a folder"), "{err}");
+    let err = load(Path::new("/dev/zero"), &[sim()]).unwrap_err();
+    assert!(
+        err.to_string().contains("larger than the limit of 4 MiB"),
+        "{err}"
+    );
+}
+
 #[test]
 fn load_reports_a_missing_file_with_its_path() {
     let err = load(Path::new("/nonexistent/dir/cluster.toml"), &[sim()]).unwrap_err();

@@ -164,7 +164,7 @@ struct BDropin {
     contents: Option<String>,
 }
 
-/// `mode`: a YAML integer. serde_yaml reads a plain `0644` as the string "0644" (YAML
+/// `mode`: a YAML integer. yaml_serde reads a plain `0644` as the string "0644" (YAML
 /// 1.2); Butane's go-yaml reads it as octal 420, so a string of octal digits with a
 /// leading zero is taken as octal. Quoted strings are rejected before this runs (see
 /// [`check_quoted_modes`]).
@@ -229,7 +229,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn yaml_err(&self, e: &serde_yaml::Error) -> ButaneError {
+    fn yaml_err(&self, e: &yaml_serde::Error) -> ButaneError {
         let full = e.to_string();
         let message = match full.rfind(" at line ") {
             Some(i) => full[..i].to_owned(),
@@ -297,7 +297,7 @@ fn structural_lines(text: &str) -> Vec<(usize, &str)> {
 
 /// Byte offsets of every mapping key `key` in `text` (block style `key:` at the start
 /// of a line, after indentation and an optional `- `, or flow style after `{`/`,`), in
-/// document order, outside block scalars and comments. Used to locate errors serde_yaml
+/// document order, outside block scalars and comments. Used to locate errors yaml_serde
 /// has no position for.
 fn key_offsets(text: &str, key: &str) -> Vec<usize> {
     let mut out = Vec::new();
@@ -342,7 +342,7 @@ fn top_level_value_offset(text: &str, key: &str) -> usize {
     0
 }
 
-/// Reject `mode: "0644"` (a quoted string), as Butane does; serde_yaml does not tell a
+/// Reject `mode: "0644"` (a quoted string), as Butane does; yaml_serde does not tell a
 /// quoted from a plain scalar.
 fn check_quoted_modes(ctx: &Ctx<'_>) -> Result<(), ButaneError> {
     for off in key_offsets(ctx.text, "mode") {
@@ -365,7 +365,7 @@ fn check_quoted_modes(ctx: &Ctx<'_>) -> Result<(), ButaneError> {
     Ok(())
 }
 
-/// How deeply flow collections (`[...]`, `{...}`) may nest: serde_yaml refuses anything
+/// How deeply flow collections (`[...]`, `{...}`) may nest: yaml_serde refuses anything
 /// deeper (its recursion limit is 128), but only after the YAML parser has read the whole
 /// nesting, which takes time quadratic in the depth (a 80 KB file of `[` took 5 s).
 const MAX_FLOW_DEPTH: usize = 128;
@@ -416,9 +416,10 @@ fn value_starts(before: &[u8]) -> bool {
     t.is_empty() || (before.len() > t.len() && matches!(t.last(), Some(b':' | b'-' | b'?')))
 }
 
-/// Resolve `local` under `files_dir` like Butane's `EnsurePathWithinFilesDir`: relative,
-/// and not escaping the directory with `..`.
-fn local_path(files_dir: &Path, local: &str) -> Result<PathBuf, String> {
+/// Check `local` like Butane's `EnsurePathWithinFilesDir`: relative, and not escaping
+/// the files directory with `..`. (Symlinks are resolved when it is read, by
+/// [`crate::files::read_confined`].)
+fn local_path(local: &str) -> Result<PathBuf, String> {
     let rel = Path::new(local);
     if rel.is_absolute() || local.starts_with('/') {
         return Err(format!(
@@ -442,7 +443,36 @@ fn local_path(files_dir: &Path, local: &str) -> Result<PathBuf, String> {
             }
         }
     }
-    Ok(files_dir.join(rel))
+    Ok(rel.to_path_buf())
+}
+
+/// A `contents.local` file that was not read: what is wrong (never its content).
+fn local_message(local: &str, e: &crate::files::FileError) -> String {
+    format!("contents.local: {local:?} {e}")
+}
+
+/// What to do about a `contents.local` file that was not read.
+fn local_help(files_dir: &Path, e: &crate::files::FileError) -> String {
+    use crate::files::FileError;
+    let dir = files_dir.display();
+    match e {
+        FileError::Missing { .. } => {
+            format!("local files are read from {dir} (the Butane file's folder); check the name")
+        }
+        FileError::Outside { .. } => format!(
+            "copy the file into {dir} (the Butane file's folder): local files, symlinks resolved, must be inside it"
+        ),
+        FileError::NotRegular { .. } => {
+            "name a regular file: folders, devices and FIFOs are not read".to_owned()
+        }
+        FileError::TooLarge { limit } => format!(
+            "local files are embedded in every machine's config and may be at most {} MiB; fetch bigger files on the machine instead",
+            limit >> 20
+        ),
+        FileError::Root { .. } | FileError::Io(_) => {
+            format!("make the file readable; local files are read from {dir}")
+        }
+    }
 }
 
 /// Parse the Butane file `path` with contents `text`; `contents.local` files are read
@@ -456,7 +486,7 @@ pub fn parse_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config,
             Some("write nested lists and mappings in block style, and less deeply".to_owned()),
         ));
     }
-    let header: Header = serde_yaml::from_str(text).map_err(|e| ctx.yaml_err(&e))?;
+    let header: Header = yaml_serde::from_str(text).map_err(|e| ctx.yaml_err(&e))?;
     match header.variant.as_deref() {
         Some(VARIANT) => {}
         Some(other) => {
@@ -494,7 +524,7 @@ pub fn parse_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config,
         }
     }
     check_quoted_modes(&ctx)?;
-    let b: BConfig = serde_yaml::from_str(text).map_err(|e| ctx.yaml_err(&e))?;
+    let b: BConfig = yaml_serde::from_str(text).map_err(|e| ctx.yaml_err(&e))?;
 
     let passwd = b.passwd.map(|p| Passwd {
         users: p
@@ -541,20 +571,30 @@ pub fn parse_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config,
                     }) => {
                         let off = local_offsets.get(local_index).copied().unwrap_or(0);
                         local_index += 1;
-                        let full = local_path(files_dir, &local).map_err(|m| {
+                        let full = local_path(&local).map_err(|m| {
                             ctx.err_at(
                                 off,
                                 m,
-                                Some(format!("local files are read from {}", files_dir.display())),
+                                Some(format!(
+                                    "name a file inside {} (the Butane file's folder), relative to it",
+                                    files_dir.display()
+                                )),
                             )
                         })?;
-                        let data = std::fs::read(&full).map_err(|e| {
+                        let data = crate::files::read_confined(
+                            files_dir,
+                            files_dir,
+                            &full,
+                            crate::files::LOCAL_LIMIT,
+                        )
+                        .map_err(|e| {
                             ctx.err_at(
                                 off,
-                                format!("contents.local: cannot read {}: {e}", full.display()),
-                                Some(format!("local files are read from {}", files_dir.display())),
+                                local_message(&local, &e),
+                                Some(local_help(files_dir, &e)),
                             )
-                        })?;
+                        })?
+                        .bytes;
                         Some(make_resource(&data))
                     }
                     Some(BResource {

@@ -3,14 +3,16 @@
 //! networkd, Docker TCP socket, SSH keys, hostname), a Butane subset reader ([`butane`],
 //! `variant: flatcar`, `version: 1.0.0`), merging, and a short diff of two configs for
 //! plans, and reading a rendered config back ([`inspect`], [`etcd`]: a unit's command,
-//! an etcd member's identity and its bootstrap-only flags). Pure: the only file reads
-//! are Butane `contents.local` files, under the files directory given to
-//! [`parse_butane`].
+//! an etcd member's identity and its bootstrap-only flags). Pure but for reading the
+//! local files a configuration names, all through [`files::read_confined`] (confined to
+//! a folder, regular files only, bounded): Butane `contents.local` files, under the
+//! files directory given to [`parse_butane`], and (for the config crate) Butane files.
 
 pub mod butane;
 mod dataurl;
 pub mod diff;
 pub mod etcd;
+pub mod files;
 pub mod inspect;
 pub mod merge;
 pub mod role;
@@ -19,6 +21,7 @@ pub mod types;
 pub use butane::{ButaneError, parse_butane};
 pub use dataurl::{Encoding, decode as decode_data_url};
 pub use diff::{ConfigDiff, diff_configs, summarize};
+pub use files::{BUTANE_LIMIT, FileError, LOCAL_LIMIT, ReadFile, read_confined};
 pub use merge::merge;
 pub use role::{EtcdMember, MachineSpec, Platform, StaticNetwork, render};
 pub use types::Config;

@@ -169,7 +169,7 @@ proptest! {
 }
 
 /// Regression: flow collections nested thousands deep took time quadratic in the depth in
-/// the YAML parser before serde_yaml's recursion limit refused them (40,000 levels: 5 s);
+/// the YAML parser before the YAML library's recursion limit refused them (40,000 levels: 5 s);
 /// now anything deeper than 128 levels is refused at once, at the bracket.
 #[test]
 fn regression_deep_flow_nesting_took_quadratic_time() {
@@ -207,4 +207,34 @@ fn brackets_in_scalars_do_not_count_as_nesting() {
     );
     let e = parse_butane(Path::new("n.bu"), &nested, files_dir()).expect_err("unknown field");
     assert!(!e.message.contains("nested more than"), "{e}");
+}
+
+/// A billion laughs: nine levels of ten aliases each would expand to 10^9 scalars; the
+/// YAML library's repetition limit refuses it at once (for the header pass as well as for
+/// a known field), without the memory.
+#[test]
+fn alias_bombs_are_refused_quickly() {
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for w in names.windows(2) {
+        let refs = vec![format!("*{}", w[0]); 10].join(",");
+        bomb.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+    }
+    for text in [
+        format!("variant: flatcar\nversion: 1.0.0\n{bomb}"),
+        format!(
+            "variant: flatcar\nversion: 1.0.0\nx:\n{}passwd:\n  users:\n    - name: core\n      groups: *i\n",
+            bomb.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let e = parse_butane(Path::new("bomb.bu"), &text, files_dir()).expect_err("bomb");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}: {e}",
+            started.elapsed()
+        );
+    }
 }
