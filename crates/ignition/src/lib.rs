@@ -3,7 +3,8 @@
 //! networkd, Docker TCP socket, SSH keys, hostname), a Butane subset reader ([`butane`],
 //! `variant: flatcar`, `version: 1.0.0`), merging, and a short diff of two configs for
 //! plans, and reading a rendered config back ([`inspect`], [`etcd`]: a unit's command,
-//! an etcd member's identity and its bootstrap-only flags). Pure: the only file reads
+//! an etcd member's identity and its bootstrap-only flags), and Ignition's own
+//! validation rules ([`validate`]). Pure: the only file reads
 //! are Butane `contents.local` files, under the files directory given to
 //! [`parse_butane`].
 
@@ -15,8 +16,9 @@ pub mod inspect;
 pub mod merge;
 pub mod role;
 pub mod types;
+pub mod validate;
 
-pub use butane::{ButaneError, parse_butane};
+pub use butane::{ButaneError, parse_butane, translate_butane};
 pub use dataurl::{Encoding, decode as decode_data_url};
 pub use diff::{ConfigDiff, diff_configs, summarize};
 pub use merge::merge;
