@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use clusterform_core::{Address, Attrs, ProviderSchema, Resource};
-use clusterform_ignition::{Config, EtcdMember, MachineSpec, Platform, StaticNetwork, render};
+use clusterform_ignition::{EtcdMember, MachineSpec, Platform, StaticNetwork, render};
 use serde_json::Value;
 
 use crate::Span;
@@ -246,9 +246,65 @@ fn client_url(ip: Ipv4Addr) -> String {
 }
 
 /// The rendered Ignition config of `spec` with the table's Butane extras, as the
-/// `user_data` attribute.
-fn user_data(spec: &MachineSpec, extras: &[Config]) -> Value {
-    Value::String(clusterform_ignition::to_json(&render(spec, extras)))
+/// `user_data` attribute. A config that breaks one of Ignition's rules (a Butane entry
+/// that clashes with the role template or another Butane file) is reported once per
+/// table, in the Butane file that has the entry when one does.
+fn user_data(
+    cx: &mut Cx<'_>,
+    shared: &Shared,
+    group: &Group,
+    address: &Address,
+    spec: &MachineSpec,
+) -> Value {
+    let config = render(spec, &group.butane);
+    let problems = clusterform_ignition::validate::validate(&config);
+    if let Some(p) = problems.first()
+        && shared.ignition_reported.borrow_mut().insert(group.table)
+    {
+        let message = format!(
+            "the Ignition config of `{address}` (and every machine of `[{}]`) would be refused by Ignition: {}: {}",
+            group.table, p.pointer, p.message
+        );
+        let help = format!(
+            "{}; the config is the role template merged with the `butane` files of `[{}]`",
+            p.help, group.table
+        );
+        // The Butane file with the entry, last file first (a later file wins a merge).
+        let locate = |value: &str| {
+            group.butane_sources.iter().rev().find_map(|(shown, text)| {
+                clusterform_ignition::butane::locate(text, p.key, value, 0)
+                    .map(|off| (shown, text, off))
+            })
+        };
+        let found = locate(&p.value).or_else(|| p.related.as_deref().and_then(locate));
+        match found {
+            Some((shown, text, offset)) => {
+                let len = text[offset..]
+                    .find('\n')
+                    .unwrap_or(text.len() - offset)
+                    .max(1);
+                let at = Some(Span {
+                    offset,
+                    len: len.min(text.len() - offset),
+                });
+                cx.diags.push(crate::diagnostic_at(
+                    shown,
+                    text,
+                    at,
+                    message,
+                    "this entry".to_string(),
+                    Some(help),
+                ));
+            }
+            None => cx.error(
+                group.butane_span.or(group.span),
+                message,
+                "refused by Ignition",
+                Some(help),
+            ),
+        }
+    }
+    Value::String(clusterform_ignition::to_json(&config))
 }
 
 /// Report a settings table the blueprint does not use.
@@ -364,6 +420,8 @@ struct Shared {
     network: Option<NetTemplate>,
     /// One subnet per zone (ec2), None on a flat network.
     zones: Option<ZoneLayout>,
+    /// The tables whose rendered configs broke an Ignition rule (reported once each).
+    ignition_reported: std::cell::RefCell<std::collections::BTreeSet<&'static str>>,
 }
 
 /// The static-network parts shared by every statically addressed machine.
@@ -541,6 +599,7 @@ pub(crate) fn expand(
         channel: Value::String(settings.channel.clone()),
         net_refs,
         zones,
+        ignition_reported: Default::default(),
         network: network.ok.then(|| NetTemplate {
             prefix: network.cidr.prefix_len(),
             gateway: network.gateway,
@@ -841,11 +900,12 @@ fn dev_vm(
     let mut spec = shared.spec(hostname);
     spec.docker_tcp = true;
     spec.network = address.and_then(|a| shared.network.as_ref().map(|n| n.at(a)));
-    attrs.insert("user_data".into(), user_data(&spec, &vm.butane));
-    resources.push((
-        shared.resource(Address::new("machine", "vm"), attrs, Vec::new()),
-        at,
-    ));
+    let address = Address::new("machine", "vm");
+    attrs.insert(
+        "user_data".into(),
+        user_data(cx, shared, vm, &address, &spec),
+    );
+    resources.push((shared.resource(address, attrs, Vec::new()), at));
 }
 
 /// `small`, `dev-test`, `central-services`, `large-scale`: `machine.central[i]` running
@@ -972,8 +1032,11 @@ fn etcd_cluster(
             initial_cluster: initial_cluster.clone(),
             cluster_token: cname.to_string(),
         });
-        attrs.insert("user_data".into(), user_data(&spec, &central.butane));
         let address = Address::indexed("machine", "central", i);
+        attrs.insert(
+            "user_data".into(),
+            user_data(cx, shared, central, &address, &spec),
+        );
         central_addresses.push(address.clone());
         resources.push((shared.resource(address, attrs, Vec::new()), central_span));
     }
@@ -1019,13 +1082,13 @@ fn etcd_cluster(
         if workers.protect {
             attrs.insert("protect".into(), Value::Bool(true));
         }
-        attrs.insert("user_data".into(), user_data(&spec, &workers.butane));
+        let address = Address::indexed("machine", "workers", i);
+        attrs.insert(
+            "user_data".into(),
+            user_data(cx, shared, workers, &address, &spec),
+        );
         resources.push((
-            shared.resource(
-                Address::indexed("machine", "workers", i),
-                attrs,
-                central_addresses.clone(),
-            ),
+            shared.resource(address, attrs, central_addresses.clone()),
             workers_span,
         ));
     }

@@ -14,6 +14,7 @@ use toml::de::DeTable;
 use crate::reader::Cx;
 
 mod blueprint;
+mod checks;
 mod link;
 #[cfg(test)]
 mod proptests;
@@ -398,7 +399,12 @@ fn parse_absolute(
     };
 
     let plain = resources::plain(&mut cx, doc, &cluster.settings, &providers, schemas);
-    let (resources, spans) = link::link(&mut cx, expansion, plain, &cluster.settings.name);
+    let kinds: Vec<&str> = schemas
+        .iter()
+        .flat_map(|s| s.kinds.iter().map(|k| k.kind.as_str()))
+        .collect();
+    let (resources, spans) = link::link(&mut cx, expansion, plain, &cluster.settings.name, &kinds);
+    checks::check(&mut cx, &resources, &spans);
 
     if !cx.diags.is_empty() {
         let mut diags = cx.diags;

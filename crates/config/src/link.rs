@@ -190,6 +190,39 @@ fn resolve_dep(cx: &mut Cx<'_>, decls: &Decls, value: &str, at: Span, out: &mut 
     }
 }
 
+/// A reference attribute named like a kind (`network`, `subnet`, `machine`, ...) must
+/// name a resource of that kind: a machine's `network` pointing at a machine would only
+/// fail at the provider. False when reported.
+fn right_kind(
+    cx: &mut Cx<'_>,
+    kinds: &[&str],
+    p: &PlainDecl,
+    r: &crate::resources::RawRef,
+) -> bool {
+    if !kinds.contains(&r.attr.as_str()) {
+        return true;
+    }
+    let Ok(addr) = r.value.parse::<Address>() else {
+        return true; // reported by the lookup
+    };
+    if addr.kind == r.attr {
+        return true;
+    }
+    cx.error(
+        Some(r.span),
+        format!(
+            "`{}` of `{}.{}` names `{}`, a `{}`; it must name a `{}`",
+            r.attr, p.kind, p.name, r.value, addr.kind, r.attr
+        ),
+        format!("not a `{}`", r.attr),
+        Some(format!(
+            "name a `{}` resource, like `{}.NAME`",
+            r.attr, r.attr
+        )),
+    );
+    false
+}
+
 /// Check duplicates, resolve references, expand plain resources. Returns the resources
 /// in file order and the span of each.
 pub(crate) fn link(
@@ -197,6 +230,7 @@ pub(crate) fn link(
     expansion: Option<Expansion>,
     plain: Vec<PlainDecl>,
     cluster_name: &str,
+    kinds: &[&str],
 ) -> (Vec<Resource>, BTreeMap<Address, Span>) {
     let mut decls = Decls::default();
     let mut resources: Vec<Resource> = Vec::new();
@@ -261,6 +295,9 @@ pub(crate) fn link(
     for p in kept {
         let mut targets: Vec<(String, Target)> = Vec::with_capacity(p.refs.len());
         for r in &p.refs {
+            if !right_kind(cx, kinds, &p, r) {
+                continue;
+            }
             if let Some(t) = resolve_ref(cx, &decls, &r.value, r.span, p.count) {
                 targets.push((r.attr.clone(), t));
             }

@@ -98,7 +98,17 @@ pub(crate) fn plain(
                 continue;
             };
             let header = cx.table_span(name_key, name_node);
-            if !valid_name(name) {
+            if name.chars().count() > crate::checks::MAX_NAME_LEN {
+                cx.error(
+                    Some(span(name_key.span())),
+                    format!("resource name `{name}` is {} characters long", name.chars().count()),
+                    "name too long",
+                    Some(format!(
+                        "use at most {} characters: the name goes into host names, and a host name is one DNS label",
+                        crate::checks::MAX_NAME_LEN
+                    )),
+                );
+            } else if !valid_name(name) {
                 cx.error(
                     Some(span(name_key.span())),
                     format!("`{name}` is not a valid resource name"),
@@ -193,6 +203,68 @@ pub(crate) fn plain(
     out
 }
 
+/// String attributes that mean nothing when empty.
+const NON_EMPTY: &[&str] = &[
+    "name", "size", "zone", "cidr", "gateway", "address", "role", "channel", "image",
+];
+
+/// Value checks no provider is needed for: no empty `size`/`zone`/`name`..., no
+/// negative numbers (sizes) and no size of zero, a `cidr` that is a network address
+/// (no host bits), a `name` that fits a host name. False when reported.
+fn value_ok(
+    cx: &mut Cx<'_>,
+    key: &str,
+    value: &serde_json::Value,
+    at: Span,
+    section: &str,
+) -> bool {
+    use serde_json::Value;
+    let (message, label, help) = match value {
+        Value::String(s) if s.trim().is_empty() && NON_EMPTY.contains(&key) => (
+            format!("`{key}` in {section} is empty"),
+            "empty",
+            format!("give `{key}` a value, or leave it out"),
+        ),
+        Value::String(s) if key == "name" && s.chars().count() > crate::checks::MAX_NAME_LEN => (
+            format!(
+                "`name` in {section} is {} characters long",
+                s.chars().count()
+            ),
+            "name too long",
+            format!(
+                "use at most {} characters (a host name is one DNS label)",
+                crate::checks::MAX_NAME_LEN
+            ),
+        ),
+        Value::String(s) if key == "cidr" => match s.parse::<ipnet::Ipv4Net>() {
+            Err(_) => (
+                format!("`{s}` is not an IPv4 network"),
+                "not an IPv4 cidr",
+                "write it as address/prefix, like \"10.0.0.0/16\"".to_string(),
+            ),
+            Ok(n) if n.network() != n.addr() => (
+                format!("`{s}` has host bits set: the network is {}", n.trunc()),
+                "host bits set",
+                format!("write the network address, \"{}\"", n.trunc()),
+            ),
+            Ok(_) => return true,
+        },
+        Value::Number(n) if n.as_i64().is_some_and(|v| v < 0) => (
+            format!("`{key}` in {section} is negative ({n})"),
+            "negative",
+            format!("`{key}` must be 0 or more"),
+        ),
+        Value::Number(n) if n.as_i64() == Some(0) && key.ends_with("_gb") => (
+            format!("`{key}` in {section} is 0"),
+            "zero size",
+            format!("give `{key}` a size of at least 1 (GiB), or leave it out"),
+        ),
+        _ => return true,
+    };
+    cx.error(Some(at), message, label, Some(help));
+    false
+}
+
 /// Check the attribute keys of one resource table against its kind's schema.
 fn attributes(
     cx: &mut Cx<'_>,
@@ -244,6 +316,9 @@ fn attributes(
                 format!("expected {}", attr.ty.describe()),
                 (!attr.doc.is_empty()).then(|| format!("`{key}`: {}", attr.doc)),
             );
+            continue;
+        }
+        if !value_ok(cx, key, &value, span(node.span()), section) {
             continue;
         }
         match (attr.ty, value) {

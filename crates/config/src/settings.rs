@@ -183,6 +183,17 @@ pub(crate) fn cluster(cx: &mut Cx<'_>, doc: &DeTable<'_>, schemas: &[ProviderSch
 
     if let Some((e, at)) = cx.get_str(t, "expires_after", SECTION) {
         match humantime::parse_duration(e) {
+            Ok(d) if d.is_zero() => cx.error(
+                Some(at),
+                format!(
+                    "`expires_after = \"{e}\"` is zero: the cluster would expire as it is made"
+                ),
+                "zero",
+                Some(
+                    "write a duration like \"8h\", or leave `expires_after` out for no expiry"
+                        .to_string(),
+                ),
+            ),
             Ok(d) => settings.expires_after = Some(d),
             Err(err) => cx.error(
                 Some(at),
@@ -375,6 +386,18 @@ pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
     cx.check_keys(t, &["cidr", "gateway", "dns"], SECTION);
     if let Some((c, at)) = cx.get_str(t, "cidr", SECTION) {
         match c.parse::<Ipv4Net>() {
+            Ok(n) if n.addr() != n.network() => {
+                net.ok = false;
+                cx.error(
+                    Some(at),
+                    format!("`{c}` has host bits set: the network is {}", n.trunc()),
+                    "host bits set",
+                    Some(format!(
+                        "write the network address, \"{}\" (the address before `/` must be the first of the range)",
+                        n.trunc()
+                    )),
+                );
+            }
             Ok(n) => {
                 net.cidr_text = c.to_string();
                 net.cidr = n.trunc();
@@ -456,6 +479,11 @@ pub(crate) struct Group {
     pub(crate) protect: bool,
     /// The `butane` files, read and translated once for every machine of the table.
     pub(crate) butane: Vec<clusterform_ignition::Config>,
+    /// Each of those files as named in diagnostics, with its text, to point into when a
+    /// machine's merged config breaks an Ignition rule.
+    pub(crate) butane_sources: Vec<(PathBuf, Arc<str>)>,
+    /// The span of the `butane` value.
+    pub(crate) butane_span: Option<Span>,
     /// `[central]`: how day-2 changes reach the etcd members.
     pub(crate) etcd: crate::EtcdSettings,
 }
@@ -509,6 +537,8 @@ pub(crate) fn group(
         first_address: None,
         protect: false,
         butane: Vec::new(),
+        butane_sources: Vec::new(),
+        butane_span: None,
         etcd: crate::EtcdSettings::default(),
     };
     let Some((key, node)) = doc.get_key_value(table) else {
@@ -538,9 +568,30 @@ pub(crate) fn group(
     if table != "vm" {
         g.count = cx.get_count(t, "count", &section);
     }
-    g.size = cx.get_str(t, "size", &section).map(|(s, _)| s.to_string());
+    g.size = cx.get_str(t, "size", &section).map(|(s, at)| {
+        if s.trim().is_empty() {
+            cx.error(
+                Some(at),
+                format!("`size` in {section} is empty"),
+                "empty",
+                Some(
+                    "name the machine type, like \"2cpu-4gb\" (libvirt) or \"t3.medium\" (ec2)"
+                        .to_string(),
+                ),
+            );
+        }
+        s.to_string()
+    });
     if table == "vm" {
         if let Some((z, at)) = cx.get_str(t, "zone", &section) {
+            if z.trim().is_empty() {
+                cx.error(
+                    Some(at),
+                    "`zone` in `[vm]` is empty",
+                    "empty",
+                    Some("name the zone, or leave `zone` out".to_string()),
+                );
+            }
             g.zones = Some(vec![z.to_string()]);
             g.zones_span = Some(at);
         }
@@ -555,6 +606,16 @@ pub(crate) fn group(
                 Some("name at least one zone, or leave `zones` out".to_string()),
             );
         } else {
+            for (z, at) in &zones {
+                if z.trim().is_empty() {
+                    cx.error(
+                        Some(*at),
+                        format!("an entry of `zones` in {section} is empty"),
+                        "empty zone",
+                        Some("name each zone, like \"eu-west-1a\"".to_string()),
+                    );
+                }
+            }
             g.zones = Some(zones.into_iter().map(|(z, _)| z.to_string()).collect());
         }
     }
@@ -582,9 +643,11 @@ pub(crate) fn group(
         g.etcd = etcd_settings(cx, t, &section);
     }
     if let Some(files) = cx.get_str_list(t, "butane", &section) {
+        g.butane_span = t.get("butane").map(|n| span(n.span()));
         for (f, at) in files {
-            if let Some(config) = read_butane(cx, dirs, f, at) {
+            if let Some((config, text)) = read_butane(cx, dirs, f, at) {
                 g.butane.push(config);
+                g.butane_sources.push((dirs.shown_dir.join(f), text));
             }
         }
     }
@@ -688,16 +751,17 @@ pub(crate) fn valid_ssh_via(via: &str) -> bool {
     word(user) && word(host) && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
-/// Read and translate one Butane file; problems are reported (a file that is missing,
-/// outside the files folder, not a regular file, too large or not UTF-8 at the `butane`
-/// entry; a bad file inside the Butane file). The file is read only through
-/// [`clusterform_ignition::read_confined`], and nothing of a refused file is shown.
+/// Read and translate one Butane file, returning it with its text; problems are reported
+/// (a file that is missing, outside the files folder, not a regular file, too large or
+/// not UTF-8 at the `butane` entry; a bad file inside the Butane file). The file is read
+/// only through [`clusterform_ignition::read_confined`], and nothing of a refused file is
+/// shown.
 fn read_butane(
     cx: &mut Cx<'_>,
     dirs: &Dirs<'_>,
     file: &str,
     at: Span,
-) -> Option<clusterform_ignition::Config> {
+) -> Option<(clusterform_ignition::Config, Arc<str>)> {
     let read = match clusterform_ignition::read_confined(
         dirs.root,
         dirs.dir,
@@ -746,7 +810,7 @@ fn read_butane(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     match clusterform_ignition::parse_butane(&p, &text, &files_dir) {
-        Ok(config) => Some(config),
+        Ok(config) => Some((config, Arc::from(text))),
         Err(e) => {
             // The error is in the Butane file (a `contents.local` problem is located at
             // its `local:` key); the snippet shows the Butane file, never a refused one.

@@ -321,6 +321,37 @@ fn key_offsets(text: &str, key: &str) -> Vec<usize> {
     out
 }
 
+/// The scalar after `key:` at `off` (quotes removed), as far as a one-line plain or
+/// quoted scalar goes.
+fn scalar_at<'t>(text: &'t str, off: usize, key: &str) -> &'t str {
+    let rest = &text[off + key.len()..];
+    let rest = rest.trim_start_matches([' ', '"', '\'']);
+    let Some(rest) = rest.strip_prefix(':') else {
+        return "";
+    };
+    let line = rest.split('\n').next().unwrap_or_default();
+    let line = match line.find(" #") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    let v = line.trim().trim_end_matches([',', '}']).trim_end();
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(v)
+}
+
+/// Byte offset of the `occurrence`-th (0-based) `key:` whose value is `value` in the
+/// Butane text, else of the first such key, else None: where to point at an entry an
+/// Ignition rule refuses.
+pub fn locate(text: &str, key: &str, value: &str, occurrence: usize) -> Option<usize> {
+    let hits: Vec<usize> = key_offsets(text, key)
+        .into_iter()
+        .filter(|off| scalar_at(text, *off, key) == value)
+        .collect();
+    hits.get(occurrence).or_else(|| hits.first()).copied()
+}
+
 /// Offset of the value after the first top-level `key:` (or of the key when there is
 /// no value on that line), or 0.
 fn top_level_value_offset(text: &str, key: &str) -> usize {
@@ -476,8 +507,22 @@ fn local_help(files_dir: &Path, e: &crate::files::FileError) -> String {
 }
 
 /// Parse the Butane file `path` with contents `text`; `contents.local` files are read
-/// from `files_dir`. Returns the Ignition 3.3.0 config Butane would produce.
+/// from `files_dir`. Returns the Ignition 3.3.0 config Butane would produce, and, like
+/// Butane, refuses one that breaks Ignition's rules ([`crate::validate`]), pointing at
+/// the entry.
 pub fn parse_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config, ButaneError> {
+    let config = translate_butane(path, text, files_dir)?;
+    if let Some(p) = crate::validate::validate(&config).into_iter().next() {
+        let ctx = Ctx { path, text };
+        let off = locate(text, p.key, &p.value, p.occurrence).unwrap_or(0);
+        return Err(ctx.err_at(off, format!("{}: {}", p.pointer, p.message), Some(p.help)));
+    }
+    Ok(config)
+}
+
+/// [`parse_butane`] without Ignition's rules: the translation only, as a config that
+/// Ignition may still refuse (for comparing with `ignition-validate`).
+pub fn translate_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Config, ButaneError> {
     let ctx = Ctx { path, text };
     if let Some(offset) = too_deep_flow(text) {
         return Err(ctx.err_at(

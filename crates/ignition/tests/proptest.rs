@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use clusterform_ignition::{Config, decode_data_url, parse_butane};
+use clusterform_ignition::{Config, decode_data_url, parse_butane, translate_butane};
 use proptest::prelude::*;
 
 fn fixtures() -> PathBuf {
@@ -198,8 +198,12 @@ fn brackets_in_scalars_do_not_count_as_nesting() {
     let text = format!(
         "variant: flatcar\nversion: 1.0.0\nsystemd:\n  units:\n    - name: a.service\n      contents: |\n        {many}\n    - name: b.service\n      contents: \"{many}\"\n    - name: c.service\n      contents: x{many}\n    - name: d.service\n      contents: '{many}'\n"
     );
-    let config = parse_butane(Path::new("ok.bu"), &text, files_dir()).expect("valid");
+    // The translation only: a unit of 300 `[` is valid YAML that Ignition refuses
+    // (a section never closed), which `parse_butane` now says.
+    let config = translate_butane(Path::new("ok.bu"), &text, files_dir()).expect("valid");
     assert_eq!(config.systemd.expect("systemd").units.len(), 4);
+    let e = parse_butane(Path::new("ok.bu"), &text, files_dir()).expect_err("Ignition's rules");
+    assert!(e.message.contains("unable to find end of section"), "{e}");
     let nested = format!(
         "variant: flatcar\nversion: 1.0.0\nx: {}{}\n",
         "[".repeat(100),
