@@ -65,7 +65,7 @@ impl PlanFile {
     /// Write it atomically, readable by the owner only.
     pub fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| errors::plain(format!("cannot encode the plan: {e}")))?;
+            .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
