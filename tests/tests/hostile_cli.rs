@@ -230,8 +230,11 @@ const HOSTILE_BU: &str = "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n
 
 const BU_CLUSTER: &str = "[cluster]\nname = \"demo\"\nblueprint = \"dev-test\"\nprovider = \"sim\"\n\n[central]\nsize = \"2cpu-4gb\"\nbutane = [\"x.bu\"]\n\n[workers]\ncount = 1\nsize = \"s\"\n";
 
-/// The cases of text from input with control characters: (name, setup, command).
-fn hostile_inputs() -> Vec<(&'static str, fn(&World), Vec<&'static str>)> {
+/// A case of text from input with control characters: (name, setup, command).
+type Hostile = (&'static str, fn(&World), Vec<&'static str>);
+
+/// The cases of text from input with control characters.
+fn hostile_inputs() -> Vec<Hostile> {
     vec![
         (
             "cluster name with ESC (escaped in TOML)",
