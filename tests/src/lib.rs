@@ -296,3 +296,13 @@ pub fn row<'a>(table: &'a str, first: &str) -> &'a str {
         .find(|l| l.trim_start().starts_with(&format!("{first} ")))
         .unwrap_or_else(|| panic!("no row for {first}:\n{table}"))
 }
+
+/// Running as root (the effective uid, via `id -u`: this crate has no libc), where file
+/// modes do not stop writes.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clusterform_tests::{Run, World, dev_test};
+use clusterform_tests::{Run, World, dev_test, is_root};
 use serde_json::{Value, json};
 
 /// Which command a case runs, and what its error must name.
@@ -755,15 +755,6 @@ fn cases() -> Vec<Case> {
             }),
         ),
     ]
-}
-
-fn is_root() -> bool {
-    // The effective uid, via `id -u` (this crate has no libc).
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// Every file under `dir` with its bytes (folders as `None`), to compare before/after.

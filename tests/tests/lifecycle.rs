@@ -20,9 +20,10 @@ fn dev_test_apply_plan_change_destroy() {
         "{}",
         r.stdout
     );
+    // Not a terminal: no spinners redrawn in place, one plain line per operation.
     assert!(
-        !r.stdout.contains("Creating..."),
-        "no live progress when stdout is not a terminal: {}",
+        !r.stdout.contains('\r') && r.stdout.contains("network.main: Creating...\n"),
+        "plain progress lines when stdout is not a terminal: {}",
         r.stdout
     );
     assert_eq!(w.objects().len(), 5);

@@ -1,10 +1,15 @@
 //! Error reports: config diagnostics become miette reports with the source snippet;
 //! everything else gets a message and a hint. This is the only place errors are rendered.
+//! Every text of a report goes through [`clean`]: messages quote input (names, paths,
+//! provider answers) and the snippet is the user's file, which may hold control
+//! characters that must not reach the terminal raw.
 
 use std::sync::Arc;
 
 use clusterform_config::{Diagnostic as ConfigDiagnostic, Diagnostics};
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+
+use crate::output::{clean, clean_offset};
 
 /// Set up miette's renderer: unicode, colour only when asked, a stable width.
 pub fn install_hook(color: bool) {
@@ -38,12 +43,23 @@ pub struct SourceError {
 
 impl From<&ConfigDiagnostic> for SourceError {
     fn from(d: &ConfigDiagnostic) -> Self {
+        // The snippet is shown with its control characters escaped; the span moves with
+        // the escapes to keep pointing at the same characters.
+        let source: Arc<str> = match clean(&d.source) {
+            std::borrow::Cow::Borrowed(_) => d.source.clone(),
+            std::borrow::Cow::Owned(s) => Arc::from(s),
+        };
+        let span = d.span.map(|s| {
+            let start = clean_offset(&d.source, s.offset);
+            let end = clean_offset(&d.source, s.offset + s.len);
+            SourceSpan::new(start.into(), end.saturating_sub(start))
+        });
         SourceError {
-            message: d.to_string(),
-            src: NamedSource::new(d.path.display().to_string(), d.source.clone()),
-            span: d.span.map(|s| SourceSpan::new(s.offset.into(), s.len)),
-            label: d.label.clone(),
-            help: d.help.clone(),
+            message: clean(&d.to_string()).into_owned(),
+            src: NamedSource::new(clean(&d.path.display().to_string()), source),
+            span,
+            label: clean(&d.label).into_owned(),
+            help: d.help.as_deref().map(|h| clean(h).into_owned()),
         }
     }
 }
@@ -90,18 +106,21 @@ pub struct Hinted {
 
 /// An error message with what to do about it.
 pub fn hint(message: impl Into<String>, help: impl Into<String>) -> miette::Report {
+    let (message, help) = (message.into(), help.into());
     miette::Report::new(Hinted {
-        message: message.into(),
-        help: Some(help.into()),
+        message: clean(&message).into_owned(),
+        help: Some(clean(&help).into_owned()),
     })
 }
 
-/// An error message without a hint.
-pub fn plain(message: impl Into<String>) -> miette::Report {
-    miette::Report::new(Hinted {
-        message: message.into(),
-        help: None,
-    })
+/// Something that should not happen whatever the input (a task that died, a value that
+/// cannot be encoded): say so, and what to do.
+pub fn bug(e: impl std::fmt::Display) -> miette::Report {
+    hint(
+        format!("internal error: {e}"),
+        "this is a bug in clusterform, not in your files: run the command again, and if it \
+         happens again report it with the command and the output of `-vv`",
+    )
 }
 
 /// A state error with what to do.
@@ -153,7 +172,14 @@ pub fn state(e: clusterform_state::StateError) -> miette::Report {
         ),
         S::Version { .. } => "use a newer clusterform".to_string(),
         S::WrongLockId { .. } => "use the id from the lock message, or `clusterform state list` to see the current holder".to_string(),
-        _ => "check that the state folder exists and is writable".to_string(),
+        S::LockHeldByLiveProcess { .. } => {
+            "wait for that run to finish, or stop it; then run the command again".to_string()
+        }
+        S::Io { path, source } => io_help(path, source),
+        S::Database { .. } => "check the state folder's file system (free space, permissions, \
+             errors in the system log); if the file is damaged, `clusterform state restore \
+             CLUSTER_FILE` puts the last run's backup back"
+            .to_string(),
     };
     hint(e.to_string(), help)
 }
@@ -172,7 +198,56 @@ pub fn engine(e: clusterform_engine::EngineError) -> miette::Report {
             "check the provider's settings and reachability, then run the command again",
         ),
         E::Refused { message, help } => hint(message, help),
-        other => plain(other.to_string()),
+        E::NoKind { .. } => hint(
+            e.to_string(),
+            "use a kind this provider has (see docs/CONFIG.md), or another provider for it",
+        ),
+        E::Order(_) => hint(
+            e.to_string(),
+            "if this is a saved plan, it may have been edited: make a new one with \
+             `clusterform plan CLUSTER_FILE --out FILE`",
+        ),
+        E::StateWrite(_) => hint(
+            e.to_string(),
+            "make the state folder writable by this user (e.g. `chmod u+rwx` it, or run as its \
+             owner) and check that its disk has free space, then run the command again",
+        ),
+        E::Internal(m) => bug(m),
+    }
+}
+
+/// What to do about a file-system error on the state folder, by its kind.
+fn io_help(path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let folder = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    let folder = folder.display();
+    match e.kind() {
+        K::PermissionDenied => format!(
+            "this user may not read or write the state folder `{folder}`: give it write \
+             access (e.g. `chmod u+rwx {folder}`), or run as the folder's owner; a CI job \
+             needs the state on a writable volume"
+        ),
+        K::ReadOnlyFilesystem => format!(
+            "`{folder}` is on a read-only file system: mount it writable, or point `[state] \
+             path` at a writable folder (and move the state files there)"
+        ),
+        K::StorageFull | K::QuotaExceeded => format!(
+            "the disk holding `{folder}` is full: free some space, then run the command \
+             again (nothing recorded is lost)"
+        ),
+        K::NotADirectory | K::IsADirectory => format!(
+            "something that is not clusterform's is in the way at `{}`: move it aside, \
+             or point `[state] path` elsewhere",
+            path.display()
+        ),
+        _ => format!(
+            "check that the state folder `{folder}` exists, is a folder and is writable by \
+             this user"
+        ),
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn connect(
             let targets = tunnel_targets(&endpoints, set);
             let opened = tokio::task::spawn_blocking(move || Tunnel::open(&parsed, &targets))
                 .await
-                .map_err(|e| errors::plain(format!("the SSH tunnel task failed: {e}")))?
+                .map_err(errors::bug)?
                 .map_err(|e| {
                     errors::hint(
                         format!("cannot open the SSH tunnel of `[central] etcd_via = \"{v}\"`: {e}"),

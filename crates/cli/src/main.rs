@@ -1,6 +1,9 @@
 //! The `clusterform` binary: parses arguments, runs one command, renders errors once
-//! (miette) and maps outcomes to exit codes (0 ok / no changes, 1 error, 2 changes with
-//! `--detailed-exitcode`).
+//! (miette) and maps outcomes to exit codes (0 ok / no changes, 1 error or usage error,
+//! 2 changes with `--detailed-exitcode` or drift, 130 interrupted).
+
+#[macro_use]
+mod output;
 
 mod args;
 mod commands;
@@ -18,10 +21,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let argv = args::normalize(std::env::args_os());
-    let cli = args::Cli::parse_from(argv);
+    let cli = match args::Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     let color = style::init(cli.no_color);
     errors::install_hook(color);
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, style::stderr_color(cli.no_color));
     context::set_files_dir(cli.files_dir.clone());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -30,20 +36,32 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!(
+                "error: cannot start the async runtime: {e}\n  help: the system refused threads \
+                 or file descriptors; check `ulimit -u` and `ulimit -n`, then run again"
+            );
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(report) => {
-            eprintln!("{report:?}");
+            errln!("{report:?}");
             ExitCode::from(1)
         }
     }
 }
 
-fn init_tracing(verbose: u8) {
+/// `--help` and `--version` print to stdout and exit 0; a usage error (unknown flag, bad
+/// value, missing argument) prints clap's message to stderr and exits 1, never clap's
+/// 2: exit 2 means "changes" (`plan --detailed-exitcode`) or "drift" (`drift`).
+fn usage(e: &clap::Error) -> ExitCode {
+    // clap writes help with EPIPE handled (`clusterform --help | head -1` is quiet).
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 1 } else { 0 })
+}
+
+fn init_tracing(verbose: u8, color: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -65,6 +83,7 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(false)
         .try_init();
 }

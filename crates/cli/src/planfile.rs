@@ -71,7 +71,7 @@ impl PlanFile {
     /// The checksum of this plan file (computed with `checksum` empty).
     fn compute_checksum(&self) -> Result<String> {
         use sha2::Digest;
-        let encode = |e: serde_json::Error| errors::plain(format!("cannot encode the plan: {e}"));
+        let encode = |e: serde_json::Error| errors::bug(format!("cannot encode the plan: {e}"));
         let mut value = serde_json::to_value(self).map_err(encode)?;
         value["checksum"] = serde_json::Value::String(String::new());
         let bytes = serde_json::to_vec(&value).map_err(encode)?;
@@ -84,10 +84,10 @@ impl PlanFile {
     /// Write it atomically, readable by the owner only.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut value = serde_json::to_value(self)
-            .map_err(|e| errors::plain(format!("cannot encode the plan: {e}")))?;
+            .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         value["checksum"] = serde_json::Value::String(self.compute_checksum()?);
         let json = serde_json::to_vec_pretty(&value)
-            .map_err(|e| errors::plain(format!("cannot encode the plan: {e}")))?;
+            .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

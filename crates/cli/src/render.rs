@@ -7,7 +7,15 @@ use clusterform_core::{Action, Change, EtcdPlan, MemberStep, Plan, StepKind, Val
 use clusterform_engine::{ApplyReport, Outcome, Recovery, Resolution};
 use serde_json::json;
 
+use crate::output::clean;
 use crate::style::{bold, dim, green, red, yellow};
+
+/// Text from input (Butane content, provider messages, names in a saved plan or the
+/// state), control characters escaped: the colours around it are ours, so the whole
+/// output cannot be escaped at once.
+fn from_input(x: impl std::fmt::Display) -> String {
+    clean(&x.to_string()).into_owned()
+}
 
 fn value(v: &Value) -> String {
     match v {
@@ -24,7 +32,7 @@ const USER_DATA: &str = "user_data";
 pub fn attr_value(key: &str, v: &Value) -> String {
     match (key, v) {
         (USER_DATA, Value::String(s)) => {
-            format!("({})", clusterform_ignition::summarize(s))
+            format!("({})", from_input(clusterform_ignition::summarize(s)))
         }
         _ => value(v),
     }
@@ -85,7 +93,11 @@ pub fn recoveries(notes: &[Recovery]) -> String {
                 continue;
             }
         };
-        let _ = writeln!(out, "  - {} ({}): {what}", n.address, n.action.name());
+        let _ = writeln!(
+            out,
+            "  - {}",
+            from_input(format!("{} ({}): {what}", n.address, n.action.name()))
+        );
     }
     if not_done > 0 {
         let _ = writeln!(
@@ -108,9 +120,13 @@ fn drift_note(p: &Plan) -> String {
         );
         for d in &p.drift {
             if d.deleted {
-                let _ = writeln!(out, "  # {} has been deleted", bold(&d.address.to_string()));
+                let _ = writeln!(
+                    out,
+                    "  # {} has been deleted",
+                    bold(&from_input(&d.address))
+                );
             } else {
-                let _ = writeln!(out, "  # {} has changed", bold(&d.address.to_string()));
+                let _ = writeln!(out, "  # {} has changed", bold(&from_input(&d.address)));
                 let w = d.changed.iter().map(|c| c.0.len()).max().unwrap_or(0);
                 let shown = |k: &String, v: &Value| {
                     if d.sensitive.contains(k) && !v.is_null() {
@@ -122,8 +138,9 @@ fn drift_note(p: &Plan) -> String {
                 for (k, before, after) in &d.changed {
                     let _ = writeln!(
                         out,
-                        "    {} {k:<w$} = {} -> {}",
+                        "    {} {:<w$} = {} -> {}",
                         yellow("~"),
+                        from_input(k),
                         shown(k, before),
                         shown(k, after)
                     );
@@ -199,7 +216,11 @@ pub fn plan(p: &Plan) -> String {
         }
     }
     for a in &p.forget {
-        let _ = writeln!(out, "  # {a} is gone and will be removed from the state\n");
+        let _ = writeln!(
+            out,
+            "  # {} is gone and will be removed from the state\n",
+            from_input(a)
+        );
     }
     if let Some(e) = &p.etcd {
         etcd_section(&mut out, e);
@@ -257,7 +278,7 @@ fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
     } else if c.action == Action::Replace
         && let Some(why) = &c.replace_reason
     {
-        notes.push(why.clone());
+        notes.push(from_input(why));
     }
     let reason = if notes.is_empty() {
         String::new()
@@ -267,7 +288,7 @@ fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
     let _ = writeln!(
         out,
         "  # {} {}{}",
-        bold(&c.address.to_string()),
+        bold(&from_input(&c.address)),
         c.action.phrase(),
         reason
     );
@@ -277,7 +298,7 @@ fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
     } else {
         "  "
     };
-    let _ = writeln!(out, "{pad}{sym} {} {{", c.address);
+    let _ = writeln!(out, "{pad}{sym} {} {{", from_input(&c.address));
 
     let empty = Default::default();
     let before = c.before.as_ref().unwrap_or(&empty);
@@ -367,7 +388,7 @@ fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
                 let forces = if c.replace_because.contains(k) {
                     format!(" {}", red("# forces replacement"))
                 } else if let Some(note) = c.notes.get(k.as_str()) {
-                    format!(" {}", yellow(&format!("# {note}")))
+                    format!(" {}", yellow(&format!("# {}", from_input(note))))
                 } else {
                     String::new()
                 };
@@ -382,10 +403,10 @@ fn change(out: &mut String, c: &Change, etcd: Option<&EtcdPlan>) {
     }
     let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     for (m, k, v) in rows {
-        let _ = writeln!(out, "      {m} {k:<w$} = {v}");
+        let _ = writeln!(out, "      {m} {:<w$} = {v}", from_input(&k));
         if k == USER_DATA {
             for line in &details {
-                let _ = writeln!(out, "          {}", dim(line));
+                let _ = writeln!(out, "          {}", dim(&from_input(line)));
             }
         }
     }
@@ -406,14 +427,15 @@ pub fn etcd_section(out: &mut String, e: &EtcdPlan) {
         let _ = writeln!(
             out,
             "  # {} has a stale config and is left as it is (`update = \"manual\"`); replace it with `clusterform apply --replace {a}`\n",
-            bold(&a.to_string())
+            bold(&from_input(a))
         );
     }
     for loss in &e.data_loss {
         let _ = writeln!(
             out,
-            "{} {loss}\n",
-            red(&bold("Warning: this plan loses the etcd data:"))
+            "{} {}\n",
+            red(&bold("Warning: this plan loses the etcd data:")),
+            from_input(loss)
         );
     }
     if !e.steps.is_empty() {
@@ -458,7 +480,12 @@ pub fn etcd_section(out: &mut String, e: &EtcdPlan) {
                 .as_ref()
                 .map(|r| format!(" [{r}]"))
                 .unwrap_or_default();
-            let _ = writeln!(out, "  {}. {what}{resume}", i + 1);
+            let _ = writeln!(
+                out,
+                "  {}. {}",
+                i + 1,
+                from_input(format!("{what}{resume}"))
+            );
         }
         if !e.live {
             let _ = writeln!(
@@ -475,7 +502,7 @@ pub fn etcd_section(out: &mut String, e: &EtcdPlan) {
         );
     }
     for n in &e.notes {
-        let _ = writeln!(out, "{} {n}\n", yellow("Note:"));
+        let _ = writeln!(out, "{} {}\n", yellow("Note:"), from_input(n));
     }
 }
 
@@ -533,20 +560,27 @@ pub fn apply_summary(r: &ApplyReport, destroy: bool) -> String {
     for (addr, _, o) in &r.outcomes {
         match o {
             Outcome::Failed(e) => {
-                let _ = writeln!(out, "{} {addr}: {e}", red("Error:"));
+                let _ = writeln!(
+                    out,
+                    "{} {}",
+                    red("Error:"),
+                    from_input(format!("{addr}: {e}"))
+                );
             }
             Outcome::Skipped(cause) => {
                 let _ = writeln!(
                     out,
-                    "{} {addr}: skipped because `{cause}` failed",
-                    yellow("Skipped:")
+                    "{} {}",
+                    yellow("Skipped:"),
+                    from_input(format!("{addr}: skipped because `{cause}` failed"))
                 );
             }
             Outcome::Cancelled => {
                 let _ = writeln!(
                     out,
-                    "{} {addr}: not started (interrupted)",
-                    yellow("Cancelled:")
+                    "{} {}: not started (interrupted)",
+                    yellow("Cancelled:"),
+                    from_input(addr)
                 );
             }
             Outcome::Done => {}
@@ -555,22 +589,33 @@ pub fn apply_summary(r: &ApplyReport, destroy: bool) -> String {
     for (who, kind, o) in &r.members {
         match o {
             Outcome::Failed(e) => {
-                let _ = writeln!(out, "{} etcd {} of {who}: {e}", red("Error:"), kind.name());
+                let _ = writeln!(
+                    out,
+                    "{} {}",
+                    red("Error:"),
+                    from_input(format!("etcd {} of {who}: {e}", kind.name()))
+                );
             }
             Outcome::Skipped(cause) => {
                 let _ = writeln!(
                     out,
-                    "{} etcd {} of {who}: skipped because `{cause}` failed",
+                    "{} {}",
                     yellow("Skipped:"),
-                    kind.name()
+                    from_input(format!(
+                        "etcd {} of {who}: skipped because `{cause}` failed",
+                        kind.name()
+                    ))
                 );
             }
             Outcome::Cancelled => {
                 let _ = writeln!(
                     out,
-                    "{} etcd {} of {who}: not started (interrupted)",
+                    "{} {}",
                     yellow("Cancelled:"),
-                    kind.name()
+                    from_input(format!(
+                        "etcd {} of {who}: not started (interrupted)",
+                        kind.name()
+                    ))
                 );
             }
             Outcome::Done => {}

@@ -9,15 +9,28 @@ static COLOR: AtomicBool = AtomicBool::new(false);
 
 /// Decide once whether to colour output; returns the decision.
 pub fn init(no_color: bool) -> bool {
-    let on = !no_color
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::io::stdout().is_terminal();
+    let on = allowed(no_color) && std::io::stdout().is_terminal();
     COLOR.store(on, Ordering::SeqCst);
     on
 }
 
-fn on() -> bool {
+/// Colour is not turned off: no `--no-color`, and `NO_COLOR` unset or empty.
+fn allowed(no_color: bool) -> bool {
+    !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether logs on stderr (`-v`) may be coloured: colour allowed and stderr a terminal.
+pub fn stderr_color(no_color: bool) -> bool {
+    allowed(no_color) && std::io::stderr().is_terminal()
+}
+
+/// Whether stdout is coloured (decided by [`init`]).
+pub fn color() -> bool {
     COLOR.load(Ordering::Relaxed)
+}
+
+fn on() -> bool {
+    color()
 }
 
 /// Green (create).

@@ -396,7 +396,7 @@ pub async fn apply(
         serial = committer
             .commit(plan.forget.iter().cloned().map(Mutation::Remove).collect())
             .await
-            .map_err(EngineError::Internal)?;
+            .map_err(EngineError::StateWrite)?;
     }
 
     let sched = schedule(&plan.changes, plan.etcd.as_ref());
@@ -438,11 +438,7 @@ pub async fn apply(
                     .collect(),
             )
             .await
-            .map_err(|e| {
-                EngineError::Internal(format!(
-                    "could not write the state journal, nothing was done: {e}"
-                ))
-            })?;
+            .map_err(EngineError::StateWrite)?;
     }
     let ids = current
         .iter()

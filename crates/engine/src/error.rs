@@ -61,6 +61,10 @@ pub enum EngineError {
     /// The plan's dependencies do not form a DAG (a bug, or a hand-edited plan file).
     #[error("the plan's operations cannot be ordered: {0}")]
     Order(String),
+    /// The state could not be written before any operation started (a read-only or full
+    /// state folder): nothing was changed at the providers.
+    #[error("could not write the state, nothing was done: {0}")]
+    StateWrite(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),

@@ -63,8 +63,8 @@ async fn accept_drift(file: &Path, auto_approve: bool, run_args: &RunArgs) -> Re
     let ctx = context::load(file)?;
     let p = prepare(&ctx, &Intent::default(), run_args, "apply --refresh-only").await?;
     let plan = refresh_only_plan(&p);
-    print!("{}", render::recoveries(&p.recovered));
-    print!("{}", render::refresh_only(&plan));
+    out!("{}", render::recoveries(&p.recovered));
+    out!("{}", render::refresh_only(&plan));
     if plan.drift.is_empty() {
         return Ok(0);
     }
@@ -74,14 +74,14 @@ async fn accept_drift(file: &Path, auto_approve: bool, run_args: &RunArgs) -> Re
             "clusterform will write these changes to the state without changing any object.",
         )?
     {
-        println!("\nApply cancelled.");
+        outln!("\nApply cancelled.");
         return Ok(1);
     }
     let serial = ctx
         .store
         .commit(&p.refreshed.accept())
         .map_err(errors::state)?;
-    println!(
+    outln!(
         "\n{} The state now matches the objects (serial {serial}).",
         crate::style::bold("Apply complete!")
     );
@@ -100,8 +100,8 @@ async fn plan_confirm_run(
     let destroy = intent.destroy;
     let operation = if destroy { "destroy" } else { "apply" };
     let p = prepare(&ctx, intent, run_args, operation).await?;
-    print!("{}", render::recoveries(&p.recovered));
-    print!("{}", render::plan(&p.plan));
+    out!("{}", render::recoveries(&p.recovered));
+    out!("{}", render::plan(&p.plan));
     if p.plan.is_empty() {
         return Ok(0);
     }
@@ -126,7 +126,7 @@ async fn plan_confirm_run(
         )
     };
     if !auto_approve && !confirm(question, detail)? {
-        println!("\n{cancelled}");
+        outln!("\n{cancelled}");
         return Ok(1);
     }
     run(
@@ -166,7 +166,10 @@ async fn apply_saved(
     }
     let providers =
         context::build_providers(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
-            errors::plain(format!("provider `{name}` in the plan file: {msg}"))
+            errors::hint(
+                format!("provider `{name}` in the plan file: {msg}"),
+                "fix the provider's settings (or its environment) and make a new plan: clusterform plan CLUSTER_FILE --out FILE",
+            )
         })?;
     let store = context::open_location(
         &pf.state,
@@ -176,7 +179,7 @@ async fn apply_saved(
         .lock("apply", run_args.lock_timeout)
         .map_err(errors::state)?;
     if let Some(note) = guard.note() {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     let snapshot = store.load().map_err(errors::state)?;
     let plan = &pf.plan;
@@ -207,7 +210,7 @@ async fn apply_saved(
             ),
         ));
     }
-    print!("{}", render::plan(plan));
+    out!("{}", render::plan(plan));
     if plan.is_empty() {
         return Ok(0);
     }
@@ -278,11 +281,11 @@ async fn run(
                 count += 1;
                 if count == 1 {
                     stop.store(true, Ordering::SeqCst);
-                    eprintln!(
+                    errln!(
                         "\nInterrupt received: finishing the operations in flight and starting no new ones. Press Ctrl-C again to abort at once."
                     );
                 } else {
-                    eprintln!(
+                    errln!(
                         "\nAborted. The state journal records what was in flight; the next run resolves it."
                     );
                     std::process::exit(i32::from(INTERRUPTED));
@@ -290,7 +293,7 @@ async fn run(
             }
         })
     };
-    println!();
+    outln!();
     let options = ApplyOptions {
         parallelism: run_args.parallelism as usize,
         stop: stop.clone(),
@@ -304,7 +307,12 @@ async fn run(
         store,
         cluster,
         &options,
-        progress::observer(),
+        progress::observer(
+            plan.changes
+                .iter()
+                .filter_map(|c| Some((c.address.clone(), c.id.clone()?)))
+                .collect(),
+        ),
     )
     .await
     .map_err(errors::engine);
@@ -316,9 +324,9 @@ async fn run(
         report.critical_path,
         report.serial
     );
-    print!("\n{}", render::apply_summary(&report, destroy));
+    out!("\n{}", render::apply_summary(&report, destroy));
     if let Some(e) = &report.state_error {
-        eprintln!(
+        errln!(
             "Error: the state could not be written: {e}\n  The provider's work that is not \
              recorded is kept in the state journal; once the state can be written again \
              (free space), run clusterform again: it adopts those objects."

@@ -176,10 +176,13 @@ impl Turn {
             .write(true)
             .open(&lock_path)
             .map_err(|e| {
-                errors::plain(format!(
-                    "cannot open the drift-check lock `{}`: {e}",
-                    lock_path.display()
-                ))
+                errors::hint(
+                    format!(
+                        "cannot open the drift-check lock `{}`: {e}",
+                        lock_path.display()
+                    ),
+                    "drift needs to write this file in the state folder: make the folder writable for this user",
+                )
             })?;
         let got = if wait {
             fs4::fs_std::FileExt::lock_exclusive(&file).map(|()| true)
@@ -189,10 +192,10 @@ impl Turn {
         match got {
             Ok(true) => Ok(Some(Turn(Some(file)))),
             Ok(false) => Ok(None),
-            Err(e) => Err(errors::plain(format!(
-                "cannot lock `{}`: {e}",
-                lock_path.display()
-            ))),
+            Err(e) => Err(errors::hint(
+                format!("cannot lock `{}`: {e}", lock_path.display()),
+                "the state folder's file system refuses file locks (some network file systems do): keep the state on a local disk",
+            )),
         }
     }
 }
@@ -209,21 +212,21 @@ async fn once(ctx: &ReadContext, a: &DriftArgs) -> Result<u8> {
     let location = ctx.state_location.clone();
     let _turn = tokio::task::spawn_blocking(move || Turn::take(&location, true))
         .await
-        .map_err(|e| errors::plain(format!("internal error: {e}")))??;
+        .map_err(errors::bug)??;
     let c = check(ctx).await?;
     let drifted = c.report.drifted();
     if a.json {
         if drifted || !a.quiet {
-            println!("{}", pretty(&c.json(None))?);
+            outln!("{}", crate::output::json(&pretty(&c.json(None))?));
         }
     } else if drifted || !a.quiet {
-        print!("{}", text(&c));
+        out!("{}", text(&c));
     }
     if drifted
         && let Some(url) = &a.webhook
         && let Err(e) = post(url, &c.json(Some("drift"))).await
     {
-        eprintln!("warning: the webhook was not told: {e}");
+        errln!("warning: the webhook was not told: {e}");
     }
     Ok(if drifted { DRIFT } else { 0 })
 }
@@ -236,7 +239,12 @@ struct Stop {
 impl Stop {
     fn new() -> Result<Stop> {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| errors::plain(format!("cannot watch for SIGTERM: {e}")))?;
+            .map_err(|e| {
+                errors::hint(
+                    format!("cannot watch for SIGTERM: {e}"),
+                    "run `drift` without --every and schedule it with cron or a systemd timer",
+                )
+            })?;
         Ok(Stop { term })
     }
 
@@ -253,7 +261,7 @@ async fn forever(ctx: &ReadContext, a: &DriftArgs, every: Duration) -> Result<u8
     let mut last_drift: Option<Value> = None;
     let mut n: u64 = 0;
     if !a.quiet && !a.json {
-        println!(
+        outln!(
             "Checking cluster `{}` for drift every {} (±{:.0}%); SIGTERM or Ctrl-C stops.",
             ctx.model.cluster.name,
             humantime::format_duration(every),
@@ -268,7 +276,7 @@ async fn forever(ctx: &ReadContext, a: &DriftArgs, every: Duration) -> Result<u8
             r = async {
                 let turn = tokio::task::spawn_blocking(move || Turn::take(&location, false))
                     .await
-                    .map_err(|e| errors::plain(format!("internal error: {e}")))??;
+                    .map_err(errors::bug)??;
                 match turn {
                     None => Ok(None),
                     Some(_turn) => check(ctx).await.map(Some),
@@ -279,30 +287,28 @@ async fn forever(ctx: &ReadContext, a: &DriftArgs, every: Duration) -> Result<u8
         match outcome {
             Ok(None) => {
                 if !a.quiet {
-                    println!(
+                    outln!(
                         "{now} check {n}: skipped: another drift check of this state is running"
                     );
                 }
             }
             Err(e) => {
                 if a.json {
-                    println!(
-                        "{}",
-                        json!({"format_version": FORMAT_VERSION, "checked_at": now.to_string(),
-                               "status": "error", "error": format!("{e}")})
-                    );
+                    let line = json!({"format_version": FORMAT_VERSION, "checked_at": now.to_string(),
+                                      "status": "error", "error": format!("{e}")});
+                    outln!("{}", crate::output::json(&line.to_string()));
                 } else {
-                    println!("{now} check {n}: {} {e}", red("error:"));
+                    outln!("{now} check {n}: {} {e}", red("error:"));
                 }
             }
             Ok(Some(c)) => {
                 let drifted = c.report.drifted();
                 if a.json {
                     if drifted || !a.quiet {
-                        println!("{}", c.json(None));
+                        outln!("{}", crate::output::json(&c.json(None).to_string()));
                     }
                 } else if drifted || !a.quiet {
-                    println!("{now} check {n}: {}", c.line());
+                    outln!("{now} check {n}: {}", c.line());
                 }
                 // Tell the webhook what is new: drift (or different drift), or recovery.
                 let body = c.json(None);
@@ -313,12 +319,12 @@ async fn forever(ctx: &ReadContext, a: &DriftArgs, every: Duration) -> Result<u8
                     (None, false) => None,
                 };
                 if drifted && !a.json && event.is_some() {
-                    print!("{}", indent(&details(&c.report)));
+                    out!("{}", indent(&details(&c.report)));
                 }
                 if let (Some(event), Some(url)) = (event, &a.webhook)
                     && let Err(e) = post(url, &c.json(Some(event))).await
                 {
-                    println!("{now} check {n}: warning: the webhook was not told: {e}");
+                    outln!("{now} check {n}: warning: the webhook was not told: {e}");
                 }
                 last_drift = drifted.then_some(body);
             }
@@ -333,7 +339,7 @@ async fn forever(ctx: &ReadContext, a: &DriftArgs, every: Duration) -> Result<u8
 
 fn stopped(a: &DriftArgs, checks: u64, why: &str) -> u8 {
     if !a.quiet && !a.json {
-        println!("Stopped ({why}) after {checks} check(s).");
+        outln!("Stopped ({why}) after {checks} check(s).");
     }
     0
 }
@@ -352,7 +358,7 @@ fn jittered(every: Duration) -> Duration {
 }
 
 fn pretty(v: &Value) -> Result<String> {
-    serde_json::to_string_pretty(v).map_err(|e| errors::plain(e.to_string()))
+    serde_json::to_string_pretty(v).map_err(errors::bug)
 }
 
 fn indent(s: &str) -> String {

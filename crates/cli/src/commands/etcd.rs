@@ -108,9 +108,9 @@ pub async fn status(file: &Path, as_json: bool) -> Result<u8> {
             "members": rows,
             "alarms": alarms.iter().map(|a| json!({"member": format!("{:016x}", a.member_id), "alarm": a.alarm})).collect::<Vec<_>>(),
         });
-        println!(
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| errors::plain(e.to_string()))?
+            crate::output::json(&serde_json::to_string_pretty(&v).map_err(errors::bug)?)
         );
     } else {
         let mut out = String::new();
@@ -193,7 +193,7 @@ pub async fn status(file: &Path, as_json: bool) -> Result<u8> {
                 a.member_id
             );
         }
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if health.is_ok() { 0 } else { UNHEALTHY })
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::args::{GraphFormat, StateCommand};
 use crate::context::{self, split_file_arg};
+use crate::output::clean;
 use crate::planfile::PlanFile;
 use crate::{errors, render};
 
@@ -36,7 +37,7 @@ pub fn validate(file: &Path) -> Result<u8> {
         *kinds.entry(r.address.kind.as_str()).or_default() += 1;
     }
     let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    println!(
+    outln!(
         "{} is valid: cluster `{}`, {} resources ({}).",
         file.display(),
         model.cluster.name,
@@ -44,7 +45,7 @@ pub fn validate(file: &Path) -> Result<u8> {
         counts.join(", ")
     );
     for name in planned.keys() {
-        println!(
+        outln!(
             "note: this build cannot plan or apply with provider `{name}` yet, so its settings were not checked; `render` and `graph` work."
         );
     }
@@ -69,20 +70,23 @@ fn record_text(r: &ResourceState) -> String {
         out.push_str(&format!("    {k:<w$} = {v}\n"));
     }
     out.push_str("}\n");
-    out
+    // Addresses, ids and provider names come from the state file: it may hold anything.
+    clean(&out).into_owned()
 }
 
 /// `clusterform show`.
 pub fn show(file: &Path, as_json: bool) -> Result<u8> {
     if let Some(pf) = PlanFile::read(file)? {
         if as_json {
-            println!(
+            outln!(
                 "{}",
-                serde_json::to_string_pretty(&render::plan_json(&pf.plan))
-                    .map_err(|e| errors::plain(e.to_string()))?
+                crate::output::json(
+                    &serde_json::to_string_pretty(&render::plan_json(&pf.plan))
+                        .map_err(errors::bug)?
+                )
             );
         } else {
-            print!("{}", render::plan(&pf.plan));
+            out!("{}", render::plan(&pf.plan));
         }
         return Ok(0);
     }
@@ -96,23 +100,23 @@ pub fn show(file: &Path, as_json: bool) -> Result<u8> {
             "resources": snap.resources.values().collect::<Vec<_>>(),
             "pending": snap.journal,
         });
-        println!(
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| errors::plain(e.to_string()))?
+            crate::output::json(&serde_json::to_string_pretty(&v).map_err(errors::bug)?)
         );
         return Ok(0);
     }
     if snap.resources.is_empty() {
-        println!(
+        outln!(
             "The state is empty. Run `clusterform apply {}` to create the cluster.",
             file.display()
         );
         return Ok(0);
     }
     for r in snap.resources.values() {
-        println!("{}", record_text(r));
+        outln!("{}", record_text(r));
     }
-    println!(
+    outln!(
         "serial {}, lineage {}",
         snap.serial,
         snap.lineage.unwrap_or_default()
@@ -135,29 +139,33 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
         StateCommand::List { file } => {
             let ctx = context::load(&file)?;
             let snap = ctx.store.load().map_err(errors::state)?;
-            let mut out = std::io::stdout().lock();
+            let mut text = String::new();
             for a in snap.resources.keys() {
-                let _ = writeln!(out, "{a}");
+                text.push_str(&a.to_string());
+                text.push('\n');
             }
+            // Addresses come from the state file: a damaged or hand-edited one may hold
+            // anything.
+            out!("{}", clean(&text));
             Ok(0)
         }
-        StateCommand::Restore { file } => Err(errors::plain(format!(
-            "internal: `state restore {}` runs asynchronously",
+        StateCommand::Restore { file } => Err(errors::bug(format!(
+            "`state restore {}` reached the synchronous state commands",
             file.display()
         ))),
         StateCommand::Pending { file } => {
             let ctx = context::load(&file)?;
             let snap = ctx.store.load().map_err(errors::state)?;
             if snap.journal.is_empty() {
-                println!("No unfinished operations.");
+                outln!("No unfinished operations.");
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "{} unfinished operation(s); the next `clusterform plan` or `apply` resolves them:",
                 snap.journal.len()
             );
             for e in &snap.journal {
-                println!(
+                outln!(
                     "  {} {:<7} {} (started {}, key {}{})",
                     e.op_id,
                     e.action.name(),
@@ -185,7 +193,7 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
             let snap = ctx.store.load().map_err(errors::state)?;
             match snap.resources.get(&addr) {
                 Some(r) => {
-                    print!("{}", record_text(r));
+                    out!("{}", record_text(r));
                     Ok(0)
                 }
                 None => Err(errors::hint(
@@ -233,9 +241,12 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
                 )
                 .map_err(errors::state)?;
             for r in removed {
-                println!(
-                    "Removed {} from the state (the object {} stays at provider `{}`).",
-                    r.address, r.id, r.provider
+                outln!(
+                    "{}",
+                    clean(&format!(
+                        "Removed {} from the state (the object {} stays at provider `{}`).",
+                        r.address, r.id, r.provider
+                    ))
                 );
             }
             Ok(0)
@@ -254,7 +265,7 @@ pub fn force_unlock(args: &[String]) -> Result<u8> {
     };
     let ctx = context::load(&file)?;
     let info = ctx.store.force_unlock(id).map_err(errors::state)?;
-    println!("Released {info}.");
+    outln!("Released {info}.");
     Ok(0)
 }
 
@@ -264,7 +275,7 @@ pub fn graph(file: &Path, format: GraphFormat) -> Result<u8> {
     let dot = model.graph.to_dot(&model.cluster.name);
     match format {
         GraphFormat::Dot => {
-            print!("{dot}");
+            out!("{dot}");
             Ok(0)
         }
         GraphFormat::Svg => {
@@ -285,9 +296,12 @@ pub fn graph(file: &Path, format: GraphFormat) -> Result<u8> {
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = stdin.write_all(dot.as_bytes());
             }
-            let status = child
-                .wait()
-                .map_err(|e| errors::plain(format!("`dot` failed: {e}")))?;
+            let status = child.wait().map_err(|e| {
+                errors::hint(
+                    format!("`dot` failed: {e}"),
+                    "check that Graphviz's `dot` runs (`dot -V`), or use `--format dot`",
+                )
+            })?;
             Ok(if status.success() { 0 } else { 1 })
         }
     }
@@ -325,7 +339,10 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
                 format!("`{m}` is not a machine with an Ignition config"),
                 format!("machines: {}", machines.join(", ")),
             ),
-            (None, false) => errors::plain("nothing to render"),
+            (None, false) => errors::hint(
+                "nothing to render",
+                format!("machines: {}", machines.join(", ")),
+            ),
         });
     }
     match out {
@@ -345,13 +362,14 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
                     )
                 })?;
             }
-            println!(
+            outln!(
                 "Wrote {} Ignition config(s) to {}.",
                 configs.len(),
                 dir.display()
             );
         }
-        None if configs.len() == 1 => println!("{}", configs[0].1),
+        // The same JSON value as the provider receives (DEL and C1 escaped, see `json`).
+        None if configs.len() == 1 => outln!("{}", crate::output::json(configs[0].1)),
         None => {
             let all: serde_json::Map<String, serde_json::Value> = configs
                 .iter()
@@ -362,9 +380,9 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
-                serde_json::to_string_pretty(&all).map_err(|e| errors::plain(e.to_string()))?
+                crate::output::json(&serde_json::to_string_pretty(&all).map_err(errors::bug)?)
             );
         }
     }
@@ -402,23 +420,23 @@ pub async fn restore(file: &Path) -> Result<u8> {
     .await
     .map_err(errors::engine)?;
     if let Some(d) = damaged {
-        println!("Moved the damaged state file aside: {}", d.display());
+        outln!("Moved the damaged state file aside: {}", d.display());
     }
-    println!(
+    outln!(
         "Restored the state of serial {} ({} resources) from {}.",
         snap.serial,
         snap.resources.len(),
         local.backup_path().display()
     );
     for (a, id) in &adoption.adopted {
-        println!("Adopted {a} ({id}): the provider has it, the backup did not record it.");
+        outln!("Adopted {a} ({id}): the provider has it, the backup did not record it.");
     }
     for (a, id) in &adoption.duplicates {
-        println!(
+        outln!(
             "warning: {id} also carries the address {a}; it was left alone, look at it (e.g. `clusterform sim list`)."
         );
     }
-    println!(
+    outln!(
         "Run `clusterform plan {}` to see where the cluster stands.",
         file.display()
     );
@@ -448,7 +466,7 @@ pub async fn import(args: &[String], lock_timeout: Duration) -> Result<u8> {
         .lock("import", lock_timeout)
         .map_err(errors::state)?;
     if let Some(note) = guard.note() {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     let mut snap = ctx.store.load().map_err(errors::state)?;
     if !snap.journal.is_empty() {
@@ -460,7 +478,7 @@ pub async fn import(args: &[String], lock_timeout: Duration) -> Result<u8> {
         )
         .await
         .map_err(errors::engine)?;
-        print!("{}", render::recoveries(&recovered));
+        out!("{}", render::recoveries(&recovered));
         snap = ctx.store.load().map_err(errors::state)?;
     }
     let provider = ctx
@@ -478,11 +496,11 @@ pub async fn import(args: &[String], lock_timeout: Duration) -> Result<u8> {
     .await
     .map_err(errors::engine)?;
     if let Some(tagged) = &imported.tagged_as {
-        println!(
+        outln!(
             "warning: `{id}` was made for `{tagged}` (its clusterform:address tag); it is now recorded as `{addr}`."
         );
     }
-    println!(
+    outln!(
         "Import successful! `{addr}` is now `{}` in the state (serial {}).\nRun `clusterform plan {}` to see whether it matches the cluster file.",
         imported.record.id,
         imported.serial,

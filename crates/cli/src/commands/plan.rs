@@ -167,7 +167,7 @@ pub async fn prepare(
         .lock(operation, run.lock_timeout)
         .map_err(errors::state)?;
     if let Some(note) = guard.note() {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     let mut snapshot = ctx.store.load().map_err(errors::state)?;
     let mut recovered = Vec::new();
@@ -308,14 +308,16 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
         }
         let drift = refresh_only_plan(&p);
         if a.json {
-            println!(
+            outln!(
                 "{}",
-                serde_json::to_string_pretty(&render::plan_json(&drift))
-                    .map_err(|e| errors::plain(e.to_string()))?
+                crate::output::json(
+                    &serde_json::to_string_pretty(&render::plan_json(&drift))
+                        .map_err(errors::bug)?
+                )
             );
         } else {
-            print!("{}", render::recoveries(&p.recovered));
-            print!("{}", render::refresh_only(&drift));
+            out!("{}", render::recoveries(&p.recovered));
+            out!("{}", render::refresh_only(&drift));
         }
         return Ok(if a.detailed_exitcode && !drift.drift.is_empty() {
             2
@@ -324,27 +326,26 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
         });
     }
     if !a.json && !clusterform_engine::protected(&p.plan).is_empty() {
-        println!(
+        outln!(
             "Note: this plan deletes or replaces machines with `protect = true`; apply and \
              destroy refuse it without --allow-protected.\n"
         );
     }
     if a.json {
         let mut v = render::plan_json(&p.plan);
-        v["recovered"] =
-            serde_json::to_value(&p.recovered).map_err(|e| errors::plain(e.to_string()))?;
-        println!(
+        v["recovered"] = serde_json::to_value(&p.recovered).map_err(errors::bug)?;
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| errors::plain(e.to_string()))?
+            crate::output::json(&serde_json::to_string_pretty(&v).map_err(errors::bug)?)
         );
     } else {
-        print!("{}", render::recoveries(&p.recovered));
-        print!("{}", render::plan(&p.plan));
+        out!("{}", render::recoveries(&p.recovered));
+        out!("{}", render::plan(&p.plan));
     }
     if let Some(out) = &a.out {
         save(&ctx, p.plan.clone(), out)?;
         if !a.json {
-            println!(
+            outln!(
                 "\nSaved the plan to {}. Apply exactly these actions with:\n    clusterform apply {}",
                 out.display(),
                 out.display()

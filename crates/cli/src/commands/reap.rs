@@ -90,13 +90,13 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
             doomed.push((Why::Orphan, c, o));
         }
     }
-    print!("{}", table(&a.provider, &clusters, &doomed, now));
+    out!("{}", table(&a.provider, &clusters, &doomed, now));
     let objects: Vec<Object> = doomed.iter().flat_map(|d| d.2.iter().cloned()).collect();
     if objects.is_empty() {
-        println!("Nothing to reap.");
+        outln!("Nothing to reap.");
         return Ok(0);
     }
-    println!("{}", bold("Objects to delete:"));
+    outln!("{}", bold("Objects to delete:"));
     for (why, c, objs) in &doomed {
         for o in objs {
             let addr = o
@@ -108,7 +108,7 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
                 Why::Expired => "expired",
                 Why::Orphan => "orphan",
             };
-            println!(
+            outln!(
                 "  {} {} {addr} (id {}) of `{}` {}",
                 red("-"),
                 o.kind,
@@ -118,9 +118,9 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
             );
         }
     }
-    println!();
+    outln!();
     if a.dry_run {
-        println!(
+        outln!(
             "Dry run: would delete {} object(s) of {} cluster(s); nothing was deleted.",
             objects.len(),
             doomed.len()
@@ -133,7 +133,7 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
             "clusterform will delete the objects listed above. There is no undo.",
         )?
     {
-        println!("\nReap cancelled.");
+        outln!("\nReap cancelled.");
         return Ok(1);
     }
     let (outcomes, retries) = reap::delete_tagged(
@@ -141,12 +141,13 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
         &objects,
         a.parallelism as usize,
         RetryPolicy::default(),
-        progress::observer(),
+        // Addresses may repeat across clusters: the finish line names the id.
+        progress::observer(std::collections::HashMap::new()),
     )
     .await;
     let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     for f in &failed {
-        println!(
+        outln!(
             "{} {} (id {}): {}",
             red("Error:"),
             f.address,
@@ -161,14 +162,14 @@ pub async fn reap(a: ReapArgs) -> Result<u8> {
         String::new()
     };
     if failed.is_empty() {
-        println!(
+        outln!(
             "\n{} {deleted} object(s) of {} cluster(s) deleted{retries}.",
             bold(&green("Reap complete!")),
             doomed.len()
         );
         Ok(0)
     } else {
-        println!(
+        outln!(
             "\n{} {deleted} object(s) deleted, {} not{retries}; run reap again once the cause is fixed.",
             bold(&red("Reap failed.")),
             failed.len()
@@ -195,7 +196,12 @@ fn build(name: &str, files: &[PathBuf]) -> Result<Arc<dyn Provider>> {
     }
     let configs = BTreeMap::from([(name.to_string(), config.0)]);
     let providers: Providers = context::build_providers(&configs, &config.1)
-        .map_err(|(n, msg)| errors::plain(format!("provider `{n}`: {msg}")))?;
+        .map_err(|(n, msg)| {
+            errors::hint(
+                format!("provider `{n}`: {msg}"),
+                format!("fix the `[provider.{n}]` table of the cluster files given (see docs/CONFIG.md) or its environment"),
+            )
+        })?;
     providers.get(name).cloned().map_err(errors::engine)
 }
 

@@ -1,7 +1,7 @@
 //! `clusterform sim ...`: look at and change the simulated cloud directly (what a user
 //! would do in a cloud console), e.g. to create drift on purpose.
 
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clusterform_provider_sim::{SimCloud, resolve_dir};
@@ -9,10 +9,16 @@ use miette::Result;
 
 use crate::args::SimCommand;
 use crate::errors;
+use crate::output::{clean, json};
 
 fn open(dir: Option<PathBuf>) -> Result<SimCloud> {
     let cwd = std::env::current_dir().unwrap_or_default();
-    let dir = resolve_dir(dir.as_deref(), &cwd).map_err(|e| errors::plain(e.to_string()))?;
+    let dir = resolve_dir(dir.as_deref(), &cwd).map_err(|e| {
+        errors::hint(
+            e.to_string(),
+            "pass --dir or set CLUSTERFORM_SIM_DIR to the folder the sim provider uses",
+        )
+    })?;
     SimCloud::open(&dir).map_err(|e| {
         errors::hint(
             format!("cannot open the sim cloud at `{}`: {e}", dir.display()),
@@ -22,7 +28,10 @@ fn open(dir: Option<PathBuf>) -> Result<SimCloud> {
 }
 
 fn fail(e: impl std::fmt::Display) -> miette::Report {
-    errors::plain(e.to_string())
+    errors::hint(
+        e.to_string(),
+        "the sim cloud's folder could not be read or written: check its permissions and free space (--dir or CLUSTERFORM_SIM_DIR name it)",
+    )
 }
 
 /// Run a `sim` subcommand.
@@ -30,18 +39,17 @@ pub fn run(cmd: SimCommand) -> Result<u8> {
     match cmd {
         SimCommand::List { cluster, dir } => {
             let cloud = open(dir)?;
-            let mut out = std::io::stdout().lock();
+            let mut text = String::new();
             for o in cloud.list(cluster.as_deref()).map_err(fail)? {
                 let (c, a) = o
                     .owner
                     .as_ref()
                     .map(|w| (w.cluster.clone(), w.address.to_string()))
                     .unwrap_or_default();
-                // A closed pipe (`| head`) ends the listing quietly.
-                if writeln!(out, "{:<12} {:<8} {:<16} {}", o.id, o.kind, c, a).is_err() {
-                    break;
-                }
+                let _ = writeln!(text, "{:<12} {:<8} {:<16} {}", o.id, o.kind, c, a);
             }
+            // A closed pipe (`| head`) ends the listing quietly.
+            out!("{}", clean(&text));
             Ok(0)
         }
         SimCommand::Stats { dir } => {
@@ -51,13 +59,13 @@ pub fn run(cmd: SimCommand) -> Result<u8> {
             let calls = cloud.calls().map_err(fail)?;
             let v =
                 serde_json::json!({ "objects": counts, "duplicates": dups.len(), "calls": calls });
-            println!("{}", serde_json::to_string_pretty(&v).map_err(fail)?);
+            outln!("{}", json(&serde_json::to_string_pretty(&v).map_err(fail)?));
             Ok(0)
         }
         SimCommand::Delete { id, dir } => {
             let cloud = open(dir)?;
             if cloud.delete(&id).map_err(fail)? {
-                println!("Deleted {id} from the sim cloud.");
+                outln!("Deleted {id} from the sim cloud.");
                 Ok(0)
             } else {
                 Err(errors::hint(
@@ -81,7 +89,7 @@ pub fn run(cmd: SimCommand) -> Result<u8> {
                 .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
             let cloud = open(dir)?;
             if cloud.set_attr(&id, key, value).map_err(fail)? {
-                println!("Set {key} on {id}.");
+                outln!("Set {key} on {id}.");
                 Ok(0)
             } else {
                 Err(errors::hint(
