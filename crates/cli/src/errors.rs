@@ -148,24 +148,6 @@ pub fn state(e: clusterform_state::StateError) -> miette::Report {
                 "run `clusterform state restore CLUSTER_FILE` to put the backup back (it checks the copy before it touches anything), or put the state file back from your own backup; only if every machine of this cluster is gone, delete the folder `{dir}` to start afresh"
             )
         }
-        S::Io { path, source } => match source.kind() {
-            std::io::ErrorKind::PermissionDenied => format!(
-                "this user cannot write `{}`: run as the user who owns it, or fix its permissions (the state folder should be 0700, its files 0600)",
-                path.display()
-            ),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => format!(
-                "the disk holding `{}` is full: free space, then run the command again (the state was not changed)",
-                path.display()
-            ),
-            std::io::ErrorKind::ReadOnlyFilesystem => format!(
-                "`{}` is on a read-only file system: move the state folder, or remount it read-write",
-                path.display()
-            ),
-            _ => format!(
-                "check that `{}` exists and that this user can read and write it",
-                path.display()
-            ),
-        },
         S::OtherCluster { theirs, .. } => format!(
             "run the command with the file that made this state (`{}`), or give this file its own state folder with `[state] path = \".clusterform-NAME\"`; if the folder was copied by mistake, remove the copy",
             theirs.file
