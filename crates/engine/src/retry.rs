@@ -17,6 +17,9 @@ pub struct RetryPolicy {
     pub cap: Duration,
 }
 
+/// Throttled answers allowed per call: this many times `max_attempts`.
+const THROTTLE_FACTOR: u32 = 4;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -50,17 +53,32 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
+        // A throttled answer (the provider said how long to wait) means "slow down", not
+        // "broken": it does not use up one of `max_attempts` until the throttled answers
+        // alone pass THROTTLE_FACTOR times that many (a busy API under a parallel apply
+        // throttles the same call many times; giving up on it would fail the run).
         let mut attempt = 1;
+        let mut throttled = 0u32;
         loop {
             match op().await {
-                Err(e) if e.is_transient() && attempt < self.max_attempts => {
-                    on_retry(attempt, &e);
+                Err(e) if e.is_transient() => {
                     let asked = match &e {
                         ProviderError::Transient { retry_after, .. } => *retry_after,
                         _ => None,
                     };
-                    tokio::time::sleep(self.backoff(attempt, asked)).await;
-                    attempt += 1;
+                    let is_throttle = asked.is_some()
+                        && throttled < self.max_attempts.saturating_mul(THROTTLE_FACTOR);
+                    if !is_throttle && attempt >= self.max_attempts {
+                        return Err(e);
+                    }
+                    let tries = attempt + throttled;
+                    on_retry(tries, &e);
+                    tokio::time::sleep(self.backoff(attempt.max(throttled.min(6)), asked)).await;
+                    if is_throttle {
+                        throttled += 1;
+                    } else {
+                        attempt += 1;
+                    }
                 }
                 other => return other,
             }
@@ -99,6 +117,50 @@ mod tests {
             .await;
         assert_eq!(r, Ok(7));
         assert_eq!(retries, 2);
+    }
+
+    #[tokio::test]
+    async fn throttling_does_not_use_up_the_attempts_but_is_bounded_too() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(1),
+        };
+        let throttle = || ProviderError::Transient {
+            message: "RequestLimitExceeded".into(),
+            retry_after: Some(Duration::from_millis(1)),
+        };
+        // 10 throttles and 2 failures, then success: within 3 attempts and 12 throttles.
+        let calls = AtomicU32::new(0);
+        let r = policy
+            .run(
+                || async {
+                    match calls.fetch_add(1, Ordering::SeqCst) {
+                        0..=9 => Err(throttle()),
+                        10 | 11 => Err(ProviderError::Transient {
+                            message: "busy".into(),
+                            retry_after: None,
+                        }),
+                        _ => Ok(1),
+                    }
+                },
+                |_, _| {},
+            )
+            .await;
+        assert_eq!(r, Ok(1));
+        // Throttled for ever: gives up after 3 * 4 throttles and its 3 attempts.
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = policy
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(throttle())
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 12 + 3);
     }
 
     #[tokio::test]
