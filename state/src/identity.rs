@@ -14,8 +14,10 @@ use crate::{
 pub struct Owned {
     inner: Arc<dyn StateStore>,
     identity: ClusterIdentity,
-    /// Set once this run has checked (or written) the identity the store records.
+    /// Set once this run has seen (or written) this identity in the store.
     recorded: AtomicBool,
+    /// Set once a load passed the check (under the caller's lock, nothing else writes).
+    checked: AtomicBool,
 }
 
 impl Owned {
@@ -25,6 +27,7 @@ impl Owned {
             inner,
             identity,
             recorded: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
         }
     }
 
@@ -42,6 +45,7 @@ impl Owned {
             }
             _ => Ok(()),
         }
+        .inspect(|()| self.checked.store(true, Ordering::SeqCst))
     }
 }
 
@@ -60,9 +64,11 @@ impl StateStore for Owned {
         if mutations.is_empty() || self.recorded.load(Ordering::SeqCst) {
             return self.inner.commit(mutations);
         }
-        // The first change of this run: check what is there now (another run may have
-        // written since this one loaded), then record the cluster with the change.
-        self.check(&self.inner.load()?)?;
+        // The first change of this run: check the state unless a load did, then record
+        // the cluster with the change.
+        if !self.checked.load(Ordering::SeqCst) {
+            self.check(&self.inner.load()?)?;
+        }
         let mut all = mutations.to_vec();
         all.push(Mutation::SetIdentity(self.identity.clone()));
         let serial = self.inner.commit(&all)?;

@@ -98,6 +98,8 @@ pub struct LocalStore {
     /// Set once this store has copied the state file to `state.redb.backup` before its
     /// first commit: the backup is the state as the run found it.
     backed_up: AtomicBool,
+    /// The lineage file was written by this store.
+    lineage_recorded: AtomicBool,
 }
 
 /// A database opened for reading: read-only when it was closed cleanly, read-write (so
@@ -188,6 +190,7 @@ impl LocalStore {
             calls: Mutex::new(()),
             open_timeout: OPEN_TIMEOUT,
             backed_up: AtomicBool::new(false),
+            lineage_recorded: AtomicBool::new(false),
         }
     }
 
@@ -932,7 +935,9 @@ impl StateStore for LocalStore {
                     .map_err(|e| self.redb_err("starting a read", e))?;
                 return Ok(self.read_meta_txn(&txn)?.serial);
             }
-            if self.open_reader()?.is_none() {
+            // A missing or empty state file where there was one is never written afresh
+            // (a cheap look: the file's size; `load` reads it).
+            if !std::fs::metadata(&self.db_path).is_ok_and(|m| m.len() > 0) {
                 self.refuse_lost(self.absent_what())?;
             }
             self.backup_once()?;
@@ -946,7 +951,10 @@ impl StateStore for LocalStore {
             // On error the transaction is dropped, which aborts it.
             let serial = self.apply(&txn, mutations)?;
             txn.commit().map_err(|e| self.redb_err("committing", e))?;
-            if let Ok(read) = db.begin_read()
+            // Once per store: after its first commit the lineage and cluster are what
+            // they will be for the rest of the run (the cluster is recorded with it).
+            if !self.lineage_recorded.swap(true, Ordering::SeqCst)
+                && let Ok(read) = db.begin_read()
                 && let Ok(meta) = self.read_meta_txn(&read)
                 && let Some(lineage) = &meta.lineage
             {

@@ -327,9 +327,9 @@ pub fn open_location(location: &StateLocation, identity: ClusterIdentity) -> Arc
 
 /// Before each cluster file had its own state folder, every file of a folder used
 /// `.clusterform/`. A file other than `cluster.toml` whose own folder does not exist yet,
-/// beside a `.clusterform/` whose state is this file's (it says so, or, made before the
-/// state recorded its file, it names this cluster and only this file's providers), is
-/// told to move it rather than start afresh (which would make every object again).
+/// beside a `.clusterform/` made then (it records no cluster) that holds only this
+/// file's providers' objects, is told to move it rather than start afresh (which would
+/// make every object again).
 fn refuse_legacy_shared_state(model: &Model, path: &Path) -> Result<()> {
     let Some(dir) = model.path.parent() else {
         return Ok(());
@@ -338,7 +338,6 @@ fn refuse_legacy_shared_state(model: &Model, path: &Path) -> Result<()> {
     if path == legacy || path.exists() || !legacy.join("state.redb").exists() {
         return Ok(());
     }
-    let ours = identity(&model.cluster.name, &model.path);
     let Ok(snapshot) = LocalStore::new(legacy.clone()).load() else {
         return Ok(());
     };
@@ -347,16 +346,14 @@ fn refuse_legacy_shared_state(model: &Model, path: &Path) -> Result<()> {
         .iter()
         .map(|r| r.provider.as_str())
         .collect();
-    let is_ours = match &snapshot.identity {
-        Some(theirs) => *theirs == ours,
-        None => {
-            !snapshot.resources.is_empty()
-                && snapshot
-                    .resources
-                    .values()
-                    .all(|r| providers.contains(r.provider.as_str()))
-        }
-    };
+    // A state that records its cluster was made by a build that gives each file its own
+    // folder: it is `cluster.toml`'s (or named on purpose), never this file's.
+    let is_ours = snapshot.identity.is_none()
+        && !snapshot.resources.is_empty()
+        && snapshot
+            .resources
+            .values()
+            .all(|r| providers.contains(r.provider.as_str()));
     if !is_ours {
         return Ok(());
     }

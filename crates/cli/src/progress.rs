@@ -27,6 +27,26 @@ fn id_note(id: Option<&String>) -> String {
     id.map(|i| format!(" [id={i}]")).unwrap_or_default()
 }
 
+/// The line of an operation that ended well, in both modes.
+fn finished_line(
+    address: &Address,
+    action: Action,
+    elapsed: Duration,
+    id: Option<&String>,
+) -> String {
+    format!(
+        "{address}: {} after {:.1}s{}",
+        verb(action).1,
+        elapsed.as_secs_f64(),
+        id_note(id)
+    )
+}
+
+/// The line of an etcd membership step that ended well, in both modes.
+fn member_finished_line(address: &Address, what: &str, elapsed: Duration) -> String {
+    format!("{address}: {what} after {:.1}s", elapsed.as_secs_f64())
+}
+
 /// An observer that draws progress. `ids` are the ids the plan knows (objects to delete
 /// or change), shown when such an operation starts.
 pub fn observer(ids: HashMap<Address, String>) -> Observer {
@@ -63,12 +83,7 @@ fn lines(ids: HashMap<Address, String>) -> Observer {
                 id,
             } => {
                 started.remove(&address);
-                format!(
-                    "{address}: {} after {:.1}s{}",
-                    verb(action).1,
-                    elapsed.as_secs_f64(),
-                    id_note(id.as_ref())
-                )
+                finished_line(&address, action, elapsed, id.as_ref())
             }
             Event::Failed {
                 address,
@@ -86,7 +101,7 @@ fn lines(ids: HashMap<Address, String>) -> Observer {
                 address,
                 what,
                 elapsed,
-            } => format!("{address}: {what} after {:.1}s", elapsed.as_secs_f64()),
+            } => member_finished_line(&address, what, elapsed),
             Event::MemberFailed {
                 address,
                 what,
@@ -96,8 +111,8 @@ fn lines(ids: HashMap<Address, String>) -> Observer {
                 what.trim_end_matches("...")
             ),
         };
-        // Provider messages and addresses may quote input.
-        outln!("{}", clean(&line));
+        // Provider messages and addresses may quote input: `outln!` escapes them.
+        outln!("{line}");
     })
 }
 
@@ -141,11 +156,11 @@ fn bars() -> Observer {
                     bar.finish_and_clear();
                     multi.remove(&bar);
                 }
-                let _ = multi.println(clean(&format!(
-                    "{address}: {} after {:.1}s{}",
-                    verb(action).1,
-                    elapsed.as_secs_f64(),
-                    id_note(id.as_ref())
+                let _ = multi.println(clean(&finished_line(
+                    &address,
+                    action,
+                    elapsed,
+                    id.as_ref(),
                 )));
             }
             Event::MemberStarted { address, what } => {
@@ -164,10 +179,7 @@ fn bars() -> Observer {
                     bar.finish_and_clear();
                     multi.remove(&bar);
                 }
-                let _ = multi.println(clean(&format!(
-                    "{address}: {what} after {:.1}s",
-                    elapsed.as_secs_f64()
-                )));
+                let _ = multi.println(clean(&member_finished_line(&address, what, elapsed)));
             }
             Event::MemberFailed { address, what, .. } => {
                 if let Some(bar) = bars.remove(&address) {

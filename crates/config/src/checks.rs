@@ -54,6 +54,21 @@ fn home(
     None
 }
 
+/// The address that took `key` first, if one did; otherwise `address` takes it.
+fn taken_by<'a, K: Ord>(
+    map: &mut BTreeMap<K, &'a Address>,
+    key: K,
+    address: &'a Address,
+) -> Option<&'a Address> {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Occupied(e) => Some(*e.get()),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(address);
+            None
+        }
+    }
+}
+
 /// Run the checks over `resources`, reporting at each resource's span.
 pub(crate) fn check(cx: &mut Cx<'_>, resources: &[Resource], spans: &BTreeMap<Address, Span>) {
     let by_addr: BTreeMap<&Address, &Resource> =
@@ -77,8 +92,7 @@ pub(crate) fn check(cx: &mut Cx<'_>, resources: &[Resource], spans: &BTreeMap<Ad
                     )),
                 );
             }
-            if let Some(first) = names.insert((r.address.kind.as_str(), name), &r.address) {
-                names.insert((r.address.kind.as_str(), name), first);
+            if let Some(first) = taken_by(&mut names, (r.address.kind.as_str(), name), &r.address) {
                 cx.error(
                     at,
                     format!("`{}` has the name `{name}`, like `{first}`", r.address),
@@ -105,8 +119,7 @@ pub(crate) fn check(cx: &mut Cx<'_>, resources: &[Resource], spans: &BTreeMap<Ad
             );
             continue;
         };
-        if let Some(first) = addresses.insert(ip, &r.address) {
-            addresses.insert(ip, first);
+        if let Some(first) = taken_by(&mut addresses, ip, &r.address) {
             let count_hint = if r.address.index.is_some()
                 && first.kind == r.address.kind
                 && first.name == r.address.name

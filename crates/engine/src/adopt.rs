@@ -39,21 +39,14 @@ pub async fn adopt_tagged(
     let mut mutations = Vec::new();
     for name in providers.names() {
         let provider = providers.get(name)?;
-        let mut objects =
-            provider
-                .list_cluster(cluster)
-                .await
-                .map_err(|source| EngineError::Refresh {
-                    address: Address::new("cluster", "adopt"),
-                    source,
-                })?;
-        objects.sort_by(|a, b| a.id.cmp(&b.id));
-        for obj in objects {
-            let Some(owner) = &obj.owner else { continue };
-            if recorded_ids.contains(obj.id.as_str()) {
-                continue;
-            }
-            let address = owner.address.clone();
+        let objects = crate::duplicates::unrecorded(provider.as_ref(), cluster, &recorded_ids)
+            .await
+            .map_err(|source| EngineError::Refresh {
+                address: Address::new("cluster", "adopt"),
+                source,
+            })?;
+        for (owner, obj) in objects {
+            let address = owner.address;
             if !taken.insert(address.clone()) {
                 out.duplicates.push((address, obj.id));
                 continue;

@@ -230,20 +230,14 @@ pub async fn check(
     let mut unmanaged = Vec::new();
     for name in readers.names() {
         let reader = readers.get(name)?;
-        let objects =
-            reader
-                .list_cluster(cluster)
-                .await
-                .map_err(|source| EngineError::Refresh {
-                    address: Address::new("cluster", cluster),
-                    source,
-                })?;
+        let objects = crate::duplicates::unrecorded(reader.as_ref(), cluster, &recorded_ids)
+            .await
+            .map_err(|source| EngineError::Refresh {
+                address: Address::new("cluster", cluster),
+                source,
+            })?;
         calls += 1;
-        for obj in objects {
-            let Some(owner) = &obj.owner else { continue };
-            if recorded_ids.contains(obj.id.as_str()) {
-                continue;
-            }
+        for (owner, obj) in objects {
             if let Some(&i) = keys.get(owner.op.as_str()) {
                 unfinished[i].object_id = Some(obj.id.clone());
                 continue;

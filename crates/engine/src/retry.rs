@@ -73,6 +73,7 @@ impl RetryPolicy {
                     }
                     let tries = attempt + throttled;
                     on_retry(tries, &e);
+                    // The backoff grows with failures, and with throttles up to 2^6 base.
                     tokio::time::sleep(self.backoff(attempt.max(throttled.min(6)), asked)).await;
                     if is_throttle {
                         throttled += 1;
