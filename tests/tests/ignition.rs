@@ -33,7 +33,8 @@ fn copy_dir(from: &Path, w: &World) {
                 .and_then(|n| n.to_str())
                 .expect("name")
                 .to_string();
-            w.write(&name, &std::fs::read_to_string(&p).expect("read"));
+            // A copy keeps the mode: the plugin example's executable stays executable.
+            std::fs::copy(&p, w.path().join(&name)).expect("copy");
         }
     }
 }

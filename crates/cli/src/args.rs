@@ -100,6 +100,44 @@ pub enum Command {
     /// Look at the cluster's own etcd (the central machines' members).
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// List the providers this build has and the plugins it finds (with versions and
+    /// kinds); with a cluster file, which ones the file needs. `providers check PATH`
+    /// runs the conformance check against a plugin.
+    Providers(ProvidersArgs),
+}
+
+/// `providers`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProvidersArgs {
+    /// A cluster file: also say which providers it needs and where each comes from.
+    pub file: Option<PathBuf>,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// `check PATH`: the conformance check.
+    #[command(subcommand)]
+    pub command: Option<ProvidersCommand>,
+}
+
+/// `providers ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Run the plugin protocol's conformance check against the plugin executable at
+    /// PATH: the handshake, then one object through create (twice, same key), lookups,
+    /// reads, listings, update and delete, then an unknown method, a cancel and shutdown.
+    /// Exit 0 when every check passes.
+    Check {
+        /// The plugin's executable.
+        path: PathBuf,
+        /// A setting for `configure` (repeatable); VALUE is JSON, or else a string.
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// The folder given to the plugin as the cluster file's (default: a new
+        /// temporary folder, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `etcd ...`.

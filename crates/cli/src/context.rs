@@ -1,57 +1,86 @@
-//! What every command starts from: the loaded cluster file, its providers and its state
-//! store. The list of providers this build has lives here.
+//! What every command starts from: the loaded cluster file, the registry of its
+//! providers (built in, and the plugins it names), the providers built from their
+//! settings, and its state store. No provider is named here: the registry knows them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use clusterform_config::{Model, StateSettings};
-use clusterform_core::ProviderSchema;
 use clusterform_engine::{ClusterInfo, Providers, Readers};
-use clusterform_provider::{Provider, ProviderConfig};
+use clusterform_plugin::PluginFactory;
+use clusterform_provider::{ProviderConfig, Registry};
 use clusterform_state::{ClusterIdentity, LocalStore, Owned, StateStore};
 use miette::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::errors;
 
-/// Providers whose cluster files this build reads (validate, render, graph) but cannot
-/// plan or apply (not built in, or not written yet): their resources have the same
-/// kinds and attributes as `sim`'s.
-const PLANNED_PROVIDERS: &[&str] = &[
-    #[cfg(not(feature = "ec2"))]
-    "ec2",
-    #[cfg(not(feature = "libvirt"))]
-    "libvirt",
-    "metal",
-];
+/// Plugins started in this run, by provider name and executable: each is started (and
+/// shaken hands with) once, however often the cluster file is loaded.
+static PLUGINS: Mutex<BTreeMap<(String, PathBuf), Arc<PluginFactory>>> =
+    Mutex::new(BTreeMap::new());
 
-/// Providers this build can plan and apply with.
-const APPLY_PROVIDERS: &[&str] = &[
-    "sim",
-    #[cfg(feature = "ec2")]
-    "ec2",
-    #[cfg(feature = "libvirt")]
-    "libvirt",
-];
-
-/// The schemas of every provider this build knows: `sim` first, then by name.
-pub fn schemas() -> Vec<ProviderSchema> {
-    let sim = clusterform_provider_sim::schema();
-    let mut all = vec![sim.clone()];
-    #[cfg(feature = "ec2")]
-    all.push(clusterform_provider_ec2::schema());
-    #[cfg(feature = "libvirt")]
-    all.push(clusterform_provider_libvirt::schema());
-    for name in PLANNED_PROVIDERS {
-        all.push(ProviderSchema {
-            provider: (*name).to_string(),
-            ..sim.clone()
-        });
+/// The providers this build has, and the plugins `wanted` (provider names with their
+/// settings) needs: a provider whose table says `plugin = "PATH"`, or that this build does
+/// not have, is looked for as a plugin (docs/plugin-protocol.md). A name found nowhere is
+/// left out: validation reports it with the names there are. On error: (provider,
+/// message).
+pub fn registry_for(
+    wanted: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+) -> std::result::Result<Registry, (String, String)> {
+    let mut registry = clusterform_builtins::registry();
+    for (name, settings) in wanted {
+        let setting = match settings.get("plugin") {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                return Err((
+                    name.clone(),
+                    "`plugin` must be the path of the plugin's executable, in a string".into(),
+                ));
+            }
+        };
+        if setting.is_none() && registry.get(name).is_some() {
+            continue;
+        }
+        let found = clusterform_plugin::discover::find(name, setting, base_dir)
+            .map_err(|m| (name.clone(), m))?;
+        let Some((path, _)) = found else {
+            continue;
+        };
+        let key = (name.clone(), path.clone());
+        let cached = PLUGINS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let factory = match cached {
+            Some(f) => f,
+            None => {
+                let f =
+                    Arc::new(PluginFactory::start(name, &path).map_err(|e| (name.clone(), e.0))?);
+                PLUGINS
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key, Arc::clone(&f));
+                f
+            }
+        };
+        registry.register(factory);
     }
-    // `sim` first, the others by name (the order messages list them in).
-    all[1..].sort_by(|a, b| a.provider.cmp(&b.provider));
-    all
+    Ok(registry)
+}
+
+/// The folder a cluster file's relative paths start from.
+pub fn base_dir_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Where the state lives, as recorded in plan files.
@@ -89,8 +118,14 @@ pub fn set_files_dir(dir: Option<PathBuf>) {
     let _ = FILES_DIR.set(dir);
 }
 
-/// Load and validate the cluster file (no provider or state access).
+/// Load and validate the cluster file (no state access; the plugins it names are
+/// started for their schemas).
 pub fn load_model(file: &Path) -> Result<Model> {
+    load_model_and_registry(file).map(|(m, _)| m)
+}
+
+/// Load and validate the cluster file, with the registry of the providers it can use.
+pub fn load_model_and_registry(file: &Path) -> Result<(Model, Registry)> {
     if !file.exists() {
         return Err(errors::hint(
             format!("cluster file `{}` not found", file.display()),
@@ -100,7 +135,20 @@ pub fn load_model(file: &Path) -> Result<Model> {
     let options = clusterform_config::LoadOptions {
         files_dir: FILES_DIR.get().cloned().flatten(),
     };
-    clusterform_config::load_with(file, &schemas(), &options).map_err(errors::config)
+    let source = clusterform_config::read_source(file).map_err(errors::config)?;
+    let wanted = clusterform_config::wanted_providers(&source);
+    let registry = registry_for(&wanted, &base_dir_of(file)).map_err(|(name, msg)| {
+        errors::hint(
+            format!("provider `{name}`: {msg}"),
+            format!(
+                "fix the plugin or the `[provider.{name}]` table of {}; the protocol is in docs/plugin-protocol.md, `clusterform providers check PATH` checks a plugin",
+                file.display()
+            ),
+        )
+    })?;
+    let model = clusterform_config::parse_with(file, &source, &registry.schemas(), &options)
+        .map_err(errors::config)?;
+    Ok((model, registry))
 }
 
 /// What a read-only command (`drift`) works from: the providers only as [`Readers`].
@@ -135,19 +183,13 @@ pub fn load_readonly(file: &Path) -> Result<ReadContext> {
 
 /// Load the cluster file, build its providers and open its state store.
 pub fn load(file: &Path) -> Result<Context> {
-    let model = load_model(file)?;
-    let base_dir = model
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-
-    let mut model = model;
+    let (mut model, registry) = load_model_and_registry(file)?;
+    let base_dir = base_dir_of(&model.path);
     let configs = provider_configs(&model);
-    let providers = build_providers(&configs, &base_dir)
+    let providers = build_providers(&registry, &configs, &base_dir)
         .map_err(|(name, msg)| provider_error(file, &model, &name, &msg))?;
-    provider_defaults(&mut model, &configs, &base_dir);
-    check_resources(&model)?;
+    provider_defaults(&registry, &mut model, &configs, &base_dir);
+    check_resources(&registry, &model)?;
 
     let (store, state_location) = open_store(&model)?;
     let cluster = ClusterInfo {
@@ -181,42 +223,33 @@ pub fn provider_configs(model: &Model) -> BTreeMap<String, ProviderConfig> {
     configs
 }
 
-/// What a provider refuses before any API call, checked before planning: EC2 takes at
-/// most 16 KB of user data (the rendered Ignition config).
-pub fn check_resources(model: &Model) -> Result<()> {
-    #[cfg(feature = "ec2")]
-    {
-        let mut found = Vec::new();
-        for r in &model.resources {
-            if r.provider != "ec2" || r.address.kind != "machine" {
-                continue;
-            }
-            let Some(ud) = r.attrs.get("user_data").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            if let Err(m) = clusterform_provider_ec2::encode_user_data(&r.address.to_string(), ud) {
-                found.push(model.diagnostic(
-                    model.spans.get(&r.address).copied(),
-                    m,
-                    "its Ignition config is too big for EC2".to_string(),
-                    Some(
-                        "`clusterform render` shows the config; see docs/CONFIG.md, `user_data`"
-                            .to_string(),
-                    ),
-                ));
-            }
+/// What the providers refuse before any API call (EC2: at most 16 KB of user data),
+/// checked before planning.
+pub fn check_resources(registry: &Registry, model: &Model) -> Result<()> {
+    let mut found = Vec::new();
+    for factory in registry.all() {
+        let mine: Vec<&clusterform_core::Resource> = model
+            .resources
+            .iter()
+            .filter(|r| r.provider == factory.name())
+            .collect();
+        if mine.is_empty() {
+            continue;
         }
-        if !found.is_empty() {
-            return Err(errors::config(clusterform_config::Diagnostics(found)));
+        for p in factory.check_resources(&mine) {
+            found.push(model.diagnostic(
+                model.spans.get(&p.address).copied(),
+                p.message,
+                p.label,
+                p.help,
+            ));
         }
     }
-    let _ = model;
-    Ok(())
-}
-
-/// True when this build can plan and apply with the provider.
-pub fn can_apply(provider: &str) -> bool {
-    !PLANNED_PROVIDERS.contains(&provider)
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(errors::config(clusterform_config::Diagnostics(found)))
+    }
 }
 
 /// A provider settings error, pointing at its `[provider.NAME]` table.
@@ -237,57 +270,43 @@ pub fn provider_error(file: &Path, model: &Model, name: &str, msg: &str) -> miet
 /// Fill in the attributes a provider's settings decide (libvirt: each machine's image and
 /// disk size, each network's forward mode), so that a changed setting shows in the plan.
 /// The settings were checked by [`build_providers`].
-#[allow(unused_variables)]
 fn provider_defaults(
+    registry: &Registry,
     model: &mut Model,
     configs: &BTreeMap<String, ProviderConfig>,
     base_dir: &Path,
 ) {
-    #[cfg(feature = "libvirt")]
-    if let Some(c) = configs.get(clusterform_provider_libvirt::PROVIDER_NAME)
-        && let Ok(c) =
-            clusterform_provider_libvirt::LibvirtConfig::from_provider_config(c, base_dir)
-    {
-        clusterform_provider_libvirt::apply_defaults(&c, &mut model.resources);
+    for (name, settings) in configs {
+        if let Some(f) = registry.get(name) {
+            f.apply_defaults(settings, base_dir, &mut model.resources);
+        }
     }
 }
 
 /// Build providers from their settings; on error returns (provider, message).
 pub fn build_providers(
+    registry: &Registry,
     configs: &BTreeMap<String, ProviderConfig>,
     base_dir: &Path,
 ) -> std::result::Result<Providers, (String, String)> {
     let mut providers = Providers::new();
     for (name, config) in configs {
-        let p: Arc<dyn Provider> = match name.as_str() {
-            "sim" => Arc::new(
-                clusterform_provider_sim::SimProvider::from_config(config, base_dir)
-                    .map_err(|e| (name.clone(), e.to_string()))?,
-            ),
-            #[cfg(feature = "ec2")]
-            "ec2" => Arc::new(
-                clusterform_provider_ec2::Ec2Provider::from_config(config)
-                    .map_err(|e| (name.clone(), e.to_string()))?,
-            ),
-            #[cfg(feature = "libvirt")]
-            "libvirt" => Arc::new(
-                clusterform_provider_libvirt::LibvirtProvider::from_config(config, base_dir)
-                    .map_err(|e| (name.clone(), e.to_string()))?,
-            ),
-            other => {
-                return Err((
-                    other.to_string(),
-                    format!(
-                        "this build cannot plan or apply with `{other}` yet (it can: {}); \
-                         `validate`, `render` and `graph` work with this file",
-                        APPLY_PROVIDERS.join(", ")
-                    ),
-                ));
-            }
-        };
+        let p = registry
+            .build(name, config, base_dir)
+            .map_err(|m| (name.clone(), m))?;
         providers.insert(p);
     }
     Ok(providers)
+}
+
+/// Build providers from their settings alone (a plan file, `reap`), with the plugins
+/// they name; on error returns (provider, message).
+pub fn build_for(
+    configs: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+) -> std::result::Result<Providers, (String, String)> {
+    let registry = registry_for(configs, base_dir)?;
+    build_providers(&registry, configs, base_dir)
 }
 
 fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {

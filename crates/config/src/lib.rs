@@ -230,8 +230,15 @@ pub fn load_with(
     schemas: &[ProviderSchema],
     options: &LoadOptions,
 ) -> Result<Model, Diagnostics> {
+    let source = read_source(path)?;
+    parse_with(path, &source, schemas, options)
+}
+
+/// The text of the cluster file at `path` (at most [`CLUSTER_FILE_LIMIT`] bytes of
+/// UTF-8), read once: it may be a pipe.
+pub fn read_source(path: &Path) -> Result<String, Diagnostics> {
     match read_cluster_file(path).map(String::from_utf8) {
-        Ok(Ok(source)) => parse_with(path, &source, schemas, options),
+        Ok(Ok(source)) => Ok(source),
         Ok(Err(e)) => Err(Diagnostics(vec![not_utf8(path, &e)])),
         Err(e) => {
             Err(Diagnostics(vec![diagnostic_at(
@@ -286,6 +293,47 @@ fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Diagnostic {
         "not UTF-8".to_string(),
         Some("save the file as UTF-8 text".to_string()),
     )
+}
+
+/// The providers a cluster file names, with the settings of their `[provider.NAME]`
+/// tables (empty without one): every table under `[provider]` and every string value of
+/// a `provider` key. Read before the file is validated, to know which plugins to start
+/// (their schemas validate it); a file that does not parse names none here, and
+/// validation reports why.
+pub fn wanted_providers(source: &str) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
+    fn walk(t: &toml::Table, out: &mut BTreeMap<String, BTreeMap<String, serde_json::Value>>) {
+        for (k, v) in t {
+            match v {
+                toml::Value::String(name) if k == "provider" => {
+                    out.entry(name.clone()).or_default();
+                }
+                toml::Value::Table(inner) => walk(inner, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let Ok(doc) = source.parse::<toml::Table>() else {
+        return out;
+    };
+    if let Some(toml::Value::Table(providers)) = doc.get("provider") {
+        for (name, v) in providers {
+            let settings = match v {
+                toml::Value::Table(t) => t
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
+            out.insert(name.clone(), settings);
+        }
+    }
+    for (k, v) in &doc {
+        if let (false, toml::Value::Table(t)) = (k == "provider", v) {
+            walk(t, &mut out);
+        }
+    }
+    out
 }
 
 /// The top-level tables of a cluster file.

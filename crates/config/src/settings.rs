@@ -218,11 +218,14 @@ pub(crate) fn unknown_provider(cx: &mut Cx<'_>, name: &str, at: Span, schemas: &
         Some(at),
         format!("unknown provider `{name}`"),
         "unknown provider",
-        Some(if names.is_empty() {
-            "this build has no providers".to_string()
-        } else {
-            format!("this build has {}", tick_list(&names))
-        }),
+        Some(format!(
+            "this build has {}; a plugin for `{name}` is found as an executable `clusterform-provider-{name}` beside clusterform or on PATH, or named by `[provider.{name}] plugin = \"PATH\"`",
+            if names.is_empty() {
+                "no providers".to_string()
+            } else {
+                tick_list(&names)
+            }
+        )),
     );
 }
 

@@ -754,9 +754,21 @@ fn error_unknown_blueprint() {
 
 #[test]
 fn error_unknown_provider() {
+    // `wanted_providers` finds every name a file uses, for plugin discovery.
+    let wanted = crate::wanted_providers(
+        "[cluster]\nprovider = \"a\"\n[provider.b]\nplugin = \"./p\"\n[resource.machine.m]\nprovider = \"c\"\n",
+    );
+    assert_eq!(wanted.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(wanted["b"]["plugin"], "./p");
+    assert!(crate::wanted_providers("not toml [").is_empty());
     let d = one_error("[cluster]\nname = \"x\"\nprovider = \"aws\"\n");
     assert_diag(&d, "unknown provider `aws`", 3, 12);
-    assert_eq!(d.help.as_deref(), Some("this build has `sim`"));
+    let help = d.help.as_deref().unwrap_or_default();
+    assert!(help.starts_with("this build has `sim`; "), "{help}");
+    assert!(
+        help.contains("`clusterform-provider-aws` beside clusterform or on PATH"),
+        "{help}"
+    );
     let d = one_error("[cluster]\nname = \"x\"\n[provider.ec2]\nregion = \"eu\"\n");
     assert_diag(&d, "unknown provider `ec2`", 3, 11);
 }

@@ -7,6 +7,7 @@
 //! only a `&dyn Reader` (drift checks) cannot change anything, by construction.
 
 pub mod fake;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clusterform_core::{Address, Attrs, ProviderSchema};
 use serde::{Deserialize, Serialize};
+
+pub use registry::{BuiltIn, Origin, ProviderFactory, Registry, ResourceProblem, SchemaOnly};
 
 /// Tags every object carries so that it can be found at the provider without the
 /// state (recovery after a crash, `reap`, unmanaged-object checks).

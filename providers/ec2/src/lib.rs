@@ -10,6 +10,7 @@
 mod api;
 mod cloud;
 mod errors;
+mod factory;
 mod instance;
 mod network;
 mod provider;
@@ -20,6 +21,7 @@ mod tags;
 mod waiter;
 
 pub use errors::{ApiError, Class};
+pub use factory::factory;
 pub use instance::{USER_DATA_MAX, encode_user_data};
 pub use provider::{Ec2Provider, MAX_BATCH};
 pub use schema::{PROVIDER_NAME, schema};

@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+mod factory;
 mod image;
 mod ops;
 mod provider;
@@ -20,6 +21,7 @@ mod xml;
 
 pub use config::{DEFAULT_URI, Forward, FwCfg, ImageSource, LibvirtConfig};
 pub use error::LibvirtError;
+pub use factory::factory;
 pub use provider::{LibvirtProvider, MAX_BATCH};
 pub use schema::{PROVIDER_NAME, apply_defaults, schema};
 pub use size::{SIZE_FORMAT, Size};

@@ -12,6 +12,7 @@
 mod cloud;
 mod config;
 mod db;
+mod factory;
 mod faults;
 mod live;
 mod net;
@@ -23,6 +24,7 @@ mod writer;
 pub use cloud::SimCloud;
 pub use config::{DIR_ENV, SimConfig, resolve_dir};
 pub use db::SimError;
+pub use factory::factory;
 pub use live::{LiveMachine, LiveProcess};
 pub use provider::{MAX_BATCH, SimProvider};
 pub use schema::{PROVIDER_NAME, schema};

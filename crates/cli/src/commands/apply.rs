@@ -165,7 +165,7 @@ async fn apply_saved(
         ));
     }
     let providers =
-        context::build_providers(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
+        context::build_for(&pf.providers, &pf.base_dir).map_err(|(name, msg)| {
             errors::hint(
                 format!("provider `{name}` in the plan file: {msg}"),
                 "fix the provider's settings (or its environment) and make a new plan: clusterform plan CLUSTER_FILE --out FILE",

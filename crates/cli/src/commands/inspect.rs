@@ -20,18 +20,18 @@ use crate::{errors, render};
 
 /// `clusterform validate`: the file, and the settings of every provider this build has.
 pub fn validate(file: &Path) -> Result<u8> {
-    let model = context::load_model(file)?;
-    let base_dir = model
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let (model, registry) = context::load_model_and_registry(file)?;
+    let base_dir = context::base_dir_of(&model.path);
     let (buildable, planned): (BTreeMap<_, _>, BTreeMap<_, _>) = context::provider_configs(&model)
         .into_iter()
-        .partition(|(name, _)| context::can_apply(name));
-    context::build_providers(&buildable, &base_dir)
-        .map_err(|(name, msg)| context::provider_error(file, &model, &name, &msg))?;
-    context::check_resources(&model)?;
+        .partition(|(name, _)| registry.can_apply(name));
+    for (name, settings) in &buildable {
+        if let Some(f) = registry.get(name) {
+            f.check_settings(settings, &base_dir)
+                .map_err(|msg| context::provider_error(file, &model, name, &msg))?;
+        }
+    }
+    context::check_resources(&registry, &model)?;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &model.resources {
         *kinds.entry(r.address.kind.as_str()).or_default() += 1;
@@ -46,7 +46,7 @@ pub fn validate(file: &Path) -> Result<u8> {
     );
     for name in planned.keys() {
         outln!(
-            "note: this build cannot plan or apply with provider `{name}` yet, so its settings were not checked; `render` and `graph` work."
+            "note: this build cannot plan or apply with provider `{name}`, so its settings were not checked; `render` and `graph` work."
         );
     }
     Ok(0)

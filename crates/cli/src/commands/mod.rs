@@ -5,6 +5,7 @@ mod drift;
 mod etcd;
 mod inspect;
 mod plan;
+mod providers;
 mod reap;
 mod sim;
 
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Reap(a) => reap::reap(a).await,
         Command::Import { args, lock_timeout } => inspect::import(&args, lock_timeout).await,
         Command::Sim(s) => sim::run(s),
+        Command::Providers(a) => providers::run(a).await,
         Command::Etcd(crate::args::EtcdCommand::Status { file, json }) => {
             etcd::status(&file, json).await
         }

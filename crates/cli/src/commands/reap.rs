@@ -195,7 +195,7 @@ fn build(name: &str, files: &[PathBuf]) -> Result<Arc<dyn Provider>> {
         }
     }
     let configs = BTreeMap::from([(name.to_string(), config.0)]);
-    let providers: Providers = context::build_providers(&configs, &config.1)
+    let providers: Providers = context::build_for(&configs, &config.1)
         .map_err(|(n, msg)| {
             errors::hint(
                 format!("provider `{n}`: {msg}"),

@@ -1,0 +1,58 @@
+//! The providers this build links in, as one [`Registry`]: `sim` always, `ec2` and
+//! `libvirt` when their features are on. A provider left out of the build (or not
+//! written yet: `metal`) is registered by its schema only, so that its cluster files
+//! still validate and render; building it says why it cannot. This is the one place that
+//! names the built-in providers' crates.
+
+use std::sync::Arc;
+
+use clusterform_core::ProviderSchema;
+use clusterform_provider::{Registry, SchemaOnly};
+
+/// Every provider this build has.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(clusterform_provider_sim::factory());
+    #[cfg(feature = "ec2")]
+    r.register(clusterform_provider_ec2::factory());
+    #[cfg(not(feature = "ec2"))]
+    r.register(schema_only(
+        "ec2",
+        "this build has no `ec2` provider (built without the `ec2` feature)",
+    ));
+    #[cfg(feature = "libvirt")]
+    r.register(clusterform_provider_libvirt::factory());
+    #[cfg(not(feature = "libvirt"))]
+    r.register(schema_only(
+        "libvirt",
+        "this build has no `libvirt` provider (built without the `libvirt` feature)",
+    ));
+    r.register(schema_only(
+        "metal",
+        "this build cannot plan or apply with `metal` yet; `validate`, `render` and `graph` work with this file",
+    ));
+    r
+}
+
+/// A provider known by name only, with `sim`'s kinds and attributes.
+fn schema_only(name: &str, why: &str) -> Arc<SchemaOnly> {
+    let schema = ProviderSchema {
+        provider: name.to_string(),
+        ..clusterform_provider_sim::schema()
+    };
+    Arc::new(SchemaOnly::new(schema, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_build_knows_every_provider_name() {
+        let r = registry();
+        assert_eq!(r.names(), ["sim", "ec2", "libvirt", "metal"]);
+        assert!(r.can_apply("sim"));
+        assert_eq!(r.can_apply("ec2"), cfg!(feature = "ec2"));
+        assert!(!r.can_apply("metal"));
+    }
+}
