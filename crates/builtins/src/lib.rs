@@ -15,21 +15,24 @@ pub fn registry() -> Registry {
     r.register(clusterform_provider_sim::factory());
     #[cfg(feature = "ec2")]
     r.register(clusterform_provider_ec2::factory());
+    #[cfg(feature = "libvirt")]
+    r.register(clusterform_provider_libvirt::factory());
+    let has = r.names().join(", ");
     #[cfg(not(feature = "ec2"))]
     r.register(schema_only(
         "ec2",
-        "this build has no `ec2` provider (built without the `ec2` feature)",
+        &format!(
+            "this build has no provider `ec2` (built without the `ec2` feature); it has: {has}"
+        ),
     ));
-    #[cfg(feature = "libvirt")]
-    r.register(clusterform_provider_libvirt::factory());
     #[cfg(not(feature = "libvirt"))]
     r.register(schema_only(
         "libvirt",
-        "this build has no `libvirt` provider (built without the `libvirt` feature)",
+        &format!("this build has no provider `libvirt` (built without the `libvirt` feature); it has: {has}"),
     ));
     r.register(schema_only(
         "metal",
-        "this build cannot plan or apply with `metal` yet; `validate`, `render` and `graph` work with this file",
+        &format!("this build cannot plan or apply with `metal` yet (it has: {has}); `validate`, `render` and `graph` work with this file"),
     ));
     r
 }
