@@ -295,7 +295,7 @@ fn misbehave(w: &World, args: &[&str], mode: &str) -> Run {
 /// Apply with a plugin that misbehaves in `mode`: exit 1 with the expected words; then
 /// the same apply with a working plugin resolves what was in flight. Returns the trace
 /// of the messages.
-fn misbehaving_apply(mode: &str, extra: &str, expected: &[&str]) -> String {
+fn misbehaving_apply(mode: &str, extra: &str, expected: &[&str], adopted: bool) -> String {
     if example_plugin().is_none() {
         return String::new();
     }
@@ -329,9 +329,28 @@ fn misbehaving_apply(mode: &str, extra: &str, expected: &[&str]) -> String {
             "{mode}: state records {s:?}, the cloud does not have it"
         );
     }
+    // The journal kept the call that was in flight.
+    let pending = w.run_ok(&["state", "pending", "cluster.toml"], 0);
+    assert!(
+        pending.stdout.contains("unfinished operation(s)"),
+        "{mode}: {}",
+        pending.stdout
+    );
     // A working plugin: the rerun resolves the journal, no duplicate, no orphan.
     let r = misbehave(&w, &["apply", "cluster.toml", "--auto-approve"], "");
     assert_eq!(r.code, 0, "{mode}: rerun: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("unfinished operation(s) of an earlier run"),
+        "{mode}: {}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.contains("adopted into the state"),
+        adopted,
+        "{mode}: what the plugin made before it misbehaved is adopted: {}",
+        r.stdout
+    );
     assert_matches(&w, "cluster.toml", "bad");
     assert_eq!(cloud(&w).len(), 4, "{mode}: {:?}", cloud(&w));
     std::fs::read_to_string(w.path().join("trace.jsonl")).unwrap_or_default()
@@ -347,6 +366,7 @@ fn a_plugin_that_crashes_in_the_middle_of_a_create() {
             "crashing on purpose",
             "outcome unknown",
         ],
+        true,
     );
 }
 
@@ -356,6 +376,7 @@ fn a_plugin_that_hangs_is_stopped_after_call_timeout() {
         "hang",
         "call_timeout = \"2s\"",
         &["did not answer `create`", "within 2s", "call_timeout"],
+        false,
     );
     if trace.is_empty() {
         return;
@@ -385,6 +406,7 @@ fn a_plugin_that_writes_garbage_is_stopped() {
         "garbage",
         "",
         &["broke the protocol", "not JSON", "this is not json"],
+        true,
     );
 }
 
@@ -394,6 +416,7 @@ fn a_plugin_that_answers_another_request_is_stopped() {
         "wrong-id",
         "",
         &["broke the protocol", "which it was never sent"],
+        true,
     );
 }
 

@@ -4,7 +4,8 @@
 //! with ([`PluginFactory`], a registry entry like any built-in), and used through
 //! [`PluginProvider`], which implements the same `Reader` and `Provider` traits as the
 //! built-ins, so the engine's retries, journal, recovery and drift apply unchanged.
-//! [`check`] is the conformance check plugin authors run.
+//! [`check`] is the conformance check plugin authors run; [`serve`] is the plugin side,
+//! for plugins written in Rust.
 
 pub mod check;
 mod client;
@@ -12,6 +13,7 @@ pub mod discover;
 mod factory;
 pub mod protocol;
 mod provider;
+pub mod serve;
 
 pub use client::{PluginError, TRACE_ENV};
 pub use factory::{DEFAULT_CALL_TIMEOUT, HANDSHAKE_TIMEOUT, PluginFactory};
