@@ -23,6 +23,29 @@ struct Measured {
     wall: Duration,
     max_rss_mb: f64,
     stderr: String,
+    /// The last lines of stdout, for the message when a step fails (apply prints a
+    /// resource's failure there).
+    stdout_tail: String,
+}
+
+impl Measured {
+    /// What the command said, for a failed step's message.
+    fn said(&self) -> String {
+        format!(
+            "\n--- stdout (last lines) ---\n{}\n--- stderr ---\n{}",
+            self.stdout_tail, self.stderr
+        )
+    }
+}
+
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    })
 }
 
 // The child is reaped by wait4 below, which std's Child does not know about.
@@ -35,19 +58,13 @@ fn run(bin: &Path, dir: &Path, args: &[&str]) -> Measured {
         .env("CLUSTERFORM_SIM_DIR", dir.join("sim"))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let pid = child.id() as libc::pid_t;
-    let mut stderr_pipe = child.stderr;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = stderr_pipe.as_mut() {
-            let _ = std::io::Read::read_to_string(p, &mut s);
-        }
-        s
-    });
+    let stdout_reader = read_all(child.stdout);
+    let stderr_reader = read_all(child.stderr);
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -63,7 +80,12 @@ fn run(bin: &Path, dir: &Path, args: &[&str]) -> Measured {
         code,
         wall,
         max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-        stderr: reader.join().unwrap_or_default(),
+        stderr: stderr_reader.join().unwrap_or_default(),
+        stdout_tail: {
+            let out = stdout_reader.join().unwrap_or_default();
+            let lines: Vec<&str> = out.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        },
     }
 }
 
@@ -182,6 +204,14 @@ fn live_roll(bin: &Path) {
         println!("rolling replacement on real etcd: skipped (needs root and iproute2)");
         return;
     }
+    // Removes the namespace by name however this function ends (a failed step panics).
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _netns = Netns(hub.clone());
     let nsenter = PathBuf::from("nsenter");
     let net = format!("--net=/run/netns/{hub}");
     let bin_text = bin.display().to_string();
@@ -195,19 +225,18 @@ fn live_roll(bin: &Path) {
             run(&nsenter, dir.path(), &all)
         };
         let setup = cf(&["apply", "cluster.toml", "--auto-approve"]);
-        assert_eq!(setup.code, 0, "setup apply failed: {}", setup.stderr);
+        assert_eq!(setup.code, 0, "setup apply failed: {}", setup.said());
         std::fs::write(dir.path().join("central.bu"), marker(2)).expect("write");
         let m = cf(&["apply", "cluster.toml", "--auto-approve"]);
         let destroy = cf(&["destroy", "cluster.toml", "--auto-approve"]);
-        assert_eq!(m.code, 0, "the rolling replacement failed: {}", m.stderr);
-        assert_eq!(destroy.code, 0, "destroy failed: {}", destroy.stderr);
+        assert_eq!(m.code, 0, "the rolling replacement failed: {}", m.said());
+        assert_eq!(destroy.code, 0, "destroy failed: {}", destroy.said());
         println!(
             "rolling replacement of {count} etcd members on the live sim: {:.1}s ({:.1}s a member)",
             m.wall.as_secs_f64(),
             m.wall.as_secs_f64() / f64::from(count)
         );
     }
-    let _ = Command::new("ip").args(["netns", "del", &hub]).status();
 }
 
 fn main() {
@@ -235,7 +264,7 @@ fn main() {
             "1024",
         ],
     );
-    assert_eq!(setup.code, 0, "setup apply failed: {}", setup.stderr);
+    assert_eq!(setup.code, 0, "setup apply failed: {}", setup.said());
     println!(
         "setup: apply of {} resources took {:.2}s",
         workers + 2,
@@ -250,7 +279,7 @@ fn main() {
             dir.path(),
             &["plan", "cluster.toml", "--detailed-exitcode"],
         );
-        assert_eq!(m.code, 0, "the plan was not a no-op: {}", m.stderr);
+        assert_eq!(m.code, 0, "the plan was not a no-op: {}", m.said());
         walls.push(m.wall.as_secs_f64());
         peak = peak.max(m.max_rss_mb);
     }
@@ -290,7 +319,7 @@ fn main() {
             &par,
         ],
     );
-    assert_eq!(m.code, 0, "apply failed: {}", m.stderr);
+    assert_eq!(m.code, 0, "apply failed: {}", m.said());
     // network -> etcd machine -> workers: 3 operations deep.
     let bound = 3.0 * latency_ms as f64 / 1000.0;
     let walk = walk_secs(&m.stderr).unwrap_or(f64::NAN);
