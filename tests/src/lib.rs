@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 pub mod libvirt;
 pub mod live;
+pub mod metal;
 
 use clusterform_provider::Object;
 use clusterform_provider_sim::SimCloud;

@@ -1,7 +1,8 @@
 //! The providers this build links in, as one [`Registry`]: `sim` always, `ec2` and
-//! `libvirt` when their features are on. A provider left out of the build (or not
-//! written yet: `metal`) is registered by its schema only, so that its cluster files
-//! still validate and render; building it says why it cannot. This is the one place that
+//! `libvirt` when their features are on. A provider left out of the build, or shipped as
+//! a plugin (`metal`: `clusterform-provider-metal`), is registered by its schema only, so
+//! that its cluster files still validate and render without it; building it says how to
+//! get it. This is the one place that
 //! names the built-in providers' crates.
 
 use std::sync::Arc;
@@ -32,17 +33,38 @@ pub fn registry() -> Registry {
     ));
     r.register(schema_only(
         "metal",
-        &format!("this build cannot plan or apply with `metal` yet (it has: {has}); `validate`, `render` and `graph` work with this file"),
+        &format!("`metal` is the plugin `clusterform-provider-metal`, which was not found: install it beside clusterform or on PATH (`cargo install --locked --path providers/metal`), or name it with `[provider.metal] plugin = \"PATH\"` (this build has: {has}); `validate`, `render` and `graph` work without it"),
     ));
     r
 }
 
-/// A provider known by name only, with `sim`'s kinds and attributes.
+/// A provider known by name only, with `sim`'s kinds and attributes (and, for `metal`,
+/// the PXE attributes of its machines, so that its files validate without the plugin).
 fn schema_only(name: &str, why: &str) -> Arc<SchemaOnly> {
-    let schema = ProviderSchema {
+    let mut schema = ProviderSchema {
         provider: name.to_string(),
         ..clusterform_provider_sim::schema()
     };
+    if name == "metal"
+        && let Some(machine) = schema.kinds.iter_mut().find(|k| k.kind == "machine")
+    {
+        use clusterform_core::{AttrSchema, AttrType};
+        machine.attrs.extend([
+            AttrSchema::optional(
+                "operating_system",
+                AttrType::String,
+                "`custom_ipxe` to PXE-boot",
+            )
+            .force_new(),
+            AttrSchema::optional(
+                "ipxe_script_url",
+                AttrType::String,
+                "the iPXE script of a `custom_ipxe` machine",
+            )
+            .force_new(),
+            AttrSchema::optional("always_pxe", AttrType::Bool, "PXE-boot on every boot"),
+        ]);
+    }
     Arc::new(SchemaOnly::new(schema, why))
 }
 

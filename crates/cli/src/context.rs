@@ -25,7 +25,7 @@ static PLUGINS: Mutex<BTreeMap<(String, PathBuf), Arc<PluginFactory>>> =
 
 /// The providers this build has, and the plugins `wanted` (provider names with their
 /// settings) needs: a provider whose table says `plugin = "PATH"`, or that this build does
-/// not have, is looked for as a plugin (docs/plugin-protocol.md). A name found nowhere is
+/// not have (or knows by its schema only), is looked for as a plugin (docs/plugin-protocol.md). A name found nowhere is
 /// left out: validation reports it with the names there are. On error: (provider,
 /// message).
 pub fn registry_for(
@@ -44,7 +44,9 @@ pub fn registry_for(
                 ));
             }
         };
-        if setting.is_none() && registry.get(name).is_some() {
+        // A provider this build knows by its schema only (`metal`) is still looked for as
+        // a plugin: that is how it ships.
+        if setting.is_none() && registry.can_apply(name) {
             continue;
         }
         let found = clusterform_plugin::discover::find(name, setting, base_dir)

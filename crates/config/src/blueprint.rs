@@ -1080,6 +1080,34 @@ fn etcd_cluster(
             .collect(),
     );
     let role = Value::String("worker".into());
+    // Metal machines may PXE-boot an iPXE script (the seed's large-scale workers).
+    let mut pxe: Vec<(&str, Value)> = Vec::new();
+    if let Some((url, at)) = &workers.ipxe_script_url {
+        if shared.provider == "metal" {
+            pxe.push(("operating_system", Value::String("custom_ipxe".into())));
+            pxe.push(("ipxe_script_url", Value::String(url.clone())));
+            if let Some(always) = workers.always_pxe {
+                pxe.push(("always_pxe", Value::Bool(always)));
+            }
+        } else {
+            cx.error(
+                Some(*at),
+                format!(
+                    "`ipxe_script_url` is a setting of Metal machines; provider `{}` boots the Flatcar image",
+                    shared.provider
+                ),
+                "Metal only",
+                Some("remove it, or use `provider = \"metal\"`".to_string()),
+            );
+        }
+    } else if workers.always_pxe.is_some() {
+        cx.error(
+            workers.span,
+            "`always_pxe` needs `ipxe_script_url` in `[workers]`",
+            "no iPXE script",
+            Some("add `ipxe_script_url`, or remove `always_pxe`".to_string()),
+        );
+    }
     for i in 0..n_workers {
         let name = format!("{cname}-workers-{i}");
         spec.hostname.clone_from(&name);
@@ -1088,6 +1116,9 @@ fn etcd_cluster(
             attrs.insert("zone".into(), z);
         }
         attrs.insert("etcd_endpoints".into(), endpoints_attr.clone());
+        for (k, v) in &pxe {
+            attrs.insert((*k).into(), v.clone());
+        }
         if workers.protect {
             attrs.insert("protect".into(), Value::Bool(true));
         }

@@ -489,6 +489,10 @@ pub(crate) struct Group {
     pub(crate) butane_span: Option<Span>,
     /// `[central]`: how day-2 changes reach the etcd members.
     pub(crate) etcd: crate::EtcdSettings,
+    /// `[workers] ipxe_script_url` (Metal): PXE-boot from this iPXE script, with its span.
+    pub(crate) ipxe_script_url: Option<(String, Span)>,
+    /// `[workers] always_pxe` (Metal): PXE-boot on every boot.
+    pub(crate) always_pxe: Option<bool>,
 }
 
 impl Group {
@@ -543,6 +547,8 @@ pub(crate) fn group(
         butane_sources: Vec::new(),
         butane_span: None,
         etcd: crate::EtcdSettings::default(),
+        ipxe_script_url: None,
+        always_pxe: None,
     };
     let Some((key, node)) = doc.get_key_value(table) else {
         return g;
@@ -565,7 +571,15 @@ pub(crate) fn group(
             "etcd_via",
         ],
         "vm" => &["size", "zone", "address", "protect", "butane"],
-        _ => &["count", "size", "zones", "protect", "butane"],
+        _ => &[
+            "count",
+            "size",
+            "zones",
+            "protect",
+            "butane",
+            "ipxe_script_url",
+            "always_pxe",
+        ],
     };
     cx.check_keys(t, keys, &section);
     if table != "vm" {
@@ -642,6 +656,20 @@ pub(crate) fn group(
         g.first_address = Some((ip, at));
     }
     g.protect = cx.get_bool(t, "protect", &section).unwrap_or(false);
+    if table == "workers" {
+        if let Some((url, at)) = cx.get_str(t, "ipxe_script_url", &section) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                cx.error(
+                    Some(at),
+                    format!("`{url}` is not an http(s) URL"),
+                    "not an iPXE script URL",
+                    Some("write the URL of the iPXE script the workers boot, like \"https://boot.example.net/flatcar.ipxe\"".to_string()),
+                );
+            }
+            g.ipxe_script_url = Some((url.to_string(), at));
+        }
+        g.always_pxe = cx.get_bool(t, "always_pxe", &section);
+    }
     if table == "central" {
         g.etcd = etcd_settings(cx, t, &section);
     }

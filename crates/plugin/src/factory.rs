@@ -197,7 +197,7 @@ impl PluginFactory {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-        client
+        let configured = client
             .call_blocking(
                 "configure",
                 json!({"settings": plugin_settings, "base_dir": base_dir}),
@@ -207,6 +207,11 @@ impl PluginFactory {
                 Failure::Answer(e) => format!("plugin: {}", e.message),
                 Failure::Broken(m) | Failure::NotSent(m) => m,
             })?;
-        Ok(PluginProvider::new(client, self.hello.clone()))
+        // A configuration may say that its machines boot nothing (an emulator's API).
+        let mut hello = self.hello.clone();
+        if let Some(runs) = configured.get("runs_machines").and_then(Value::as_bool) {
+            hello.runs_machines = runs;
+        }
+        Ok(PluginProvider::new(client, hello))
     }
 }

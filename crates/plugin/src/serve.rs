@@ -187,6 +187,7 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
     // Calls in flight: registered before their task starts (so that a fast answer is
     // never lost), their abort handle added once spawned.
     let running: Arc<Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>> = Arc::default();
+    let mut graceful = false;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
@@ -229,14 +230,16 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
                 });
                 match r {
                     Ok(p) => {
+                        let runs = p.runs_machines();
                         provider = Some(p);
-                        reply(&tx, id, Ok(json!({})));
+                        reply(&tx, id, Ok(json!({ "runs_machines": runs })));
                     }
                     Err(e) => reply(&tx, id, Err(e)),
                 }
             }
             "shutdown" => {
                 reply(&tx, id, Ok(json!({})));
+                graceful = true;
                 break;
             }
             _ => {
@@ -276,7 +279,20 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
             }
         }
     }
-    // Let the calls in flight answer, then stop writing.
+    // stdin closed with calls in flight: clusterform is gone (killed), nobody reads their
+    // answers, and a create finished now could race the next run's lookup by op tag.
+    // Stop them where they are; what was already sent is the next run's to resolve.
+    if !graceful {
+        for h in running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .filter_map(|(_, h)| h)
+        {
+            h.abort();
+        }
+    }
+    // After `shutdown`, let the calls in flight answer, then stop writing.
     for _ in 0..600 {
         if running
             .lock()

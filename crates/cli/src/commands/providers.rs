@@ -48,12 +48,15 @@ fn row(f: &dyn ProviderFactory, place: &str) -> Row {
 }
 
 fn list(file: Option<&Path>, as_json: bool) -> Result<u8> {
+    let found = clusterform_plugin::discover::all();
+    // A provider known by its schema only is listed once: as the plugin, when it is found.
     let mut rows: Vec<Row> = clusterform_builtins::registry()
         .all()
         .into_iter()
+        .filter(|f| !(matches!(f.origin(), Origin::SchemaOnly(_)) && found.contains_key(f.name())))
         .map(|f| row(f.as_ref(), ""))
         .collect();
-    for (name, (path, place)) in clusterform_plugin::discover::all() {
+    for (name, (path, place)) in found {
         let wanted = BTreeMap::from([(
             name.clone(),
             ProviderConfig::from([("plugin".to_string(), json!(path))]),

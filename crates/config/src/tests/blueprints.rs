@@ -827,3 +827,62 @@ fn ec2_dev_vm_address_must_be_in_its_subnet() {
         subnets[0]
     );
 }
+
+#[test]
+fn metal_workers_may_pxe_boot_and_other_providers_say_it_is_metal_only() {
+    let pxe = "zones = [\"z1\", \"z2\"]\nipxe_script_url = \"https://boot.example.net/f.ipxe\"\nalways_pxe = true\n";
+    let src = CENTRAL
+        .replace("provider = \"sim\"", "provider = \"metal\"")
+        .replace("zones = [\"z1\", \"z2\"]\n", pxe);
+    let mut schema = as_provider("metal");
+    if let Some(machine) = schema.kinds.iter_mut().find(|k| k.kind == "machine") {
+        machine.attrs.extend([
+            clusterform_core::AttrSchema::optional(
+                "operating_system",
+                clusterform_core::AttrType::String,
+                "",
+            ),
+            clusterform_core::AttrSchema::optional(
+                "ipxe_script_url",
+                clusterform_core::AttrType::String,
+                "",
+            ),
+            clusterform_core::AttrSchema::optional(
+                "always_pxe",
+                clusterform_core::AttrType::Bool,
+                "",
+            ),
+        ]);
+    }
+    let m = parse(Path::new(PATH), &src, &[schema]).unwrap();
+    assert_eq!(
+        attr(&m, "machine.workers[3]", "operating_system"),
+        "custom_ipxe"
+    );
+    assert_eq!(
+        attr(&m, "machine.workers[0]", "ipxe_script_url"),
+        "https://boot.example.net/f.ipxe"
+    );
+    assert_eq!(
+        attr(&m, "machine.workers[0]", "always_pxe"),
+        &Value::Bool(true)
+    );
+    assert!(
+        !find(&m, "machine.central[0]")
+            .attrs
+            .contains_key("operating_system")
+    );
+
+    let d = one_error(&CENTRAL.replace("zones = [\"z1\", \"z2\"]\n", pxe));
+    assert_diag(
+        &d,
+        "`ipxe_script_url` is a setting of Metal machines; provider `sim` boots the Flatcar image",
+        20,
+        19,
+    );
+    let d = one_error(&CENTRAL.replace("zones = [\"z1\", \"z2\"]\n", "always_pxe = true\n"));
+    assert_eq!(
+        d.message,
+        "`always_pxe` needs `ipxe_script_url` in `[workers]`"
+    );
+}

@@ -1,0 +1,948 @@
+//! The metal provider: machines are Metal devices (made, waited on until `active`,
+//! updated, locked, deleted and waited on until gone), the cluster network is a VLAN
+//! whose metro's machines get their bond0 port assigned to it. Reads list the project's
+//! devices by the cluster tag, a page of 100 at a time, never one request per device.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use clusterform_core::{Attrs, ProviderSchema};
+use clusterform_provider::{
+    CreateRequest, DeleteRequest, Object, Ownership, Provider, ProviderError, ReadRequest, Reader,
+    Result, UpdateRequest, tags,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api::{Api, Replay};
+use crate::settings::Settings;
+
+/// Attributes Metal does not report, kept in the device's `customdata` under this key
+/// (and, failing that, carried over from the state's record).
+const INPUTS: &str = "clusterform";
+/// The machine attributes kept in `customdata`.
+const MACHINE_INPUTS: &[&str] = &[
+    "role",
+    "channel",
+    "network",
+    "address",
+    "etcd_endpoints",
+    "ssh_authorized_keys",
+];
+/// The network attributes kept in the VLAN's inputs tag (a VLAN has no `customdata`).
+const NETWORK_INPUTS: &[&str] = &["cidr", "gateway", "dns"];
+/// The tag prefix of the network's inputs (`clusterform:inputs=<json>`).
+const INPUTS_TAG: &str = "clusterform:inputs=";
+/// The id of the cluster network when `vlan = false`: a record, nothing at Metal.
+const NO_VLAN: &str = "no-vlan";
+
+/// The Metal provider.
+pub struct Metal {
+    api: Api,
+    settings: Settings,
+    schema: ProviderSchema,
+}
+
+/// `key=value` tags: the ownership tags first, then the user's.
+fn tag_strings(owner: Option<&Ownership>, user: Option<&Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = owner
+        .map(|o| o.to_tags())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| Value::String(format!("{k}={v}")))
+        .collect();
+    if let Some(Value::Object(m)) = user {
+        for (k, v) in m {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            out.push(Value::String(format!("{k}={v}")));
+        }
+    }
+    out
+}
+
+/// An object's tags split into its ownership and the user's `key=value` tags.
+fn split_tags(v: &Value) -> (Option<Ownership>, BTreeMap<String, String>) {
+    let all: Vec<(&str, &str)> = v
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|t| t.split_once('=').unwrap_or((t, "")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let owner = Ownership::from_tags(all.iter().copied());
+    let user = all
+        .iter()
+        .filter(|(k, _)| !k.starts_with("clusterform:"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (owner, user)
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str().filter(|s| !s.is_empty())
+}
+
+fn put(attrs: &mut Attrs, key: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        attrs.insert(key.into(), Value::String(v.to_string()));
+    }
+}
+
+/// The subset of `attrs` named by `keys`.
+fn subset(attrs: &Attrs, keys: &[&str]) -> serde_json::Map<String, Value> {
+    keys.iter()
+        .filter_map(|k| {
+            attrs
+                .get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| (k.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+/// The private IPv4 address Metal gave a device.
+fn private_ipv4(d: &Value) -> Option<&str> {
+    d.get("ip_addresses")?.as_array()?.iter().find_map(|ip| {
+        let private = ip.get("public").and_then(Value::as_bool) == Some(false);
+        let v4 = ip.get("address_family").and_then(Value::as_u64) == Some(4);
+        (private && v4)
+            .then(|| ip.get("address").and_then(Value::as_str))
+            .flatten()
+    })
+}
+
+/// True for a device that is going away or gone.
+fn going(d: &Value) -> bool {
+    matches!(str_at(d, &["state"]), Some("deprovisioning" | "deleted"))
+}
+
+/// The machine object of a device; `prior` is the state's record (empty when adopting).
+pub fn device_object(d: &Value, prior: &Attrs) -> Object {
+    let (owner, user) = split_tags(d);
+    let mut attrs = Attrs::new();
+    put(&mut attrs, "name", str_at(d, &["hostname"]));
+    put(&mut attrs, "size", str_at(d, &["plan", "slug"]));
+    put(&mut attrs, "zone", str_at(d, &["metro", "code"]));
+    put(&mut attrs, "state", str_at(d, &["state"]));
+    put(&mut attrs, "private_ipv4", private_ipv4(d));
+    match d
+        .get("customdata")
+        .and_then(|c| c.get(INPUTS))
+        .and_then(Value::as_object)
+    {
+        Some(inputs) => attrs.extend(inputs.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        None => attrs.extend(subset(prior, MACHINE_INPUTS)),
+    }
+    let os = str_at(d, &["operating_system", "slug"]);
+    if let Some(channel) = os.and_then(|s| s.strip_prefix("flatcar_")) {
+        attrs.insert("channel".into(), Value::String(channel.to_string()));
+    }
+    if os == Some("custom_ipxe") {
+        attrs.insert("operating_system".into(), json!("custom_ipxe"));
+    }
+    put(
+        &mut attrs,
+        "ipxe_script_url",
+        str_at(d, &["ipxe_script_url"]),
+    );
+    if !attrs.contains_key("address") {
+        put(&mut attrs, "address", private_ipv4(d));
+    }
+    match str_at(d, &["userdata"]) {
+        Some(u) => put(&mut attrs, "user_data", Some(u)),
+        None => {
+            if let Some(u) = prior.get("user_data") {
+                attrs.insert("user_data".into(), u.clone());
+            }
+        }
+    }
+    for (api, attr) in [("locked", "protect"), ("always_pxe", "always_pxe")] {
+        let on = d.get(api).and_then(Value::as_bool).unwrap_or(false);
+        if on || prior.contains_key(attr) {
+            attrs.insert(attr.into(), Value::Bool(on));
+        }
+    }
+    if !user.is_empty() || prior.contains_key("tags") {
+        attrs.insert("tags".into(), json!(user));
+    }
+    Object {
+        kind: "machine".into(),
+        id: str_at(d, &["id"]).unwrap_or_default().to_string(),
+        attrs,
+        owner,
+    }
+}
+
+/// The network object of a VLAN.
+pub fn vlan_object(v: &Value, prior: &Attrs) -> Object {
+    let (owner, mut user) = split_tags(v);
+    let mut attrs = Attrs::new();
+    put(&mut attrs, "name", str_at(v, &["description"]));
+    put(
+        &mut attrs,
+        "metro",
+        str_at(v, &["metro_code"]).or_else(|| str_at(v, &["metro", "code"])),
+    );
+    if let Some(x) = v.get("vxlan").and_then(Value::as_u64) {
+        attrs.insert("vxlan".into(), Value::String(x.to_string()));
+    }
+    let inputs = v
+        .get("tags")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .find_map(|t| t.strip_prefix(INPUTS_TAG))
+        })
+        .and_then(|j| serde_json::from_str::<serde_json::Map<String, Value>>(j).ok());
+    user.retain(|k, _| !INPUTS_TAG.starts_with(k.as_str()));
+    match inputs {
+        Some(i) => attrs.extend(i),
+        None => attrs.extend(subset(prior, NETWORK_INPUTS)),
+    }
+    if !user.is_empty() || prior.contains_key("tags") {
+        attrs.insert("tags".into(), json!(user));
+    }
+    Object {
+        kind: "network".into(),
+        id: str_at(v, &["id"]).unwrap_or_default().to_string(),
+        attrs,
+        owner,
+    }
+}
+
+/// The recorded network of a cluster without a VLAN.
+fn no_vlan_object(attrs: &Attrs, owner: Option<Ownership>) -> Object {
+    Object {
+        kind: "network".into(),
+        id: NO_VLAN.into(),
+        attrs: attrs.clone(),
+        owner,
+    }
+}
+
+fn kind_error(kind: &str) -> ProviderError {
+    ProviderError::Permanent(format!(
+        "the metal provider has no kind `{kind}`; it has: network, machine"
+    ))
+}
+
+impl Metal {
+    /// A provider for `settings`.
+    pub fn new(settings: Settings) -> std::result::Result<Metal, String> {
+        Ok(Metal {
+            api: Api::new(&settings)?,
+            settings,
+            schema: crate::schema::schema(),
+        })
+    }
+
+    /// HTTP requests sent so far.
+    pub fn calls(&self) -> u64 {
+        self.api.calls()
+    }
+
+    fn project(&self, rest: &str) -> String {
+        format!("/projects/{}/{rest}", self.settings.project_id)
+    }
+
+    /// The project's devices carrying `tag` (every device when None), going ones left out.
+    async fn devices(&self, tag: Option<String>) -> Result<Vec<Value>> {
+        let filter: Vec<(&str, String)> = tag.into_iter().map(|t| ("tag", t)).collect();
+        let mut all = self
+            .api
+            .list_all(
+                &self.project("devices"),
+                "devices",
+                &filter,
+                "list the project's devices",
+            )
+            .await?;
+        all.retain(|d| !going(d));
+        Ok(all)
+    }
+
+    /// The project's VLANs carrying `tag` (every one when None).
+    async fn vlans(&self, tag: Option<&str>) -> Result<Vec<Value>> {
+        let body = self
+            .api
+            .call(
+                Method::GET,
+                &self.project("virtual-networks"),
+                &[],
+                None,
+                Replay::Safe,
+                "list the project's VLANs",
+            )
+            .await?
+            .unwrap_or(Value::Null);
+        let mut all = body
+            .get("virtual_networks")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(t) = tag {
+            all.retain(|v| {
+                v.get("tags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+            });
+        }
+        Ok(all)
+    }
+
+    /// One device as the API has it, going ones included; None once it is gone (404).
+    async fn raw_device(&self, id: &str) -> Result<Option<Value>> {
+        match self
+            .api
+            .call(
+                Method::GET,
+                &format!("/devices/{id}"),
+                &[],
+                None,
+                Replay::Safe,
+                &format!("read device {id}"),
+            )
+            .await
+        {
+            Ok(d) => Ok(d),
+            Err(ProviderError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One device, None once it is gone or going.
+    async fn device(&self, id: &str) -> Result<Option<Value>> {
+        Ok(self.raw_device(id).await?.filter(|d| !going(d)))
+    }
+
+    /// Wait until the device is `active`, polling with a growing interval (up to 4x
+    /// `poll_interval`). `failed`, or no `active` within `provision_timeout`, is an error
+    /// whose outcome is left open: the device stays tagged with its op, and the next run
+    /// records it so that it can be destroyed.
+    async fn wait_active(&self, id: &str, hostname: &str) -> Result<Value> {
+        let started = Instant::now();
+        let mut interval = self.settings.poll_interval;
+        loop {
+            let d = self.device(id).await?.ok_or_else(|| {
+                ProviderError::Permanent(format!(
+                    "device `{hostname}` ({id}) went away while it was being provisioned"
+                ))
+            })?;
+            match str_at(&d, &["state"]) {
+                Some("active") => return Ok(d),
+                Some("failed") => {
+                    return Err(ProviderError::Ambiguous(format!(
+                        "device `{hostname}` ({id}) failed to provision at Metal (state `failed`); it stays in the project, tagged with this operation, and the next run records it in the state so that `destroy` removes it"
+                    )));
+                }
+                _ => {}
+            }
+            if started.elapsed() >= self.settings.provision_timeout {
+                return Err(ProviderError::Ambiguous(format!(
+                    "device `{hostname}` ({id}) was not active after {} (state `{}`); the next run looks at it again (raise `provision_timeout` in `[provider.metal]` for slow plans)",
+                    humantime::format_duration(self.settings.provision_timeout),
+                    str_at(&d, &["state"]).unwrap_or("unknown")
+                )));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 3 / 2).min(self.settings.poll_interval * 4);
+        }
+    }
+
+    /// Put the device's bond0 port on the VLAN `network`, when the cluster has one in the
+    /// device's metro (Metal VLANs are metro-local; machines elsewhere reach the others
+    /// over the project's private layer-3 network).
+    async fn assign_port(&self, d: &Value, network: Option<&str>) -> Result<()> {
+        let Some(vlan_id) = network.filter(|n| *n != NO_VLAN && self.settings.vlan) else {
+            return Ok(());
+        };
+        if str_at(d, &["metro", "code"]) != Some(self.settings.metro.as_str()) {
+            return Ok(());
+        }
+        let ports = d.get("network_ports").and_then(Value::as_array);
+        let Some(port) = ports.and_then(|p| {
+            p.iter()
+                .find(|p| str_at(p, &["name"]) == Some("bond0"))
+                .or_else(|| p.first())
+        }) else {
+            return Ok(());
+        };
+        let already = port
+            .get("virtual_networks")
+            .and_then(Value::as_array)
+            .is_some_and(|vs| {
+                vs.iter()
+                    .any(|v| str_at(v, &["href"]).is_some_and(|h| h.ends_with(vlan_id)))
+            });
+        if already {
+            return Ok(());
+        }
+        let port_id = str_at(port, &["id"]).unwrap_or_default();
+        self.api
+            .call(
+                Method::POST,
+                &format!("/ports/{port_id}/assign"),
+                &[],
+                Some(&json!({ "vnid": vlan_id })),
+                Replay::Safe,
+                &format!(
+                    "assign device {}'s port to VLAN {vlan_id}",
+                    str_at(d, &["hostname"]).unwrap_or_default()
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn create_machine(&self, req: &CreateRequest) -> Result<Object> {
+        let a = &req.attrs;
+        let s = |k: &str| a.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let hostname = s("name").unwrap_or_default().to_string();
+        let metro = s("zone").unwrap_or(&self.settings.metro).to_string();
+        let os = match s("operating_system") {
+            Some("custom_ipxe") => "custom_ipxe".to_string(),
+            Some(other) => {
+                return Err(ProviderError::Config(format!(
+                    "machine `{hostname}`: `operating_system = \"{other}\"` is not one clusterform installs; leave it out for `flatcar_<channel>`, or write \"custom_ipxe\" with `ipxe_script_url`"
+                )));
+            }
+            None => format!("flatcar_{}", s("channel").unwrap_or("stable")),
+        };
+        if os == "custom_ipxe" && s("ipxe_script_url").is_none() {
+            return Err(ProviderError::Config(format!(
+                "machine `{hostname}`: `custom_ipxe` needs `ipxe_script_url`, the iPXE script it boots"
+            )));
+        }
+        let mut body = json!({
+            "metro": metro,
+            "plan": s("size").unwrap_or_default(),
+            "operating_system": os,
+            "hostname": hostname,
+            "billing_cycle": "hourly",
+            "tags": tag_strings(Some(&req.owner), a.get("tags")),
+            "customdata": { INPUTS: Value::Object(subset(a, MACHINE_INPUTS)) },
+        });
+        if let Some(u) = s("user_data") {
+            body["userdata"] = json!(u);
+        }
+        if let Some(url) = s("ipxe_script_url") {
+            body["ipxe_script_url"] = json!(url);
+        }
+        for (attr, api) in [("always_pxe", "always_pxe"), ("protect", "locked")] {
+            if a.get(attr).and_then(Value::as_bool) == Some(true) {
+                body[api] = json!(true);
+            }
+        }
+        // Idempotent through the op tag: a device this operation already made (an earlier
+        // attempt, or a run that crashed) is found and waited on, never made twice.
+        let mut device = None;
+        for attempt in 0..3 {
+            if let Some(found) = self.find_device_by_key(&req.owner.op).await? {
+                device = Some(found);
+                break;
+            }
+            match self
+                .api
+                .call(
+                    Method::POST,
+                    &self.project("devices"),
+                    &[],
+                    Some(&body),
+                    Replay::Unsafe,
+                    &format!("create device `{hostname}`"),
+                )
+                .await
+            {
+                Ok(Some(d)) => {
+                    device = Some(d);
+                    break;
+                }
+                Ok(None) => {
+                    return Err(ProviderError::Ambiguous(format!(
+                        "create device `{hostname}`: the Metal API answered without the device"
+                    )));
+                }
+                Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
+                    tracing_note(&m);
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(device) = device else {
+            return Err(ProviderError::Ambiguous(format!(
+                "create device `{hostname}`: no answer from the Metal API; the next run looks for it by its op tag"
+            )));
+        };
+        let id = str_at(&device, &["id"]).unwrap_or_default().to_string();
+        let active = self.wait_active(&id, &hostname).await?;
+        self.assign_port(&active, s("network")).await?;
+        let active = self.device(&id).await?.unwrap_or(active);
+        Ok(device_object(&active, a))
+    }
+
+    async fn find_device_by_key(&self, key: &str) -> Result<Option<Value>> {
+        let found = self.devices(Some(format!("{}={key}", tags::OP))).await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn create_network(&self, req: &CreateRequest) -> Result<Object> {
+        if !self.settings.vlan {
+            return Ok(no_vlan_object(&req.attrs, Some(req.owner.clone())));
+        }
+        let op_tag = format!("{}={}", tags::OP, req.owner.op);
+        if let Some(v) = self.vlans(Some(&op_tag)).await?.first() {
+            return Ok(vlan_object(v, &req.attrs));
+        }
+        let mut tags = tag_strings(Some(&req.owner), req.attrs.get("tags"));
+        let inputs = Value::Object(subset(&req.attrs, NETWORK_INPUTS));
+        tags.push(Value::String(format!("{INPUTS_TAG}{inputs}")));
+        let name = req
+            .attrs
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let body = json!({
+            "metro": self.settings.metro,
+            "description": name,
+            "tags": tags,
+        });
+        let v = self
+            .api
+            .call(
+                Method::POST,
+                &self.project("virtual-networks"),
+                &[],
+                Some(&body),
+                Replay::Unsafe,
+                &format!("create VLAN `{name}`"),
+            )
+            .await?
+            .ok_or_else(|| {
+                ProviderError::Ambiguous(format!("create VLAN `{name}`: no VLAN in the answer"))
+            })?;
+        Ok(vlan_object(&v, &req.attrs))
+    }
+
+    /// Wait until the API no longer has the device (404, or state `deleted`).
+    async fn wait_gone(&self, id: &str) -> Result<()> {
+        let started = Instant::now();
+        let mut interval = self.settings.poll_interval;
+        loop {
+            let device = self.raw_device(id).await?;
+            if device.is_none_or(|d| str_at(&d, &["state"]) == Some("deleted")) {
+                return Ok(());
+            }
+            if started.elapsed() >= self.settings.provision_timeout {
+                return Err(ProviderError::Ambiguous(format!(
+                    "device {id} was still there {} after its deletion; the next run looks again",
+                    humantime::format_duration(self.settings.provision_timeout)
+                )));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 3 / 2).min(self.settings.poll_interval * 4);
+        }
+    }
+
+    async fn set_device(&self, id: &str, body: &Value, what: &str) -> Result<Value> {
+        self.api
+            .call(
+                Method::PUT,
+                &format!("/devices/{id}"),
+                &[],
+                Some(body),
+                Replay::Safe,
+                what,
+            )
+            .await?
+            .ok_or_else(|| {
+                ProviderError::Permanent(format!(
+                    "{what}: the Metal API answered without the device"
+                ))
+            })
+    }
+}
+
+/// Where a retried create's first failure goes: stderr, which clusterform keeps in its log.
+fn tracing_note(message: &str) {
+    eprintln!("metal: {message}; looking for the device by its op tag before creating again");
+}
+
+#[async_trait]
+impl Reader for Metal {
+    fn name(&self) -> &str {
+        crate::schema::PROVIDER_NAME
+    }
+
+    fn schema(&self) -> &ProviderSchema {
+        &self.schema
+    }
+
+    fn max_batch(&self) -> usize {
+        5000
+    }
+
+    fn runs_machines(&self) -> bool {
+        !self.settings.is_local()
+    }
+
+    async fn read(&self, req: &ReadRequest) -> Result<Option<Object>> {
+        match req.kind.as_str() {
+            "machine" => Ok(self
+                .device(&req.id)
+                .await?
+                .map(|d| device_object(&d, &req.prior))),
+            "network" if req.id == NO_VLAN => Ok(Some(no_vlan_object(&req.prior, None))),
+            "network" => match self
+                .api
+                .call(
+                    Method::GET,
+                    &format!("/virtual-networks/{}", req.id),
+                    &[],
+                    None,
+                    Replay::Safe,
+                    &format!("read VLAN {}", req.id),
+                )
+                .await
+            {
+                Ok(Some(v)) => Ok(Some(vlan_object(&v, &req.prior))),
+                Ok(None) | Err(ProviderError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            other => Err(kind_error(other)),
+        }
+    }
+
+    /// Machines in one listing of the project's devices by the cluster tag (the cluster is
+    /// learnt from the first machine found); a machine missing from it (deleted, or its
+    /// tags changed out of band) is then read by id. Networks one by one (one a cluster).
+    async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<Option<Object>>> {
+        let machines: Vec<&ReadRequest> = reqs.iter().filter(|r| r.kind == "machine").collect();
+        let mut listed: HashMap<String, Value> = HashMap::new();
+        if machines.len() > 1 {
+            let mut cluster = None;
+            for r in machines.iter().take(3) {
+                match self.device(&r.id).await {
+                    Ok(Some(d)) => {
+                        if let (Some(o), _) = split_tags(&d) {
+                            cluster = Some(o.cluster);
+                            listed.insert(r.id.clone(), d);
+                            break;
+                        }
+                        listed.insert(r.id.clone(), d);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
+                }
+            }
+            if let Some(c) = cluster {
+                match self.devices(Some(format!("{}={c}", tags::CLUSTER))).await {
+                    Ok(all) => {
+                        for d in all {
+                            if let Some(id) = str_at(&d, &["id"]) {
+                                listed.insert(id.to_string(), d);
+                            }
+                        }
+                    }
+                    Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            out.push(match listed.get(&r.id) {
+                Some(d) if r.kind == "machine" => Ok(Some(device_object(d, &r.prior))),
+                _ => self.read(r).await,
+            });
+        }
+        out
+    }
+
+    async fn find_by_key(&self, kind: &str, key: &str) -> Result<Option<Object>> {
+        match kind {
+            "machine" => Ok(self
+                .find_device_by_key(key)
+                .await?
+                .map(|d| device_object(&d, &Attrs::new()))),
+            "network" if !self.settings.vlan => Ok(None),
+            "network" => {
+                let tag = format!("{}={key}", tags::OP);
+                Ok(self
+                    .vlans(Some(&tag))
+                    .await?
+                    .first()
+                    .map(|v| vlan_object(v, &Attrs::new())))
+            }
+            other => Err(kind_error(other)),
+        }
+    }
+
+    async fn list_cluster(&self, cluster: &str) -> Result<Vec<Object>> {
+        let tag = format!("{}={cluster}", tags::CLUSTER);
+        let mut out: Vec<Object> = self
+            .devices(Some(tag.clone()))
+            .await?
+            .iter()
+            .map(|d| device_object(d, &Attrs::new()))
+            .collect();
+        if self.settings.vlan {
+            out.extend(
+                self.vlans(Some(&tag))
+                    .await?
+                    .iter()
+                    .map(|v| vlan_object(v, &Attrs::new())),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Object>> {
+        let mut out: Vec<Object> = self
+            .devices(None)
+            .await?
+            .iter()
+            .map(|d| device_object(d, &Attrs::new()))
+            .filter(|o| o.owner.is_some())
+            .collect();
+        if self.settings.vlan {
+            out.extend(
+                self.vlans(None)
+                    .await?
+                    .iter()
+                    .map(|v| vlan_object(v, &Attrs::new()))
+                    .filter(|o| o.owner.is_some()),
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Provider for Metal {
+    async fn create(&self, req: &CreateRequest) -> Result<Object> {
+        match req.kind.as_str() {
+            "machine" => self.create_machine(req).await,
+            "network" => self.create_network(req).await,
+            other => Err(kind_error(other)),
+        }
+    }
+
+    async fn update(&self, req: &UpdateRequest) -> Result<Object> {
+        match req.kind.as_str() {
+            "machine" => {
+                let name = req
+                    .attrs
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let what = format!("update device `{name}`");
+                let current = self.device(&req.id).await?.ok_or_else(|| {
+                    ProviderError::NotFound(format!("device {} of `{}`", req.id, req.address))
+                })?;
+                let (owner, _) = split_tags(&current);
+                let mut body = serde_json::Map::new();
+                for c in &req.changed {
+                    match c.as_str() {
+                        "name" => {
+                            body.insert("hostname".into(), json!(name));
+                        }
+                        "tags" => {
+                            body.insert(
+                                "tags".into(),
+                                json!(tag_strings(owner.as_ref(), req.attrs.get("tags"))),
+                            );
+                        }
+                        "protect" => {
+                            body.insert(
+                                "locked".into(),
+                                json!(
+                                    req.attrs
+                                        .get("protect")
+                                        .and_then(Value::as_bool)
+                                        .unwrap_or(false)
+                                ),
+                            );
+                        }
+                        "always_pxe" => {
+                            body.insert(
+                                "always_pxe".into(),
+                                json!(
+                                    req.attrs
+                                        .get("always_pxe")
+                                        .and_then(Value::as_bool)
+                                        .unwrap_or(false)
+                                ),
+                            );
+                        }
+                        other => {
+                            return Err(ProviderError::Permanent(format!(
+                                "{what}: `{other}` cannot be changed in place at Metal; the plan should replace the device"
+                            )));
+                        }
+                    }
+                }
+                let d = self
+                    .set_device(&req.id, &Value::Object(body), &what)
+                    .await?;
+                Ok(device_object(&d, &req.attrs))
+            }
+            "network" => {
+                // gateway, dns and tags are records of the machines' own configuration.
+                let current = self
+                    .read(&ReadRequest {
+                        address: req.address.clone(),
+                        kind: req.kind.clone(),
+                        id: req.id.clone(),
+                        prior: req.attrs.clone(),
+                    })
+                    .await?
+                    .ok_or_else(|| {
+                        ProviderError::NotFound(format!("VLAN {} of `{}`", req.id, req.address))
+                    })?;
+                let mut attrs = current.attrs;
+                for c in &req.changed {
+                    match req.attrs.get(c) {
+                        Some(v) => attrs.insert(c.clone(), v.clone()),
+                        None => attrs.remove(c),
+                    };
+                }
+                Ok(Object { attrs, ..current })
+            }
+            other => Err(kind_error(other)),
+        }
+    }
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<()> {
+        match req.kind.as_str() {
+            "machine" => {
+                let Some(d) = self.device(&req.id).await? else {
+                    return Ok(());
+                };
+                let locked = d.get("locked").and_then(Value::as_bool) == Some(true);
+                if locked && !req.force {
+                    return Err(ProviderError::Permanent(format!(
+                        "device {} of `{}` is locked at Metal (`protect = true`, or locked out of band); unlock it, or run with `--allow-protected`",
+                        req.id, req.address
+                    )));
+                }
+                if locked {
+                    self.set_device(
+                        &req.id,
+                        &json!({"locked": false}),
+                        &format!("unlock device {}", req.id),
+                    )
+                    .await?;
+                }
+                match self
+                    .api
+                    .call(
+                        Method::DELETE,
+                        &format!("/devices/{}", req.id),
+                        &[],
+                        None,
+                        Replay::Safe,
+                        &format!("delete device {} of `{}`", req.id, req.address),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(ProviderError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.wait_gone(&req.id).await
+            }
+            "network" if req.id == NO_VLAN => Ok(()),
+            "network" => match self
+                .api
+                .call(
+                    Method::DELETE,
+                    &format!("/virtual-networks/{}", req.id),
+                    &[],
+                    None,
+                    Replay::Safe,
+                    &format!("delete VLAN {} of `{}`", req.id, req.address),
+                )
+                .await
+            {
+                Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            other => Err(kind_error(other)),
+        }
+    }
+
+    async fn import(&self, kind: &str, id: &str) -> Result<Object> {
+        let req = ReadRequest {
+            address: "machine.imported"
+                .parse()
+                .map_err(|_| ProviderError::Permanent("bad address".into()))?,
+            kind: kind.to_string(),
+            id: id.to_string(),
+            prior: Attrs::new(),
+        };
+        self.read(&req)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(format!("{kind} {id} in the Metal project")))
+    }
+
+    fn reader(&self) -> &dyn Reader {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_through_key_value_strings() {
+        let owner = Ownership {
+            cluster: "prod".into(),
+            address: "machine.central[0]".parse().expect("address"),
+            op: "op-1".into(),
+            expires_at: None,
+            created_by: None,
+            created_at: None,
+        };
+        let tags = tag_strings(Some(&owner), Some(&json!({"team": "infra", "x": "a=b"})));
+        let (o, user) = split_tags(&json!({ "tags": tags }));
+        assert_eq!(o, Some(owner));
+        assert_eq!(user.get("team").map(String::as_str), Some("infra"));
+        assert_eq!(user.get("x").map(String::as_str), Some("a=b"));
+    }
+
+    #[test]
+    fn a_device_reports_inputs_from_customdata_and_its_metal_address() {
+        let d = json!({
+            "id": "d1", "hostname": "prod-central-0", "state": "active",
+            "plan": {"slug": "c3.small.x86"}, "metro": {"code": "da"},
+            "operating_system": {"slug": "flatcar_beta"}, "userdata": "{}", "locked": true,
+            "ip_addresses": [{"address": "147.0.0.1", "public": true, "address_family": 4},
+                             {"address": "10.70.0.5", "public": false, "address_family": 4}],
+            "customdata": {"clusterform": {"role": "etcd", "address": "10.10.0.101"}},
+            "tags": ["clusterform:cluster=prod", "clusterform:address=machine.central[0]", "clusterform:op=o"]
+        });
+        let o = device_object(&d, &Attrs::new());
+        assert_eq!(o.attrs["channel"], json!("beta"));
+        assert_eq!(o.attrs["address"], json!("10.10.0.101"));
+        assert_eq!(o.attrs["private_ipv4"], json!("10.70.0.5"));
+        assert_eq!(o.attrs["protect"], json!(true));
+        assert_eq!(o.attrs["role"], json!("etcd"));
+        assert!(o.owner.is_some());
+        assert!(!o.attrs.contains_key("tags"));
+    }
+
+    #[test]
+    fn going_devices_are_gone() {
+        assert!(going(&json!({"state": "deprovisioning"})));
+        assert!(!going(&json!({"state": "failed"})));
+    }
+}
