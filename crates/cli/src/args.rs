@@ -173,7 +173,7 @@ pub struct DriftArgs {
     pub every: Option<Duration>,
     /// POST the JSON report to this URL when a check finds drift (and, with --every, when
     /// it is gone again).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_webhook)]
     pub webhook: Option<String>,
 }
 
@@ -208,6 +208,44 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the interval must be at least 1s".to_string());
     }
     Ok(d)
+}
+
+/// `--webhook`: an `http://` or `https://` URL with a host, checked before any check runs
+/// (a `file:` or other scheme would make the report go somewhere it should not).
+fn parse_webhook(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| "the webhook must be an http:// or https:// URL".to_string())?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || host.contains(char::is_whitespace) {
+        return Err(
+            "the webhook URL has no host: write it like https://hooks.example.com/drift"
+                .to_string(),
+        );
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::parse_webhook;
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host() {
+        assert!(parse_webhook("https://hooks.example.com/x").is_ok());
+        assert!(parse_webhook("http://127.0.0.1:8080/drift").is_ok());
+        for bad in [
+            "file:///etc/passwd",
+            "ftp://h/x",
+            "https://",
+            "http://:80/x",
+            "hooks.example.com",
+            "gopher://x",
+        ] {
+            assert!(parse_webhook(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 /// Graph output formats.
