@@ -252,6 +252,21 @@ class Handler(BaseHTTPRequestHandler):
         }
         if body.get("ipxe_script_url"):
             dev["ipxe_script_url"] = body["ipxe_script_url"]
+        # Public IPv4 unless `ip_addresses` asks for private ones only (as the API does).
+        wanted = body.get("ip_addresses")
+        if wanted is None or any(
+            ip.get("public", True) and ip.get("address_family") == 4 for ip in wanted
+        ):
+            dev["ip_addresses"].append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "address": f"147.75.{n // 250}.{n % 250 + 2}",
+                    "address_family": 4,
+                    "public": True,
+                    "management": True,
+                    "cidr": 31,
+                }
+            )
         for ip in body.get("ip_addresses") or []:
             for res_id in ip.get("ip_reservations") or []:
                 res = STATE["ips"].get(res_id)

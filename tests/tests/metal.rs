@@ -178,6 +178,11 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
     );
     for d in devices.values() {
         assert_eq!(d["state"], "active");
+        // `public_ipv4 = true` (the default): a public address beside the private one.
+        let public = d["ip_addresses"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|ip| ip["public"] == true));
+        assert!(public, "{}", d["hostname"]);
         assert_eq!(d["operating_system"]["slug"], "flatcar_stable");
         let ud: Value =
             serde_json::from_str(d["userdata"].as_str().unwrap_or("")).expect("Ignition JSON");
@@ -247,7 +252,7 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
 }
 
 #[test]
-fn large_scale_boots_its_workers_from_ipxe_and_reap_finds_an_expired_cluster() {
+fn large_scale_with_pxe_booted_workers_and_reap_of_an_expired_cluster() {
     let Some(lab) = MetalLab::start() else {
         return;
     };
@@ -257,7 +262,6 @@ fn large_scale_boots_its_workers_from_ipxe_and_reap_finds_an_expired_cluster() {
 name = "large"
 blueprint = "large-scale"
 provider = "metal"
-expires_after = "1s"
 
 {}
 [network]
@@ -279,11 +283,19 @@ always_pxe = true
 "#,
         lab.settings()
     );
+    let file = file.replace("[network]", "public_ipv4 = false\n\n[network]");
     w.write("large/cluster.toml", &file);
     run(&w, &["apply", "large/cluster.toml", "--auto-approve"], 0);
     let devices = devices_of(&lab, "large");
     assert_eq!(devices.len(), 9);
     for (address, d) in &devices {
+        let public = d["ip_addresses"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|ip| ip["public"] == true));
+        assert!(
+            !public,
+            "`public_ipv4 = false`: {address} has a public address"
+        );
         if address.starts_with("machine.workers") {
             assert_eq!(d["operating_system"]["slug"], "custom_ipxe", "{address}");
             assert_eq!(d["ipxe_script_url"], "http://boot.example.net/flatcar.ipxe");
@@ -297,16 +309,26 @@ always_pxe = true
         &["plan", "large/cluster.toml", "--detailed-exitcode"],
         0,
     );
+    let r = run(&w, &["destroy", "large/cluster.toml", "--auto-approve"], 0);
+    assert!(r.stdout.contains("10 destroyed"), "{}", r.stdout);
+    assert!(lab.devices().is_empty(), "{}", brief(&lab.devices()));
 
-    // The state is lost; the cluster has expired: reap finds it by its tags and deletes it.
-    std::fs::remove_dir_all(w.path().join("large/.clusterform")).expect("rm state");
+    // An expired test cluster whose state is lost: reap finds it by its tags and deletes
+    // it, and leaves the live cluster beside it alone.
+    w.write(
+        "old/cluster.toml",
+        &dev_test(&lab, "old", 2, "expires_after = \"1s\""),
+    );
+    run(&w, &["apply", "old/cluster.toml", "--auto-approve"], 0);
+    std::fs::remove_dir_all(w.path().join("old/.clusterform")).expect("rm state");
+    w.write("live/cluster.toml", &dev_test(&lab, "live", 1, ""));
+    run(&w, &["apply", "live/cluster.toml", "--auto-approve"], 0);
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    w.write("other/cluster.toml", &dev_test(&lab, "other", 1, ""));
     let r = run(
         &w,
         &[
             "reap",
-            "other/cluster.toml",
+            "live/cluster.toml",
             "--provider",
             "metal",
             "--auto-approve",
@@ -314,11 +336,12 @@ always_pxe = true
         0,
     );
     assert!(
-        r.stdout.contains("10 object(s) of 1 cluster(s) deleted"),
+        r.stdout.contains("4 object(s) of 1 cluster(s) deleted"),
         "{}",
         r.stdout
     );
-    assert!(lab.devices().is_empty(), "{}", brief(&lab.devices()));
+    assert!(devices_of(&lab, "old").is_empty());
+    assert_eq!(devices_of(&lab, "live").len(), 2);
     lab.assert_spec_clean();
 }
 
@@ -340,6 +363,26 @@ fn throttling_a_failed_device_a_rejection_and_a_missing_token() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("METAL_AUTH_TOKEN"), "{}", r.stderr);
     assert!(lab.devices().is_empty());
+
+    // A token the API refuses: its 401 text, and what to check.
+    let r: Run = w
+        .command(&["plan", "cluster.toml"])
+        .env("METAL_AUTH_TOKEN", "not-the-token")
+        .output()
+        .expect("run")
+        .into();
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("Invalid authentication token"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("refused the token") && r.stderr.contains("METAL_AUTH_TOKEN"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("not-the-token"), "{}", r.stderr);
 
     // A 422 carries the API's own errors.
     lab.control(
@@ -364,9 +407,27 @@ fn throttling_a_failed_device_a_rejection_and_a_missing_token() {
     );
     assert!(all.contains("422"), "{all}");
 
-    // A burst of 429s: waited out (Retry-After honoured), nothing made twice.
+    // A burst of 429s: waited out (Retry-After honoured), nothing made twice. The most
+    // verbose log and the plugin trace never hold the token.
     lab.control("throttle", json!({"n": 5, "retry_after": 1}));
-    run(&w, &["apply", "cluster.toml", "--auto-approve"], 0);
+    let trace = w.path().join("trace.jsonl");
+    let r: Run = w
+        .command(&["-vv", "apply", "cluster.toml", "--auto-approve"])
+        .env("METAL_AUTH_TOKEN", TOKEN)
+        .env(clusterform_plugin::TRACE_ENV, &trace)
+        .output()
+        .expect("run")
+        .into();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("refreshed"),
+        "the log says something: {}",
+        r.stderr
+    );
+    for text in [&r.stdout, &r.stderr] {
+        assert!(!text.contains(TOKEN));
+    }
+    assert!(lab.calls().values().sum::<u64>() > 0);
     assert_eq!(devices_of(&lab, "faults").len(), 3);
     w.write("cluster.toml", &dev_test(&lab, "faults", 3, ""));
 

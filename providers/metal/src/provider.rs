@@ -434,6 +434,13 @@ impl Metal {
         if let Some(u) = s("user_data") {
             body["userdata"] = json!(u);
         }
+        // The private IPv4 address every device needs; public ones unless turned off.
+        let mut ips = vec![json!({"address_family": 4, "public": false})];
+        if self.settings.public_ipv4 {
+            ips.push(json!({"address_family": 4, "public": true}));
+            ips.push(json!({"address_family": 6, "public": true}));
+        }
+        body["ip_addresses"] = json!(ips);
         if let Some(url) = s("ipxe_script_url") {
             body["ipxe_script_url"] = json!(url);
         }
@@ -472,7 +479,7 @@ impl Metal {
                     )));
                 }
                 Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
-                    tracing_note(&m);
+                    note_retry(&m);
                     tokio::time::sleep(self.settings.poll_interval).await;
                 }
                 Err(e) => return Err(e),
@@ -573,7 +580,7 @@ impl Metal {
 }
 
 /// Where a retried create's first failure goes: stderr, which clusterform keeps in its log.
-fn tracing_note(message: &str) {
+fn note_retry(message: &str) {
     eprintln!("metal: {message}; looking for the device by its op tag before creating again");
 }
 

@@ -25,6 +25,7 @@ const KEYS: &[&str] = &[
     "poll_interval",
     "max_attempts",
     "vlan",
+    "public_ipv4",
 ];
 
 /// The checked settings.
@@ -44,6 +45,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Make a VLAN for the cluster network and assign the machines of its metro to it.
     pub vlan: bool,
+    /// Give each device a public IPv4 address (and IPv6) beside its private IPv4 one.
+    pub public_ipv4: bool,
     /// The API token, when `METAL_AUTH_TOKEN` is set. Never printed: its `Debug` is masked.
     pub token: Option<Token>,
 }
@@ -147,11 +150,13 @@ impl Settings {
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or("`max_attempts` must be a whole number from 1 to 100")?,
         };
-        let vlan = match settings.get("vlan") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("`vlan` must be true or false".into()),
+        let flag = |key: &str| match settings.get(key) {
+            None => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(format!("`{key}` must be true or false")),
         };
+        let vlan = flag("vlan")?;
+        let public_ipv4 = flag("public_ipv4")?;
         // Checked at the first API call, so that `validate` works without a token.
         let token = env(TOKEN_ENV).filter(|t| !t.trim().is_empty()).map(Token);
         Ok(Settings {
@@ -162,6 +167,7 @@ impl Settings {
             poll_interval: duration(settings, "poll_interval", Duration::from_secs(10))?,
             max_attempts,
             vlan,
+            public_ipv4,
             token,
         })
     }
