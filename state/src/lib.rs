@@ -8,6 +8,7 @@ mod identity;
 mod local;
 mod lock;
 mod mem;
+pub mod seal;
 
 #[cfg(test)]
 mod backup_tests;
