@@ -146,7 +146,7 @@ impl MetalLab {
         let started = Instant::now();
         while !lab.prism_text().contains("Prism is listening") {
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_secs(240),
                 "prism did not start:\n{}",
                 lab.prism_text()
             );
@@ -222,7 +222,7 @@ impl MetalLab {
     /// `[provider.metal]` for this lab.
     pub fn settings(&self) -> String {
         format!(
-            "[provider.metal]\napi_url = \"{}\"\nproject_id = \"{PROJECT}\"\nmetro = \"da\"\npoll_interval = \"50ms\"\nprovision_timeout = \"60s\"\n",
+            "[provider.metal]\napi_url = \"{}\"\nproject_id = \"{PROJECT}\"\nmetro = \"da\"\npoll_interval = \"50ms\"\nprovision_timeout = \"300s\"\n",
             self.api_url
         )
     }

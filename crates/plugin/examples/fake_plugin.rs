@@ -20,5 +20,12 @@ async fn main() -> std::io::Result<()> {
         max_batch: 50,
         runs_machines: false,
     };
-    serve(hello, Box::new(|_, _| Ok(Arc::new(FakeProvider::new())))).await
+    serve(
+        hello,
+        Box::new(|_, _| {
+            let p: Arc<dyn clusterform_provider::Provider> = Arc::new(FakeProvider::new());
+            Ok(p.into())
+        }),
+    )
+    .await
 }

@@ -212,6 +212,13 @@ impl PluginFactory {
         if let Some(runs) = configured.get("runs_machines").and_then(Value::as_bool) {
             hello.runs_machines = runs;
         }
+        // ... and how long its calls may take (a bare-metal create waits for the machine):
+        // the per-call timeout is at least that, unless `call_timeout` was set.
+        if let Some(ms) = configured.get("call_timeout_ms").and_then(Value::as_u64)
+            && !settings.contains_key("call_timeout")
+        {
+            client.set_timeout(timeout.max(Duration::from_millis(ms)));
+        }
         Ok(PluginProvider::new(client, hello))
     }
 }

@@ -20,9 +20,26 @@ use tokio::sync::mpsc;
 use crate::protocol::{ErrorCode, Hello, WireError, WireObject};
 
 /// Makes the provider from the `configure` settings and the cluster file's folder.
-pub type Configure = Box<
-    dyn Fn(&ProviderConfig, &std::path::Path) -> Result<Arc<dyn Provider>, String> + Send + Sync,
->;
+pub type Configure =
+    Box<dyn Fn(&ProviderConfig, &std::path::Path) -> Result<Configured, String> + Send + Sync>;
+
+/// A configured provider, with what its configuration tells the host.
+pub struct Configured {
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// The longest one call may take with these settings (a create that waits for a
+    /// machine); the host's per-call timeout is at least this unless the user set one.
+    pub call_timeout: Option<std::time::Duration>,
+}
+
+impl From<Arc<dyn Provider>> for Configured {
+    fn from(provider: Arc<dyn Provider>) -> Self {
+        Configured {
+            provider,
+            call_timeout: None,
+        }
+    }
+}
 
 /// The protocol error for a provider error.
 pub fn wire_error(e: &ProviderError) -> WireError {
@@ -229,10 +246,13 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
                     })
                 });
                 match r {
-                    Ok(p) => {
-                        let runs = p.runs_machines();
-                        provider = Some(p);
-                        reply(&tx, id, Ok(json!({ "runs_machines": runs })));
+                    Ok(c) => {
+                        let mut answer = json!({ "runs_machines": c.provider.runs_machines() });
+                        if let Some(t) = c.call_timeout {
+                            answer["call_timeout_ms"] = json!(t.as_millis() as u64);
+                        }
+                        provider = Some(c.provider);
+                        reply(&tx, id, Ok(answer));
                     }
                     Err(e) => reply(&tx, id, Err(e)),
                 }

@@ -3,9 +3,10 @@
 //! `METAL_AUTH_TOKEN` here, never from a message.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clusterform_plugin::protocol::Hello;
-use clusterform_plugin::serve::serve;
+use clusterform_plugin::serve::{Configured, serve};
 use clusterform_provider_metal::{Metal, Settings, schema};
 
 #[tokio::main]
@@ -23,7 +24,13 @@ async fn main() -> std::io::Result<()> {
         hello,
         Box::new(|settings, _base_dir| {
             let s = Settings::parse(settings, |k| std::env::var(k).ok())?;
-            Ok(Arc::new(Metal::new(s)?))
+            // A create waits up to `provision_timeout` for the device, a delete as long
+            // for it to go: the host must wait that long for one call, and a little more.
+            let call_timeout = s.provision_timeout + Duration::from_secs(120);
+            Ok(Configured {
+                provider: Arc::new(Metal::new(s)?),
+                call_timeout: Some(call_timeout),
+            })
         }),
     )
     .await
