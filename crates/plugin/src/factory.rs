@@ -129,6 +129,17 @@ fn handshake(expected: Option<&str>, path: &Path) -> Result<(Client, Hello), Plu
     Ok((client, hello))
 }
 
+/// The per-call timeout after `configure`: `call_timeout` when the table sets it, else
+/// the default raised to what the plugin said its calls may take (`call_timeout_ms`).
+fn effective_timeout(settings: &ProviderConfig, configured: &Value, timeout: Duration) -> Duration {
+    match configured.get("call_timeout_ms").and_then(Value::as_u64) {
+        Some(ms) if !settings.contains_key("call_timeout") => {
+            timeout.max(Duration::from_millis(ms))
+        }
+        _ => timeout,
+    }
+}
+
 /// `call_timeout` from the settings.
 fn call_timeout(settings: &ProviderConfig) -> Result<Duration, String> {
     match settings.get("call_timeout") {
@@ -214,11 +225,32 @@ impl PluginFactory {
         }
         // ... and how long its calls may take (a bare-metal create waits for the machine):
         // the per-call timeout is at least that, unless `call_timeout` was set.
-        if let Some(ms) = configured.get("call_timeout_ms").and_then(Value::as_u64)
-            && !settings.contains_key("call_timeout")
-        {
-            client.set_timeout(timeout.max(Duration::from_millis(ms)));
-        }
+        client.set_timeout(effective_timeout(settings, &configured, timeout));
         Ok(PluginProvider::new(client, hello))
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_may_raise_the_default_timeout_but_never_a_setting() {
+        let default = DEFAULT_CALL_TIMEOUT;
+        let none = ProviderConfig::new();
+        let long = serde_json::json!({"call_timeout_ms": 2_000_000});
+        let short = serde_json::json!({"call_timeout_ms": 1_000});
+        assert_eq!(
+            effective_timeout(&none, &long, default),
+            Duration::from_secs(2000)
+        );
+        assert_eq!(effective_timeout(&none, &short, default), default);
+        assert_eq!(
+            effective_timeout(&none, &serde_json::json!({}), default),
+            default
+        );
+        let set = ProviderConfig::from([("call_timeout".to_string(), serde_json::json!("90s"))]);
+        let ninety = Duration::from_secs(90);
+        assert_eq!(effective_timeout(&set, &long, ninety), ninety);
     }
 }
