@@ -91,11 +91,78 @@ enum Kind {
     Change,
 }
 
+/// What a client presents to a cluster that requires TLS client certificates: the CA
+/// it trusts (and nothing else), its certificate and key, all PEM. Its `Debug` never
+/// shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The cluster's CA certificate.
+    pub ca_pem: String,
+    /// The client certificate.
+    pub cert_pem: String,
+    /// The client's private key.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<sensitive>")
+            .finish()
+    }
+}
+
+/// TLS material that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the etcd client's TLS {what} does not parse: {why}")]
+pub struct TlsError {
+    /// Which part: the CA certificate, the client certificate, the key.
+    pub what: &'static str,
+    /// What the parser said.
+    pub why: String,
+}
+
+impl ClientTls {
+    fn tls_config(&self) -> Result<ureq::tls::TlsConfig, TlsError> {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let bad = |what: &'static str| {
+            move |e: ureq::Error| TlsError {
+                what,
+                why: e.to_string(),
+            }
+        };
+        let ca = Certificate::from_pem(self.ca_pem.as_bytes()).map_err(bad("CA certificate"))?;
+        let cert =
+            Certificate::from_pem(self.cert_pem.as_bytes()).map_err(bad("client certificate"))?;
+        let key = PrivateKey::from_pem(self.key_pem.as_bytes()).map_err(bad("private key"))?;
+        Ok(TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&[ca]))
+            .client_cert(Some(ClientCert::new_with_certs(&[cert], key)))
+            .build())
+    }
+}
+
 impl EtcdClient {
     /// A client for `config`. Connects lazily: nothing is dialled until the first call.
     pub fn new(config: ClientConfig) -> EtcdClient {
+        Self::build(config, None)
+    }
+
+    /// A client for a cluster with TLS and client-certificate auth (`https://` URLs): it
+    /// trusts only `tls`'s CA and presents its certificate.
+    pub fn with_tls(config: ClientConfig, tls: &ClientTls) -> Result<EtcdClient, TlsError> {
+        Ok(Self::build(config, Some(tls.tls_config()?)))
+    }
+
+    fn build(config: ClientConfig, tls: Option<ureq::tls::TlsConfig>) -> EtcdClient {
         let t = config.timeouts;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut builder = ureq::Agent::config_builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls);
+        }
+        let agent: ureq::Agent = builder
             .http_status_as_error(false)
             // etcd is reached directly or through our own tunnel, never through a proxy
             // from the environment.

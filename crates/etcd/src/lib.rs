@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use client::{ClientConfig, EtcdClient};
+pub use client::{ClientConfig, ClientTls, EtcdClient, TlsError};
 pub use fake::{FakeEtcd, FakeMethod};
 pub use health::{Health, Unhealthy, check_health, describe_member};
 pub use tunnel::{SshVia, Tunnel, TunnelError, TunnelOptions};
