@@ -192,11 +192,10 @@ impl StateKey {
 
     /// Seal `plain`; `place` (e.g. the resource address and attribute) is bound to it, so
     /// a sealed value moved elsewhere does not open.
-    pub fn seal(&self, plain: &[u8], place: &str) -> String {
+    pub fn seal(&self, plain: &[u8], place: &str) -> Result<String, SealError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.key));
-        // Encrypting into a Vec cannot fail for inputs below AES-GCM's 64 GiB limit.
         let sealed = cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
@@ -205,10 +204,10 @@ impl StateKey {
                     aad: place.as_bytes(),
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| SealError::Corrupt(format!("{place} cannot be sealed (too large)")))?;
         let mut body = nonce.to_vec();
         body.extend_from_slice(&sealed);
-        format!("{PREFIX}:{}:{}", self.id, b64().encode(body))
+        Ok(format!("{PREFIX}:{}:{}", self.id, b64().encode(body)))
     }
 
     /// Open a value sealed by [`StateKey::seal`] for `place`.
@@ -263,10 +262,12 @@ mod tests {
     #[test]
     fn sealed_values_open_with_their_key_and_place_only() {
         let k = StateKey::generate();
-        let s = k.seal(
-            b"-----BEGIN PRIVATE KEY-----canary",
-            "machine.central[0].tls_key",
-        );
+        let s = k
+            .seal(
+                b"-----BEGIN PRIVATE KEY-----canary",
+                "machine.central[0].tls_key",
+            )
+            .expect("seal");
         assert!(is_sealed(&s));
         assert!(!s.contains("canary") && !s.contains("PRIVATE"));
         assert_eq!(
@@ -299,6 +300,7 @@ mod tests {
                 b"-----BEGIN PRIVATE KEY-----canary",
                 "machine.central[0].tls_key"
             )
+            .expect("seal")
         );
     }
 

@@ -133,13 +133,11 @@ class Handler(BaseHTTPRequestHandler):
     def throttled(self):
         if STATE["throttle"] > 0:
             STATE["throttle"] -= 1
-            self.send_response(429)
-            data = json.dumps({"errors": ["Too many requests"]}).encode()
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Retry-After", str(STATE["retry_after"]))
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(
+                429,
+                {"errors": ["Too many requests"]},
+                {"Retry-After": str(STATE["retry_after"])},
+            )
             return True
         return False
 

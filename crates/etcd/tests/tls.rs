@@ -67,14 +67,11 @@ async fn a_client_certificate_of_the_clusters_ca_gets_in_and_nothing_else_does()
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=m0={peer}"))
-            .arg(format!("--cert-file={}", cert.display()))
-            .arg(format!("--key-file={}", key.display()))
-            .arg(format!("--trusted-ca-file={}", ca_file.display()))
-            .arg("--client-cert-auth")
-            .arg(format!("--peer-cert-file={}", cert.display()))
-            .arg(format!("--peer-key-file={}", key.display()))
-            .arg(format!("--peer-trusted-ca-file={}", ca_file.display()))
-            .arg("--peer-client-cert-auth")
+            .args(clusterform_pki::etcd_member_tls_flags(
+                &cert.display().to_string(),
+                &key.display().to_string(),
+                &ca_file.display().to_string(),
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -226,6 +226,21 @@ fn name_of(cn: &str) -> DistinguishedName {
     name(cn, "clusterform")
 }
 
+/// etcd's flags for a member with TLS on its client and peer URLs that requires client
+/// certificates of the cluster's CA: its certificate and key files and the CA's file.
+pub fn etcd_member_tls_flags(cert: &str, key: &str, ca: &str) -> Vec<String> {
+    vec![
+        format!("--cert-file={cert}"),
+        format!("--key-file={key}"),
+        format!("--trusted-ca-file={ca}"),
+        "--client-cert-auth".to_string(),
+        format!("--peer-cert-file={cert}"),
+        format!("--peer-key-file={key}"),
+        format!("--peer-trusted-ca-file={ca}"),
+        "--peer-client-cert-auth".to_string(),
+    ]
+}
+
 /// When a PEM certificate stops being valid.
 pub fn not_after(cert_pem: &str) -> Result<SystemTime, PkiError> {
     let bad = |why: String| PkiError::Parse(why);

@@ -107,14 +107,11 @@ fn a_tls_member_takes_its_cas_clients_and_refuses_others() {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=tls-central-0={peer_url}"))
-            .arg(format!("--cert-file={}", m_cert.display()))
-            .arg(format!("--key-file={}", m_key.display()))
-            .arg(format!("--trusted-ca-file={}", ca_file.display()))
-            .arg("--client-cert-auth")
-            .arg(format!("--peer-cert-file={}", m_cert.display()))
-            .arg(format!("--peer-key-file={}", m_key.display()))
-            .arg(format!("--peer-trusted-ca-file={}", ca_file.display()))
-            .arg("--peer-client-cert-auth")
+            .args(clusterform_pki::etcd_member_tls_flags(
+                &m_cert.display().to_string(),
+                &m_key.display().to_string(),
+                &ca_file.display().to_string(),
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

@@ -178,6 +178,15 @@ async fn call(p: &dyn Provider, method: &str, params: &Value) -> Result<Value, W
     })
 }
 
+/// Send the answer to request `id`.
+fn reply(tx: &mpsc::UnboundedSender<String>, id: u64, r: Result<Value, WireError>) {
+    let msg = match r {
+        Ok(v) => json!({"id": id, "result": v}),
+        Err(e) => json!({"id": id, "error": e}),
+    };
+    let _ = tx.send(msg.to_string());
+}
+
 /// Serve the protocol on stdin/stdout until stdin closes or `shutdown`.
 pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -192,13 +201,6 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
             }
         }
     });
-    let reply = |tx: &mpsc::UnboundedSender<String>, id: u64, r: Result<Value, WireError>| {
-        let msg = match r {
-            Ok(v) => json!({"id": id, "result": v}),
-            Err(e) => json!({"id": id, "error": e}),
-        };
-        let _ = tx.send(msg.to_string());
-    };
     let permits = Arc::new(tokio::sync::Semaphore::new(hello.concurrency.max(1)));
     let mut provider: Option<Arc<dyn Provider>> = None;
     // Calls in flight: registered before their task starts (so that a fast answer is
@@ -282,11 +284,7 @@ pub async fn serve(hello: Hello, configure: Configure) -> std::io::Result<()> {
                         .remove(&id)
                         .is_some();
                     if still {
-                        let msg = match r {
-                            Ok(v) => json!({"id": id, "result": v}),
-                            Err(e) => json!({"id": id, "error": e}),
-                        };
-                        let _ = tx.send(msg.to_string());
+                        reply(&tx, id, r);
                     }
                 });
                 if let Some(slot) = running

@@ -293,6 +293,20 @@ pub fn secret_env_vars() -> &'static [&'static str] {
     ]
 }
 
+/// The attributes of `attrs` named in `keys` that are set (not null): what a provider
+/// keeps beside an object because its API does not report them (EC2's inputs tags,
+/// Metal's `customdata`).
+pub fn pick(attrs: &Attrs, keys: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    keys.iter()
+        .filter_map(|k| {
+            attrs
+                .get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| (k.to_string(), v.clone()))
+        })
+        .collect()
+}
+
 /// Provider settings from a `[provider.NAME]` table, as JSON.
 pub type ProviderConfig = BTreeMap<String, serde_json::Value>;
 

@@ -44,15 +44,7 @@ pub fn unobservable(kind: &str) -> &'static [&'static str] {
 
 /// The subset of `attrs` that [`unobservable`] names for `kind`.
 pub fn inputs_of(kind: &str, attrs: &Attrs) -> serde_json::Map<String, Value> {
-    unobservable(kind)
-        .iter()
-        .filter_map(|k| {
-            attrs
-                .get(*k)
-                .filter(|v| !v.is_null())
-                .map(|v| (k.to_string(), v.clone()))
-        })
-        .collect()
+    clusterform_provider::pick(attrs, unobservable(kind))
 }
 
 /// The inputs as tags: `clusterform:inputs` holds the first 256 characters of the JSON,

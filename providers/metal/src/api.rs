@@ -3,7 +3,6 @@
 //! say what to do, and paginated lists. The token goes only into the `X-Auth-Token`
 //! header: no message, error or log line ever carries it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clusterform_provider::ProviderError;
@@ -33,7 +32,6 @@ pub struct Api {
     base: String,
     token: Option<String>,
     max_attempts: u32,
-    calls: AtomicU64,
 }
 
 /// The API's error text: `errors` joined, else `error`, else the body's start.
@@ -97,13 +95,7 @@ impl Api {
             base: settings.api_url.clone(),
             token: settings.token.as_ref().map(|t| t.0.clone()),
             max_attempts: settings.max_attempts,
-            calls: AtomicU64::new(0),
         })
-    }
-
-    /// HTTP requests sent so far (retries included).
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 
     /// Send one request, retrying what may be retried. `Ok(None)` for an empty answer
@@ -125,7 +117,6 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.calls.fetch_add(1, Ordering::Relaxed);
             let mut req = self
                 .http
                 .request(method.clone(), &url)
@@ -181,8 +172,7 @@ impl Api {
                         retry_after: wait,
                     });
                 }
-                tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt)).max(backoff(1) / 4))
-                    .await;
+                tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt))).await;
                 continue;
             }
             if status.is_server_error() {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use clusterform_core::{Attrs, ProviderSchema};
 use clusterform_provider::{
     CreateRequest, DeleteRequest, Object, Ownership, Provider, ProviderError, ReadRequest, Reader,
-    Result, UpdateRequest, tags,
+    Result, UpdateRequest, pick, tags,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -96,18 +96,6 @@ fn put(attrs: &mut Attrs, key: &str, v: Option<&str>) {
     }
 }
 
-/// The subset of `attrs` named by `keys`.
-fn subset(attrs: &Attrs, keys: &[&str]) -> serde_json::Map<String, Value> {
-    keys.iter()
-        .filter_map(|k| {
-            attrs
-                .get(*k)
-                .filter(|v| !v.is_null())
-                .map(|v| (k.to_string(), v.clone()))
-        })
-        .collect()
-}
-
 /// The private IPv4 address Metal gave a device.
 fn private_ipv4(d: &Value) -> Option<&str> {
     d.get("ip_addresses")?.as_array()?.iter().find_map(|ip| {
@@ -139,7 +127,7 @@ pub fn device_object(d: &Value, prior: &Attrs) -> Object {
         .and_then(Value::as_object)
     {
         Some(inputs) => attrs.extend(inputs.iter().map(|(k, v)| (k.clone(), v.clone()))),
-        None => attrs.extend(subset(prior, MACHINE_INPUTS)),
+        None => attrs.extend(pick(prior, MACHINE_INPUTS)),
     }
     let os = str_at(d, &["operating_system", "slug"]);
     if let Some(channel) = os.and_then(|s| s.strip_prefix("flatcar_")) {
@@ -206,7 +194,7 @@ pub fn vlan_object(v: &Value, prior: &Attrs) -> Object {
     user.retain(|k, _| !INPUTS_TAG.starts_with(k.as_str()));
     match inputs {
         Some(i) => attrs.extend(i),
-        None => attrs.extend(subset(prior, NETWORK_INPUTS)),
+        None => attrs.extend(pick(prior, NETWORK_INPUTS)),
     }
     if !user.is_empty() || prior.contains_key("tags") {
         attrs.insert("tags".into(), json!(user));
@@ -243,11 +231,6 @@ impl Metal {
             settings,
             schema: crate::schema::schema(),
         })
-    }
-
-    /// HTTP requests sent so far.
-    pub fn calls(&self) -> u64 {
-        self.api.calls()
     }
 
     fn project(&self, rest: &str) -> String {
@@ -429,7 +412,7 @@ impl Metal {
             "hostname": hostname,
             "billing_cycle": "hourly",
             "tags": tag_strings(Some(&req.owner), a.get("tags")),
-            "customdata": { INPUTS: Value::Object(subset(a, MACHINE_INPUTS)) },
+            "customdata": { INPUTS: Value::Object(pick(a, MACHINE_INPUTS)) },
         });
         if let Some(u) = s("user_data") {
             body["userdata"] = json!(u);
@@ -511,7 +494,7 @@ impl Metal {
             return Ok(vlan_object(v, &req.attrs));
         }
         let mut tags = tag_strings(Some(&req.owner), req.attrs.get("tags"));
-        let inputs = Value::Object(subset(&req.attrs, NETWORK_INPUTS));
+        let inputs = Value::Object(pick(&req.attrs, NETWORK_INPUTS));
         tags.push(Value::String(format!("{INPUTS_TAG}{inputs}")));
         let name = req
             .attrs
