@@ -197,6 +197,8 @@ class Handler(BaseHTTPRequestHandler):
             STATE["calls"] = {}
         elif path == "/_fake/devices":
             return self.reply(200, [public(d) for d in STATE["devices"].values()])
+        elif path == "/_fake/vlans":
+            return self.reply(200, list(STATE["vlans"].values()))
         else:
             return self.error(404, "unknown control call")
         return self.reply(200, {"ok": True})
@@ -385,6 +387,15 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body()
         if not isinstance(body, dict) or not body.get("metro"):
             return self.error(422, "metro is required")
+        wanted = body.get("vxlan")
+        if wanted is not None:
+            if not isinstance(wanted, int) or not 2 <= wanted <= 3999:
+                return self.error(422, "vxlan must be between 2 and 3999")
+            if any(
+                v["vxlan"] == wanted and v["metro_code"] == body["metro"]
+                for v in STATE["vlans"].values()
+            ):
+                return self.error(422, f"vxlan {wanted} is already in use in metro {body['metro']}")
         STATE["next_vxlan"] += 1
         vid = str(uuid.uuid4())
         vlan = {
@@ -393,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
             "description": body.get("description", ""),
             "metro_code": body["metro"],
             "metro": metro(body["metro"]),
-            "vxlan": int(body.get("vxlan") or STATE["next_vxlan"]),
+            "vxlan": wanted if wanted is not None else STATE["next_vxlan"],
             "tags": list(body.get("tags", [])),
             "created_at": now(),
         }
@@ -420,6 +431,12 @@ class Handler(BaseHTTPRequestHandler):
         )
         if vlan is None:
             return self.error(422, f"virtual network {vnid} not found")
+        owner = next(
+            (d for d in STATE["devices"].values() if any(p["id"] == port_id for p in d["network_ports"])),
+            None,
+        )
+        if owner is not None and owner["metro"]["code"] != vlan["metro_code"]:
+            return self.error(422, "the device and the virtual network must be in the same metro")
         for dev in STATE["devices"].values():
             for port in dev["network_ports"]:
                 if port["id"] == port_id:

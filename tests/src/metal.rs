@@ -192,6 +192,14 @@ impl MetalLab {
         }
     }
 
+    /// Every VLAN the fake holds.
+    pub fn vlans(&self) -> Vec<Value> {
+        match self.control("vlans", Value::Null) {
+            Value::Array(a) => a,
+            other => panic!("vlans: {other}"),
+        }
+    }
+
     /// Every spec violation prism saw. A 429 is not among the spec's answers of any
     /// operation (the API did send them), so as many "no such status code" warnings as
     /// there were 429s are not violations.

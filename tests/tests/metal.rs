@@ -2,8 +2,9 @@
 //! against a stateful fake of the Metal API behind `prism proxy --errors` with the
 //! official OpenAPI spec: every request and answer is checked against the spec (a
 //! violation fails the test). Covered: apply -> no-op plan -> drift (a device deleted
-//! and one retagged out of band; read-only) -> destroy of `central-services` across 3
-//! metros; `large-scale` with PXE-booted workers; reap of an expired cluster; a 429
+//! and one retagged out of band; read-only) -> destroy of `central-services` on its
+//! VLAN (static addresses on `bond0.<vxlan>`; a second metro refused before any call; a
+//! VLAN number in use quoted from the API); PXE-booted workers; reap of an expired cluster; a 429
 //! burst; a device that ends `failed` (kept, then destroyed); a 422 with the API's
 //! errors; a missing token; the refresh of 500 devices in pages, not per device; and the
 //! token never reaching the state, plans or output. Skipped with a note where the spec,
@@ -39,17 +40,18 @@ channel = "stable"
 cidr = "10.10.0.0/22"
 gateway = "10.10.0.1"
 dns = ["1.1.1.1"]
+vxlan = 1234
 
 [central]
 count = 3
 size = "c3.small.x86"
-zones = ["da", "ch", "dc"]
+zones = ["dc"]
 first_address = "10.10.0.101"
 
 [workers]
 count = 4
 size = "m3.large.x86"
-zones = ["da", "ch", "dc"]
+zones = ["dc"]
 "#,
         lab.settings()
     )
@@ -148,11 +150,27 @@ fn assert_no_token_in_files(w: &World) {
 }
 
 #[test]
-fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
+fn central_services_on_its_vlan_applies_plans_drifts_and_destroys() {
     let Some(lab) = MetalLab::start() else {
         return;
     };
     let w = World::new();
+    // A second metro is refused before any API call: one VLAN lives in one metro.
+    w.write(
+        "cluster.toml",
+        &central_services(&lab, "prod").replacen("zones = [\"dc\"]", "zones = [\"da\", \"dc\"]", 1),
+    );
+    lab.reset_calls();
+    let r = run(&w, &["plan", "cluster.toml"], 1);
+    assert!(
+        r.stderr
+            .contains("cluster.toml:23:9: on metal the cluster network is one VLAN")
+            && r.stderr.contains("a second metro"),
+        "{}",
+        r.stderr
+    );
+    assert!(lab.calls().is_empty(), "{:?}", lab.calls());
+
     w.write("cluster.toml", &central_services(&lab, "prod"));
     let r = run(&w, &["plan", "cluster.toml", "-out", "plan.bin"], 0);
     assert!(r.stdout.contains("8 to add"), "{}", r.stdout);
@@ -164,18 +182,52 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
 
     let devices = devices_of(&lab, "prod");
     assert_eq!(devices.len(), 7, "{devices:?}");
-    let metros: Vec<&str> = (0..3)
-        .map(|i| {
-            devices[&format!("machine.central[{i}]")]["metro"]["code"]
-                .as_str()
-                .unwrap_or("")
-        })
-        .collect();
+    // The VLAN: in the machines' metro (not the settings' `da`), with the number the
+    // machines' configs name.
+    let vlans = lab.vlans();
+    assert_eq!(vlans.len(), 1, "{vlans:?}");
     assert_eq!(
-        metros,
-        ["da", "ch", "dc"],
-        "central machines spread over the metros"
+        (vlans[0]["vxlan"].as_u64(), vlans[0]["metro_code"].as_str()),
+        (Some(1234), Some("dc"))
     );
+    for (address, d) in &devices {
+        assert_eq!(d["metro"]["code"], "dc", "{address}");
+        // Its static address on bond0.1234, made by the VLAN unit.
+        let ud = d["userdata"].as_str().unwrap_or("");
+        assert!(
+            ud.contains("ip link add link bond0 name bond0.1234 type vlan id 1234"),
+            "{address}: {ud}"
+        );
+        let n: u32 = address
+            .trim_end_matches(']')
+            .rsplit('[')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .expect("index");
+        let ip = if address.starts_with("machine.central") {
+            format!("10.10.0.{}", 101 + n)
+        } else {
+            format!("10.10.0.{}", 201 + n)
+        };
+        let ign: Value = serde_json::from_str(ud).expect("Ignition JSON");
+        let source = ign["storage"]["files"]
+            .as_array()
+            .and_then(|f| {
+                f.iter()
+                    .find(|f| f["path"] == "/etc/systemd/network/30-clusterform-vlan.network")
+            })
+            .and_then(|f| f["contents"]["source"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let net = clusterform_ignition::decode_data_url(&source, None)
+            .map(|(bytes, _)| bytes)
+            .unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&net).contains(&format!("Address={ip}/22")),
+            "{address}: {}",
+            String::from_utf8_lossy(&net)
+        );
+    }
     for d in devices.values() {
         assert_eq!(d["state"], "active");
         // `public_ipv4 = true` (the default): a public address beside the private one.
@@ -192,11 +244,11 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
                 .map(|v| v.starts_with("3.")),
             Some(true)
         );
-        // The VLAN is in `da`: the machines there have their bond0 on it.
+        // Every machine has its bond0 on the VLAN (hybrid bonded mode).
         let on_vlan = d["network_ports"][0]["virtual_networks"]
             .as_array()
             .is_some_and(|v| !v.is_empty());
-        assert_eq!(on_vlan, d["metro"]["code"] == "da", "{}", d["hostname"]);
+        assert!(on_vlan, "{}", d["hostname"]);
     }
     let state = w.run_ok(&["show", "cluster.toml", "--json"], 0).stdout;
     assert!(
@@ -206,6 +258,17 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
 
     let r = run(&w, &["plan", "cluster.toml", "--detailed-exitcode"], 0);
     assert!(r.stdout.contains("No changes."), "{}", r.stdout);
+
+    // Another cluster asking for the same VLAN number in the metro: the API's words.
+    w.write("other/cluster.toml", &central_services(&lab, "other"));
+    let r = run(&w, &["apply", "other/cluster.toml", "--auto-approve"], 1);
+    assert!(
+        r.stdout.contains("(number 1234 in metro dc; `[network] vxlan` picks the number): the Metal API rejected the request (422: vxlan 1234 is already in use in metro dc)"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(devices_of(&lab, "other").is_empty());
 
     // Out of band: one worker deleted, one central machine retagged.
     let gone = devices["machine.workers[1]"]["id"]
@@ -252,7 +315,7 @@ fn central_services_applies_plans_drifts_and_destroys_across_three_metros() {
 }
 
 #[test]
-fn large_scale_with_pxe_booted_workers_and_reap_of_an_expired_cluster() {
+fn pxe_booted_workers_and_reap_of_an_expired_cluster() {
     let Some(lab) = MetalLab::start() else {
         return;
     };
@@ -260,7 +323,7 @@ fn large_scale_with_pxe_booted_workers_and_reap_of_an_expired_cluster() {
     let file = format!(
         r#"[cluster]
 name = "large"
-blueprint = "large-scale"
+blueprint = "central-services"
 provider = "metal"
 
 {}
@@ -271,13 +334,11 @@ gateway = "10.10.0.1"
 [central]
 count = 3
 size = "c3.small.x86"
-zones = ["da", "ch", "dc"]
 first_address = "10.10.0.101"
 
 [workers]
 count = 6
 size = "m3.large.x86"
-zones = ["da", "ch", "dc"]
 ipxe_script_url = "http://boot.example.net/flatcar.ipxe"
 always_pxe = true
 "#,

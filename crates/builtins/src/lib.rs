@@ -45,10 +45,19 @@ fn schema_only(name: &str, why: &str) -> Arc<SchemaOnly> {
         provider: name.to_string(),
         ..clusterform_provider_sim::schema()
     };
-    if name == "metal"
-        && let Some(machine) = schema.kinds.iter_mut().find(|k| k.kind == "machine")
-    {
+    if name == "metal" {
         use clusterform_core::{AttrSchema, AttrType};
+        if let Some(network) = schema.kinds.iter_mut().find(|k| k.kind == "network") {
+            network.attrs.extend([
+                AttrSchema::optional_computed("vxlan", AttrType::Int, "the VLAN's number")
+                    .force_new(),
+                AttrSchema::optional_computed("zone", AttrType::String, "the VLAN's metro")
+                    .force_new(),
+            ]);
+        }
+        let Some(machine) = schema.kinds.iter_mut().find(|k| k.kind == "machine") else {
+            return Arc::new(SchemaOnly::new(schema, why));
+        };
         machine.attrs.extend([
             AttrSchema::optional(
                 "operating_system",

@@ -13,7 +13,11 @@ use serde_json::Value;
 use crate::Span;
 use crate::reader::Cx;
 use crate::resources::Count;
-use crate::settings::{Cluster, DEFAULT_FIRST_ADDRESS_OFFSET, Group, Network};
+use crate::settings::{Cluster, DEFAULT_FIRST_ADDRESS_OFFSET, Group, Network, VXLAN_RANGE};
+
+/// Metal workers' first static address (on the cluster VLAN, which has no DHCP): the
+/// network's 201st host, clear of the central machines' (from the 101st).
+const DEFAULT_WORKER_ADDRESS_OFFSET: u32 = 201;
 use crate::zones::{ZoneLayout, zones_are_subnets};
 
 /// A resource name the blueprint defines.
@@ -223,6 +227,17 @@ pub(crate) struct Inputs<'a> {
     pub(crate) vm: &'a Group,
 }
 
+impl<'a> Inputs<'a> {
+    /// The tables that describe machines of blueprint `bp`, in zone-layout order.
+    fn machine_tables(&self, bp: Blueprint) -> Vec<&'a Group> {
+        match bp {
+            Blueprint::DevVm => vec![self.vm],
+            Blueprint::Small => vec![self.central],
+            _ => vec![self.central, self.workers],
+        }
+    }
+}
+
 /// The Ignition platform of a provider.
 fn platform(provider: &str) -> Platform {
     match provider {
@@ -359,12 +374,17 @@ fn static_addresses(
     n: u32,
     at_table: Span,
 ) -> Option<Vec<Ipv4Addr>> {
+    let offset = if group.table == "workers" {
+        DEFAULT_WORKER_ADDRESS_OFFSET
+    } else {
+        DEFAULT_FIRST_ADDRESS_OFFSET
+    };
     let key = group.address_key();
     let (ip, at, explicit) = match group.first_address {
         Some((Some(ip), at)) => (ip, at, true),
         Some((None, _)) => return None, // reported
         None => {
-            let a = u32::from(network.cidr.network()).checked_add(DEFAULT_FIRST_ADDRESS_OFFSET)?;
+            let a = u32::from(network.cidr.network()).checked_add(offset)?;
             (Ipv4Addr::from(a), at_table, false)
         }
     };
@@ -439,6 +459,8 @@ struct NetTemplate {
     prefix: u8,
     gateway: Ipv4Addr,
     dns: Vec<Ipv4Addr>,
+    /// Metal: the cluster VLAN the static addresses live on.
+    vlan: Option<u16>,
 }
 
 impl NetTemplate {
@@ -448,6 +470,7 @@ impl NetTemplate {
             prefix: self.prefix,
             gateway: self.gateway,
             dns: self.dns.clone(),
+            vlan: self.vlan,
         }
     }
 }
@@ -590,6 +613,17 @@ pub(crate) fn expand(
     let mut net_refs = BTreeMap::new();
     net_refs.insert("network".to_string(), net_addr);
     let zones = zone_layout(cx, bp, &provider, inputs, net_span);
+    let metal = metal_vlan(cx, bp, &provider, inputs);
+    if let Some(m) = &metal
+        && let Some((net, _)) = resources.first_mut()
+    {
+        net.attrs
+            .insert("vxlan".into(), Value::from(u64::from(m.vxlan)));
+        if let Some(metro) = &m.metro {
+            net.attrs
+                .insert("zone".into(), Value::String(metro.clone()));
+        }
+    }
     let shared = Shared {
         platform: platform(&provider),
         provider,
@@ -618,6 +652,7 @@ pub(crate) fn expand(
                 .iter()
                 .filter_map(|d| d.parse::<Ipv4Addr>().ok())
                 .collect(),
+            vlan: metal.as_ref().map(|m| m.vxlan),
         }),
     };
 
@@ -648,12 +683,110 @@ pub(crate) fn expand(
     if let Some(layout) = &shared.zones {
         add_zone_subnets(layout, &shared, net_span, &mut resources, &mut decls);
     }
+    // Metal: every machine in the VLAN's metro (a machine without a zone would be in
+    // the settings' `metro`, which may not be the one named).
+    if let Some(metro) = metal.and_then(|m| m.metro) {
+        for (r, _) in &mut resources {
+            if r.address.kind == "machine" && !r.attrs.contains_key("zone") {
+                r.attrs.insert("zone".into(), Value::String(metro.clone()));
+            }
+        }
+    }
 
     Expansion {
         blueprint: name,
         decls,
         resources,
     }
+}
+
+/// The cluster VLAN of a Metal cluster: its number and the one metro its machines are in.
+struct MetalVlan {
+    vxlan: u16,
+    /// The metro the tables' `zones` name, None when none does (the settings' `metro`).
+    metro: Option<String>,
+}
+
+/// The default VLAN number of cluster `name`: 1000 to 1999, from a hash of the name, so
+/// that clusters of one project mostly differ (`[network] vxlan` picks one).
+pub(crate) fn default_vxlan(name: &str) -> u16 {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    1000 + u16::try_from(h % 1000).unwrap_or(0)
+}
+
+/// Metal's cluster network is one VLAN, and a Metal VLAN lives in one metro: check
+/// that the machines' zones (metros) name at most one, and pick the VLAN number.
+/// `[network] vxlan` and `[workers] first_address` are reported on other providers.
+fn metal_vlan(
+    cx: &mut Cx<'_>,
+    bp: Blueprint,
+    provider: &str,
+    inputs: &Inputs<'_>,
+) -> Option<MetalVlan> {
+    let Inputs {
+        cluster,
+        network,
+        workers,
+        ..
+    } = *inputs;
+    if provider != "metal" {
+        if let Some((_, at)) = network.vxlan {
+            cx.error(
+                Some(at),
+                format!("`vxlan` is the number of a Metal VLAN; provider `{provider}` has none"),
+                "Metal only",
+                Some("remove it, or use `provider = \"metal\"`".to_string()),
+            );
+        }
+        if let Some((_, at)) = workers.first_address {
+            cx.error(
+                Some(at),
+                format!("workers get their addresses by DHCP on provider `{provider}`; `first_address` in `[workers]` is for Metal, whose VLAN has no DHCP"),
+                "Metal only",
+                Some("remove it (the central machines' addresses are `[central] first_address`)".to_string()),
+            );
+        }
+        return None;
+    }
+    let vxlan = match network.vxlan {
+        Some((Some(v), _)) => u16::try_from(v).ok().filter(|_| VXLAN_RANGE.contains(&v))?,
+        Some((None, _)) => return None, // reported
+        None => default_vxlan(&cluster.settings.name),
+    };
+    let tables = inputs.machine_tables(bp);
+    let mut metro: Option<&str> = None;
+    for g in tables {
+        let Some(zones) = &g.zones else { continue };
+        for z in zones {
+            match metro {
+                None => metro = Some(z),
+                Some(m) if m == z => {}
+                Some(m) => {
+                    let help = if bp == Blueprint::LargeScale {
+                        "large-scale spreads the central machines over 2 or more zones, which one Metal VLAN cannot join: on Metal use blueprint `central-services` with every machine in one metro".to_string()
+                    } else {
+                        format!(
+                            "keep every machine in one metro: `zones = [\"{m}\"]` (or leave `zones` out for the settings' `metro`)"
+                        )
+                    };
+                    cx.error(
+                        g.zones_span.or(g.span),
+                        format!("on metal the cluster network is one VLAN, and a Metal VLAN lives in one metro: `[{}] zones` names `{z}` besides `{m}`", g.table),
+                        "a second metro",
+                        Some(help),
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+    Some(MetalVlan {
+        vxlan,
+        metro: metro.map(str::to_string),
+    })
 }
 
 /// The zone layout of a provider whose zones are separate subnets: the zones of
@@ -669,11 +802,7 @@ fn zone_layout(
     if !zones_are_subnets(provider) || !inputs.network.ok {
         return None;
     }
-    let groups: Vec<&Group> = match bp {
-        Blueprint::DevVm => vec![inputs.vm],
-        Blueprint::Small => vec![inputs.central],
-        _ => vec![inputs.central, inputs.workers],
-    };
+    let groups = inputs.machine_tables(bp);
     let mut keys: Vec<Option<String>> = Vec::new();
     for g in groups {
         match &g.zones {
@@ -1108,14 +1237,55 @@ fn etcd_cluster(
             Some("add `ipxe_script_url`, or remove `always_pxe`".to_string()),
         );
     }
+    // Metal: the VLAN has no DHCP, so workers get static addresses too, clear of every
+    // address the central machines may take.
+    let worker_addrs = match (&shared.network, shared.platform) {
+        (Some(_), Platform::Metal) if n_workers > 0 => {
+            let taken = central_slots(shared, network, central, &addrs, rule.max);
+            static_addresses(cx, network, workers, "workers", n_workers, workers_span)
+                .filter(|a| {
+                    let clash = a
+                        .iter()
+                        .enumerate()
+                        .find(|(_, ip)| taken.contains(ip) || **ip == network.gateway);
+                    if let Some((i, ip)) = clash {
+                        let what = if *ip == network.gateway {
+                            "the network's gateway".to_string()
+                        } else {
+                            "an address the central machines may take".to_string()
+                        };
+                        cx.error(
+                            workers.first_address.map(|(_, at)| at).or(Some(workers_span)),
+                            format!("address `{ip}` of `machine.workers[{i}]` is {what}"),
+                            "clashes",
+                            Some(format!(
+                                "set `first_address` in `[workers]` to an address in {} after the central machines' ({} up to {} of them)",
+                                network.cidr,
+                                taken.first().map(ToString::to_string).unwrap_or_default(),
+                                rule.max
+                            )),
+                        );
+                        return false;
+                    }
+                    true
+                })
+        }
+        _ => None,
+    };
     for i in 0..n_workers {
         let name = format!("{cname}-workers-{i}");
         spec.hostname.clone_from(&name);
+        if let Some(ip) = worker_addrs.as_ref().and_then(|a| a.get(i as usize)) {
+            spec.network = shared.network.as_ref().map(|n| n.at(*ip));
+        }
         let mut attrs = shared.machine_attrs(name, &role, workers_size.as_ref());
         if let Some(z) = zone(&workers.zones, i) {
             attrs.insert("zone".into(), z);
         }
         attrs.insert("etcd_endpoints".into(), endpoints_attr.clone());
+        if let Some(ip) = worker_addrs.as_ref().and_then(|a| a.get(i as usize)) {
+            attrs.insert("address".into(), Value::String(ip.to_string()));
+        }
         for (k, v) in &pxe {
             attrs.insert((*k).into(), v.clone());
         }

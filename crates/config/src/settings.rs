@@ -353,6 +353,8 @@ pub(crate) struct Network {
     pub(crate) gateway: Ipv4Addr,
     /// DNS servers.
     pub(crate) dns: Vec<String>,
+    /// `vxlan` (Metal: the VLAN's number, 2 to 3999), when written: (value if valid, span).
+    pub(crate) vxlan: Option<(Option<u32>, Span)>,
     /// False when a value was wrong (already reported).
     pub(crate) ok: bool,
 }
@@ -376,6 +378,7 @@ pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
         cidr: default_net(),
         gateway: first_host(default_net()),
         dns: Vec::new(),
+        vxlan: None,
         ok: true,
     };
     let Some((key, node)) = doc.get_key_value("network") else {
@@ -386,7 +389,7 @@ pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
         net.ok = false;
         return net;
     };
-    cx.check_keys(t, &["cidr", "gateway", "dns"], SECTION);
+    cx.check_keys(t, &["cidr", "gateway", "dns", "vxlan"], SECTION);
     if let Some((c, at)) = cx.get_str(t, "cidr", SECTION) {
         match c.parse::<Ipv4Net>() {
             Ok(n) if n.addr() != n.network() => {
@@ -459,8 +462,26 @@ pub(crate) fn network(cx: &mut Cx<'_>, doc: &DeTable<'_>) -> Network {
         }
         net.dns = dns.into_iter().map(|(d, _)| d.to_string()).collect();
     }
+    if let Some((v, at)) = cx.get_count(t, "vxlan", SECTION) {
+        let v = v.filter(|v| {
+            let fits = VXLAN_RANGE.contains(v);
+            if !fits {
+                cx.error(
+                    Some(at),
+                    format!("`vxlan` in {SECTION} must be 2 to 3999, not {v}"),
+                    "not a VLAN number",
+                    Some("pick a VLAN number from 2 to 3999 that no other VLAN of the project uses in the metro".to_string()),
+                );
+            }
+            fits
+        });
+        net.vxlan = Some((v, at));
+    }
     net
 }
+
+/// The VLAN numbers Metal accepts.
+pub(crate) const VXLAN_RANGE: std::ops::RangeInclusive<u32> = 2..=3999;
 
 /// `[central]`, `[workers]` or `[vm]`.
 pub(crate) struct Group {
@@ -476,7 +497,8 @@ pub(crate) struct Group {
     pub(crate) zones: Option<Vec<String>>,
     /// The span of the `zones` value.
     pub(crate) zones_span: Option<Span>,
-    /// `[central] first_address` or `[vm] address`: the address if valid, and its span.
+    /// `[central] first_address`, `[workers] first_address` (Metal) or `[vm] address`:
+    /// the address if valid, and its span.
     pub(crate) first_address: Option<(Option<Ipv4Addr>, Span)>,
     /// `protect`.
     pub(crate) protect: bool,
@@ -575,6 +597,7 @@ pub(crate) fn group(
             "count",
             "size",
             "zones",
+            "first_address",
             "protect",
             "butane",
             "ipxe_script_url",
@@ -637,9 +660,7 @@ pub(crate) fn group(
         }
     }
     let address_key = g.address_key();
-    if table != "workers"
-        && let Some((a, at)) = cx.get_str(t, address_key, &section)
-    {
+    if let Some((a, at)) = cx.get_str(t, address_key, &section) {
         let ip = a.parse::<Ipv4Addr>().ok();
         if ip.is_none() {
             cx.error(

@@ -49,6 +49,7 @@ fn member(i: u32, n: u32, marker: &str) -> Resource {
             prefix: 16,
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             dns: vec![],
+            vlan: None,
         }),
         docker_tcp: false,
         etcd: Some(EtcdMember {

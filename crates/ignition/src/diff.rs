@@ -477,6 +477,7 @@ mod tests {
                 prefix: 24,
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 dns: vec![Ipv4Addr::new(1, 2, 3, 4)],
+                vlan: None,
             }),
             docker_tcp: false,
             etcd: Some(EtcdMember {

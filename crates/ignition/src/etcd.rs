@@ -232,6 +232,7 @@ mod tests {
                 prefix: 16,
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 dns: vec![],
+                vlan: None,
             }),
             docker_tcp: false,
             etcd: Some(EtcdMember {

@@ -25,7 +25,8 @@ pub enum Platform {
     Metal,
 }
 
-/// A static address for `eth0` (the seed's `00-eth0.network`).
+/// A static address: on `eth0` (the seed's `00-eth0.network`), or on Metal on the
+/// cluster VLAN's subinterface of `bond0`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaticNetwork {
     /// The machine's address.
@@ -36,6 +37,11 @@ pub struct StaticNetwork {
     pub gateway: Ipv4Addr,
     /// DNS servers.
     pub dns: Vec<Ipv4Addr>,
+    /// Equinix Metal: the number of the cluster VLAN the address lives on (hybrid
+    /// bonded mode: a tagged subinterface `bond0.<vlan>`; the machine keeps Metal's own
+    /// addresses and default route on `bond0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// This machine runs an etcd member (`etcd-member.service` with a drop-in).
@@ -128,6 +134,54 @@ pub fn networkd_eth0(net: &StaticNetwork) -> String {
     s
 }
 
+/// The name of the VLAN subinterface of `bond0` on Metal.
+pub fn vlan_interface(vlan: u16) -> String {
+    format!("bond0.{vlan}")
+}
+
+/// The unit that makes the cluster VLAN's subinterface of `bond0` on a Metal machine
+/// (hybrid bonded mode: the VLAN's frames arrive tagged on the bond). `bond0` itself is
+/// set up from Metal's metadata; this waits for it, then adds `bond0.<vlan>`, which
+/// networkd configures from [`networkd_vlan`].
+pub fn vlan_unit(vlan: u16) -> String {
+    let link = vlan_interface(vlan);
+    format!(
+        "[Unit]\n\
+         Description=VLAN {vlan} of the cluster network on bond0\n\
+         Wants=systemd-networkd.service\n\
+         After=systemd-networkd.service\n\
+         Before=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         TimeoutStartSec=300\n\
+         ExecStart=/bin/sh -c 'until ip link show bond0 >/dev/null 2>&1; do sleep 1; done; \
+         ip link show {link} >/dev/null 2>&1 || ip link add link bond0 name {link} type vlan id {vlan}'\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// The networkd file of the VLAN subinterface: the static address only. No gateway:
+/// the default route stays on `bond0` (Metal's layer 3), and a VLAN has none of its own.
+pub fn networkd_vlan(net: &StaticNetwork, vlan: u16) -> String {
+    let mut s = String::with_capacity(96 + 20 * net.dns.len());
+    let _ = write!(s, "[Match]\nName={}\n\n[Network]\n", vlan_interface(vlan));
+    for dns in &net.dns {
+        let _ = writeln!(s, "DNS={dns}");
+    }
+    let _ = writeln!(s, "Address={}/{}", net.address, net.prefix);
+    s
+}
+
+/// The name of the unit made by [`vlan_unit`].
+pub const VLAN_UNIT: &str = "clusterform-vlan.service";
+
+/// Where [`networkd_vlan`] is written.
+pub const VLAN_NETWORK_FILE: &str = "/etc/systemd/network/30-clusterform-vlan.network";
+
 /// The `20-clct-etcd-member.conf` drop-in of `etcd-member.service`.
 pub fn etcd_member_dropin(m: &EtcdMember, platform: Platform) -> String {
     let mut s = String::with_capacity(640);
@@ -204,6 +258,14 @@ pub fn render(spec: &MachineSpec, extras: &[Config]) -> Config {
             &networkd_eth0(net),
         ));
     }
+    let vlan = spec
+        .network
+        .as_ref()
+        .filter(|_| spec.platform == Platform::Metal)
+        .and_then(|net| Some((net, net.vlan?)));
+    if let Some((net, id)) = vlan {
+        files.push(file(VLAN_NETWORK_FILE, &networkd_vlan(net, id)));
+    }
     if !spec.etcd_endpoints.is_empty() {
         files.push(file(
             "/etc/etcd-endpoints.env",
@@ -227,12 +289,30 @@ pub fn render(spec: &MachineSpec, extras: &[Config]) -> Config {
             ..Unit::default()
         });
     }
-    if let Some(m) = &spec.etcd {
+    if let Some((_, id)) = vlan {
         units.push(Unit {
-            dropins: vec![Dropin {
-                contents: Some(etcd_member_dropin(m, spec.platform)),
-                name: "20-clct-etcd-member.conf".to_owned(),
-            }],
+            contents: Some(vlan_unit(id)),
+            enabled: Some(true),
+            name: VLAN_UNIT.to_owned(),
+            ..Unit::default()
+        });
+    }
+    if let Some(m) = &spec.etcd {
+        let mut dropins = vec![Dropin {
+            contents: Some(etcd_member_dropin(m, spec.platform)),
+            name: "20-clct-etcd-member.conf".to_owned(),
+        }];
+        if vlan.is_some() {
+            // etcd listens on the VLAN address: start it once the subinterface is there.
+            dropins.push(Dropin {
+                contents: Some(format!(
+                    "[Unit]\nRequires={VLAN_UNIT}\nAfter={VLAN_UNIT}\nWants=network-online.target\nAfter=network-online.target\n"
+                )),
+                name: "10-clusterform-vlan.conf".to_owned(),
+            });
+        }
+        units.push(Unit {
+            dropins,
             enabled: Some(true),
             name: "etcd-member.service".to_owned(),
             ..Unit::default()
@@ -288,6 +368,7 @@ mod tests {
                 prefix: 24,
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 dns: vec![Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(8, 8, 8, 8)],
+                vlan: None,
             }),
             docker_tcp: false,
             etcd: Some(EtcdMember {

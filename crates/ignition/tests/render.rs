@@ -21,6 +21,7 @@ fn net(last: u8) -> StaticNetwork {
         prefix: 24,
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         dns: vec![Ipv4Addr::new(1, 2, 3, 4)],
+        vlan: None,
     }
 }
 
@@ -211,6 +212,7 @@ fn time_ten_thousand_workers() {
                 prefix: 16,
                 gateway: Ipv4Addr::new(10, 1, 0, 1),
                 dns: vec![Ipv4Addr::new(1, 2, 3, 4)],
+                vlan: None,
             }),
             etcd_endpoints: endpoints.clone(),
             etcd_proxy: Some(endpoints.clone()),

@@ -169,18 +169,19 @@ pub fn device_object(d: &Value, prior: &Attrs) -> Object {
     }
 }
 
+/// The metro code of a VLAN.
+fn vlan_metro(v: &Value) -> Option<&str> {
+    str_at(v, &["metro_code"]).or_else(|| str_at(v, &["metro", "code"]))
+}
+
 /// The network object of a VLAN.
 pub fn vlan_object(v: &Value, prior: &Attrs) -> Object {
     let (owner, mut user) = split_tags(v);
     let mut attrs = Attrs::new();
     put(&mut attrs, "name", str_at(v, &["description"]));
-    put(
-        &mut attrs,
-        "metro",
-        str_at(v, &["metro_code"]).or_else(|| str_at(v, &["metro", "code"])),
-    );
+    put(&mut attrs, "zone", vlan_metro(v));
     if let Some(x) = v.get("vxlan").and_then(Value::as_u64) {
-        attrs.insert("vxlan".into(), Value::String(x.to_string()));
+        attrs.insert("vxlan".into(), Value::from(x));
     }
     let inputs = v
         .get("tags")
@@ -348,7 +349,20 @@ impl Metal {
         let Some(vlan_id) = network.filter(|n| *n != NO_VLAN && self.settings.vlan) else {
             return Ok(());
         };
-        if str_at(d, &["metro", "code"]) != Some(self.settings.metro.as_str()) {
+        // Metal VLANs are metro-local; the blueprints keep a cluster in one metro, a
+        // plain machine elsewhere is left on layer 3.
+        let vlan = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/virtual-networks/{vlan_id}"),
+                &[],
+                None,
+                Replay::Safe,
+                &format!("read VLAN {vlan_id}"),
+            )
+            .await?;
+        if vlan.as_ref().and_then(vlan_metro) != str_at(d, &["metro", "code"]) {
             return Ok(());
         }
         let ports = d.get("network_ports").and_then(Value::as_array);
@@ -501,11 +515,21 @@ impl Metal {
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let body = json!({
-            "metro": self.settings.metro,
+        let metro = req
+            .attrs
+            .get("zone")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.settings.metro);
+        let mut body = json!({
+            "metro": metro,
             "description": name,
             "tags": tags,
         });
+        // The number the machines' configs name (`bond0.<vxlan>`); Metal picks one when
+        // a plain network leaves it out.
+        if let Some(x) = req.attrs.get("vxlan").and_then(Value::as_u64) {
+            body["vxlan"] = json!(x);
+        }
         let v = self
             .api
             .call(
@@ -514,7 +538,12 @@ impl Metal {
                 &[],
                 Some(&body),
                 Replay::Unsafe,
-                &format!("create VLAN `{name}`"),
+                &match body.get("vxlan") {
+                    Some(x) => format!(
+                        "create VLAN `{name}` (number {x} in metro {metro}; `[network] vxlan` picks the number)"
+                    ),
+                    None => format!("create VLAN `{name}`"),
+                },
             )
             .await?
             .ok_or_else(|| {

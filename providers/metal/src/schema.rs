@@ -8,10 +8,10 @@ pub const PROVIDER_NAME: &str = "metal";
 
 /// The kinds and attributes of the metal provider.
 pub fn schema() -> ProviderSchema {
-    use AttrType::{Bool, Map, Reference, String, StringList};
+    use AttrType::{Bool, Int, Map, Reference, String, StringList};
     let network = KindSchema {
         kind: "network".into(),
-        doc: "the cluster network: a Metal VLAN (virtual network) in the settings' metro; the machines of that metro get their bond0 port assigned to it (hybrid mode)".into(),
+        doc: "the cluster network: a Metal VLAN (virtual network) in one metro; the machines of that metro get their bond0 port assigned to it (hybrid bonded mode) and configure their static address on `bond0.<vxlan>`".into(),
         attrs: vec![
             AttrSchema::required("name", String, "the VLAN's description").force_new(),
             AttrSchema::required(
@@ -23,8 +23,18 @@ pub fn schema() -> ProviderSchema {
             AttrSchema::optional("gateway", String, "the gateway address, never given to a machine"),
             AttrSchema::optional("dns", StringList, "DNS servers the machines use"),
             AttrSchema::optional("tags", Map, "extra tags on the VLAN (`key=value`)"),
-            AttrSchema::computed("metro", String, "the metro the VLAN is in"),
-            AttrSchema::computed("vxlan", String, "the VLAN's number"),
+            AttrSchema::optional_computed(
+                "zone",
+                String,
+                "the VLAN's metro; the settings' `metro` when left out",
+            )
+            .force_new(),
+            AttrSchema::optional_computed(
+                "vxlan",
+                Int,
+                "the VLAN's number (2 to 3999), which the machines' configs name (`bond0.<vxlan>`); Metal picks one when left out",
+            )
+            .force_new(),
         ],
     };
     let machine = KindSchema {
@@ -44,7 +54,7 @@ pub fn schema() -> ProviderSchema {
             AttrSchema::optional_computed(
                 "address",
                 String,
-                "its address on the cluster network: static when set (written into its config, and reserved when `reserve_addresses` is on), else its private IPv4 from Metal",
+                "its static address on the cluster VLAN (written into its config as `bond0.<vxlan>`; the blueprints set it)",
             )
             .force_new(),
             AttrSchema::computed("private_ipv4", String, "the private IPv4 address Metal gave it"),
@@ -68,7 +78,6 @@ pub fn schema() -> ProviderSchema {
             AttrSchema::optional("protect", Bool, "lock the device against deletion (changed in place)"),
             AttrSchema::optional("tags", Map, "extra tags on the device (`key=value`; changed in place)"),
             AttrSchema::computed("state", String, "the device's state: `active` once provisioned"),
-            AttrSchema::computed("reservation", String, "the id of the IP reservation of its static address, when there is one"),
         ],
     };
     ProviderSchema {

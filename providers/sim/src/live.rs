@@ -1373,6 +1373,7 @@ mod tests {
                 prefix: 24,
                 gateway: Ipv4Addr::new(10, 0, 1, 254),
                 dns: vec![],
+                vlan: None,
             })),
             &[],
         );

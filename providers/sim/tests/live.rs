@@ -230,6 +230,7 @@ fn static_net(o: [u8; 4]) -> StaticNetwork {
         prefix: 16,
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         dns: vec![],
+        vlan: None,
     }
 }
 

@@ -629,8 +629,16 @@ fn platform_follows_the_provider() {
         ("metal", false, true),
         ("other", true, false),
     ] {
-        let src = CENTRAL.replace("provider = \"sim\"", &format!("provider = \"{p}\""));
-        let m = parse(Path::new(PATH), &src, &[as_provider(p)]).unwrap();
+        let mut src = CENTRAL.replace("provider = \"sim\"", &format!("provider = \"{p}\""));
+        let schema = if p == "metal" {
+            // One Metal VLAN lives in one metro.
+            src = src.replace("[\"z1\", \"z2\", \"z3\"]", "[\"da\"]");
+            src = src.replace("[\"z1\", \"z2\"]", "[\"da\"]");
+            metal_schema()
+        } else {
+            as_provider(p)
+        };
+        let m = parse(Path::new(PATH), &src, &[schema]).unwrap();
         let ign = ignition(find(&m, "machine.central[0]"));
         assert_eq!(
             file_text(&ign, "/etc/systemd/network/00-eth0.network").is_some(),
@@ -831,30 +839,8 @@ fn ec2_dev_vm_address_must_be_in_its_subnet() {
 #[test]
 fn metal_workers_may_pxe_boot_and_other_providers_say_it_is_metal_only() {
     let pxe = "zones = [\"z1\", \"z2\"]\nipxe_script_url = \"https://boot.example.net/f.ipxe\"\nalways_pxe = true\n";
-    let src = CENTRAL
-        .replace("provider = \"sim\"", "provider = \"metal\"")
-        .replace("zones = [\"z1\", \"z2\"]\n", pxe);
-    let mut schema = as_provider("metal");
-    if let Some(machine) = schema.kinds.iter_mut().find(|k| k.kind == "machine") {
-        machine.attrs.extend([
-            clusterform_core::AttrSchema::optional(
-                "operating_system",
-                clusterform_core::AttrType::String,
-                "",
-            ),
-            clusterform_core::AttrSchema::optional(
-                "ipxe_script_url",
-                clusterform_core::AttrType::String,
-                "",
-            ),
-            clusterform_core::AttrSchema::optional(
-                "always_pxe",
-                clusterform_core::AttrType::Bool,
-                "",
-            ),
-        ]);
-    }
-    let m = parse(Path::new(PATH), &src, &[schema]).unwrap();
+    let src = metal_central(&CENTRAL.replace("zones = [\"z1\", \"z2\"]\n", pxe));
+    let m = parse(Path::new(PATH), &src, &[metal_schema()]).unwrap();
     assert_eq!(
         attr(&m, "machine.workers[3]", "operating_system"),
         "custom_ipxe"
@@ -884,5 +870,197 @@ fn metal_workers_may_pxe_boot_and_other_providers_say_it_is_metal_only() {
     assert_eq!(
         d.message,
         "`always_pxe` needs `ipxe_script_url` in `[workers]`"
+    );
+}
+
+/// The sim schema as `metal`, with the attributes the Metal schema adds (the builtins'
+/// schema-only `metal` has the same).
+fn metal_schema() -> ProviderSchema {
+    use clusterform_core::{AttrSchema, AttrType};
+    let mut schema = as_provider("metal");
+    for k in &mut schema.kinds {
+        match k.kind.as_str() {
+            "network" => k.attrs.extend([
+                AttrSchema::optional_computed("vxlan", AttrType::Int, ""),
+                AttrSchema::optional_computed("zone", AttrType::String, ""),
+            ]),
+            "machine" => k.attrs.extend([
+                AttrSchema::optional("operating_system", AttrType::String, ""),
+                AttrSchema::optional("ipxe_script_url", AttrType::String, ""),
+                AttrSchema::optional("always_pxe", AttrType::Bool, ""),
+            ]),
+            _ => {}
+        }
+    }
+    schema
+}
+
+/// `src` on metal, every machine in metro `da`.
+fn metal_central(src: &str) -> String {
+    src.replace("provider = \"sim\"", "provider = \"metal\"")
+        .replace("[\"z1\", \"z2\", \"z3\"]", "[\"da\"]")
+        .replace("[\"z1\", \"z2\"]", "[\"da\"]")
+}
+
+fn metal_errors(src: &str) -> Vec<Diagnostic> {
+    match parse(Path::new(PATH), src, &[metal_schema()]) {
+        Ok(_) => panic!("expected errors"),
+        Err(d) => d.0,
+    }
+}
+
+#[test]
+fn metal_machines_get_their_static_addresses_on_the_cluster_vlan() {
+    let src = metal_central(CENTRAL);
+    let m = parse(Path::new(PATH), &src, &[metal_schema()]).unwrap();
+    // The VLAN: its number from the cluster name (stable), in the machines' metro.
+    let vxlan = u64::from(crate::blueprint::default_vxlan("prod"));
+    assert!((1000..2000).contains(&vxlan));
+    assert_eq!(attr(&m, "network.main", "vxlan"), &Value::from(vxlan));
+    assert_eq!(attr(&m, "network.main", "zone"), "da");
+    let link = format!("bond0.{vxlan}");
+
+    // Central: the static address on bond0.<vxlan>, no gateway (bond0 keeps Metal's
+    // default route), and etcd waits for the subinterface.
+    let ign = ignition(find(&m, "machine.central[2]"));
+    assert_eq!(
+        file_text(&ign, "/etc/systemd/network/30-clusterform-vlan.network").unwrap(),
+        format!("[Match]\nName={link}\n\n[Network]\nAddress=10.0.1.103/16\n")
+    );
+    assert!(file_text(&ign, "/etc/systemd/network/00-eth0.network").is_none());
+    let vlan_unit = unit_text(&ign, "clusterform-vlan.service");
+    assert!(
+        vlan_unit.contains(&format!(
+            "ip link add link bond0 name {link} type vlan id {vxlan}"
+        )),
+        "{vlan_unit}"
+    );
+    let etcd = unit_text(&ign, "etcd-member.service");
+    assert!(etcd.contains("Requires=clusterform-vlan.service"), "{etcd}");
+    assert!(etcd.contains("--listen-peer-urls=\"http://10.0.1.103:2380\""));
+
+    // Workers: the VLAN has no DHCP, so static addresses from the 201st host.
+    for i in 0..4u8 {
+        let w = find(&m, &format!("machine.workers[{i}]"));
+        let ip = format!("10.0.0.{}", 201 + u32::from(i));
+        assert_eq!(w.attrs["address"], Value::String(ip.clone()));
+        assert_eq!(w.attrs["zone"], Value::String("da".into()));
+        let ign = ignition(w);
+        assert_eq!(
+            file_text(&ign, "/etc/systemd/network/30-clusterform-vlan.network").unwrap(),
+            format!("[Match]\nName={link}\n\n[Network]\nAddress={ip}/16\n")
+        );
+        assert!(units(&ign).contains(&"clusterform-vlan.service".to_string()));
+    }
+
+    // `vxlan` and `[workers] first_address` as written; machines without zones stay
+    // in the settings' metro (no zone on anything).
+    let src = metal_central(&CENTRAL.replace(
+        "cidr = \"10.0.0.0/16\"",
+        "cidr = \"10.0.0.0/16\"\nvxlan = 1234",
+    ))
+    .replace("zones = [\"da\"]\n", "")
+    .replace("size = \"w\"", "size = \"w\"\nfirst_address = \"10.0.9.1\"");
+    let m = parse(Path::new(PATH), &src, &[metal_schema()]).unwrap();
+    assert_eq!(attr(&m, "network.main", "vxlan"), &Value::from(1234));
+    assert!(!find(&m, "network.main").attrs.contains_key("zone"));
+    assert!(!find(&m, "machine.central[0]").attrs.contains_key("zone"));
+    assert_eq!(attr(&m, "machine.workers[3]", "address"), "10.0.9.4");
+    let ign = ignition(find(&m, "machine.workers[3]"));
+    assert!(
+        file_text(&ign, "/etc/systemd/network/30-clusterform-vlan.network")
+            .unwrap()
+            .contains("Name=bond0.1234")
+    );
+}
+
+#[test]
+fn metal_rules_are_reported_where_they_are_written() {
+    // A second metro: one VLAN cannot join them.
+    let src = CENTRAL.replace("provider = \"sim\"", "provider = \"metal\"");
+    let e = metal_errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_diag(
+        &e[0],
+        "on metal the cluster network is one VLAN, and a Metal VLAN lives in one metro: `[central] zones` names `z2` besides `z1`",
+        12,
+        9,
+    );
+    assert!(e[0].help.as_deref().unwrap().contains("zones = [\"z1\"]"));
+    let src = metal_central(CENTRAL).replacen("[\"da\"]", "[\"ch\"]", 1);
+    let e = metal_errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        e[0].message,
+        "on metal the cluster network is one VLAN, and a Metal VLAN lives in one metro: `[workers] zones` names `da` besides `ch`"
+    );
+    // large-scale needs 2 zones: the help says to use central-services on Metal.
+    let src = src
+        .replace("central-services", "large-scale")
+        .replace("[\"ch\"]", "[\"da\", \"ch\"]");
+    let e = metal_errors(&src);
+    assert!(
+        e.iter().any(|d| d
+            .help
+            .as_deref()
+            .is_some_and(|h| h.contains("on Metal use blueprint `central-services`"))),
+        "{e:?}"
+    );
+
+    // vxlan out of range; vxlan and workers' first_address elsewhere.
+    let src = metal_central(&CENTRAL.replace(
+        "cidr = \"10.0.0.0/16\"",
+        "cidr = \"10.0.0.0/16\"\nvxlan = 4000",
+    ));
+    let e = metal_errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_diag(
+        &e[0],
+        "`vxlan` in `[network]` must be 2 to 3999, not 4000",
+        8,
+        9,
+    );
+    let d = one_error(&CENTRAL.replace(
+        "cidr = \"10.0.0.0/16\"",
+        "cidr = \"10.0.0.0/16\"\nvxlan = 12",
+    ));
+    assert_diag(
+        &d,
+        "`vxlan` is the number of a Metal VLAN; provider `sim` has none",
+        8,
+        9,
+    );
+    let d =
+        one_error(&CENTRAL.replace("size = \"w\"", "size = \"w\"\nfirst_address = \"10.0.2.1\""));
+    assert_diag(
+        &d,
+        "workers get their addresses by DHCP on provider `sim`; `first_address` in `[workers]` is for Metal, whose VLAN has no DHCP",
+        19,
+        17,
+    );
+
+    // Workers' addresses clear of the central machines' slots (up to 5 of them).
+    let src = metal_central(&CENTRAL.replace(
+        "size = \"w\"",
+        "size = \"w\"\nfirst_address = \"10.0.1.104\"",
+    ));
+    let e = metal_errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_diag(
+        &e[0],
+        "address `10.0.1.104` of `machine.workers[0]` is an address the central machines may take",
+        19,
+        17,
+    );
+    // ... and inside the network.
+    let src = metal_central(&CENTRAL.replace(
+        "size = \"w\"",
+        "size = \"w\"\nfirst_address = \"10.0.255.253\"",
+    ));
+    let e = metal_errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        e[0].message,
+        "address `10.1.0.0` of `machine.workers[3]` is outside the network `10.0.0.0/16`"
     );
 }

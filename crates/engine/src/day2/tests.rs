@@ -22,6 +22,7 @@ fn member_config(i: u32, n: u32, extra: &str) -> String {
             prefix: 16,
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             dns: vec![],
+            vlan: None,
         }),
         docker_tcp: false,
         etcd: Some(EtcdMember {
