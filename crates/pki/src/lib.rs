@@ -1,15 +1,23 @@
 //! The cluster's certificate authority: a CA per cluster, and the certificates it issues
 //! (etcd members: server and peer; clients: the workers' proxies and clusterform's own
-//! day-2 calls), made with rcgen (ECDSA P-256), never by running openssl. Private keys
-//! are [`SecretPem`]: their `Debug` never shows them. No I/O.
+//! day-2 calls), made with rcgen (Ed25519), never by running openssl. Private keys are
+//! [`SecretPem`]: their `Debug` never shows them. No I/O.
+//!
+//! Only the CA's key is random. Every certificate it issues is a function of the CA and
+//! of what the certificate is for (its key derived from the CA's key with HKDF-SHA256,
+//! its validity counted from the CA's, Ed25519 signatures being deterministic), so the
+//! config a machine is rendered with is the same on every run: a plan of an unchanged
+//! cluster changes nothing, and nothing but the CA has to be stored. Whoever holds the
+//! CA's key can issue any certificate anyway, so deriving from it gives nothing away.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
 };
+use ring::hkdf;
 use time::OffsetDateTime;
 
 /// How long certificates are valid unless said otherwise: 5 years.
@@ -72,6 +80,10 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     key_pem: SecretPem,
+    /// The CA key's PKCS#8 DER: the secret the issued keys are derived from.
+    seed: hkdf::Prk,
+    /// The start of the CA's validity: every issued certificate's starts there too.
+    not_before: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Ca {
@@ -82,15 +94,24 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// The HKDF salt of issued keys; a new one would re-key every certificate.
+const DERIVE_SALT: &[u8] = b"clusterform etcd pki v1";
+
+/// The PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), before its 32-byte seed.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 fn window(valid_for: Duration) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     // An hour back, so that a clock a little behind still accepts a fresh certificate.
-    let now = OffsetDateTime::now_utc();
-    let from = now - time::Duration::hours(1);
+    let from = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    Ok((from, after(from, valid_for)?))
+}
+
+fn after(from: OffsetDateTime, valid_for: Duration) -> Result<OffsetDateTime, PkiError> {
     let secs = i64::try_from(valid_for.as_secs()).map_err(|_| PkiError::Validity(valid_for))?;
-    let until = now
-        .checked_add(time::Duration::seconds(secs))
-        .ok_or(PkiError::Validity(valid_for))?;
-    Ok((from, until))
+    from.checked_add(time::Duration::seconds(secs))
+        .ok_or(PkiError::Validity(valid_for))
 }
 
 fn system_time(t: OffsetDateTime) -> SystemTime {
@@ -109,9 +130,9 @@ fn name(cn: &str, org: &str) -> DistinguishedName {
 }
 
 impl Ca {
-    /// A new CA for `cluster`, valid for `valid_for`.
+    /// A new CA for `cluster`, valid for `valid_for`, with a fresh random Ed25519 key.
     pub fn generate(cluster: &str, valid_for: Duration) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate().map_err(rc("generate the CA key"))?;
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rc("generate the CA key"))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA parameters"))?;
         p.distinguished_name = name(&format!("{cluster} etcd CA"), "clusterform");
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -124,6 +145,8 @@ impl Ca {
         let cert = p.self_signed(&key).map_err(rc("sign the CA certificate"))?;
         let key_pem = SecretPem(key.serialize_pem());
         Ok(Ca {
+            seed: hkdf::Salt::new(hkdf::HKDF_SHA256, DERIVE_SALT).extract(&key.serialize_der()),
+            not_before: p.not_before,
             cert_pem: cert.pem(),
             issuer: Issuer::new(p, key),
             key_pem,
@@ -133,12 +156,16 @@ impl Ca {
     /// The CA of an earlier run, from its certificate and key.
     pub fn load(cert_pem: &str, key_pem: &SecretPem) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem.expose()).map_err(rc("read the CA key"))?;
+        let not_before = validity(cert_pem)?.0;
+        let seed = hkdf::Salt::new(hkdf::HKDF_SHA256, DERIVE_SALT).extract(&key.serialize_der());
         let issuer =
             Issuer::from_ca_cert_pem(cert_pem, key).map_err(rc("read the CA certificate"))?;
         Ok(Ca {
             issuer,
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.clone(),
+            seed,
+            not_before,
         })
     }
 
@@ -152,25 +179,37 @@ impl Ca {
         &self.key_pem
     }
 
+    /// The Ed25519 key of the certificate `label` names, derived from the CA's key.
+    fn derived_key(&self, label: &str) -> Result<KeyPair, PkiError> {
+        let info = [label.as_bytes()];
+        let okm = self
+            .seed
+            .expand(&info, hkdf::HKDF_SHA256)
+            .map_err(|_| PkiError::Parse(format!("derive the key of {label}")))?;
+        let mut der = [0u8; 48];
+        der[..16].copy_from_slice(&ED25519_PKCS8_PREFIX);
+        okm.fill(&mut der[16..])
+            .map_err(|_| PkiError::Parse(format!("derive the key of {label}")))?;
+        KeyPair::try_from(&der[..]).map_err(rc(format!("the key of {label}")))
+    }
+
     fn issue(
         &self,
         mut p: CertificateParams,
         usages: Vec<ExtendedKeyUsagePurpose>,
         valid_for: Duration,
-        what: &str,
+        label: &str,
     ) -> Result<Issued, PkiError> {
-        let key = KeyPair::generate().map_err(rc(format!("generate the key of {what}")))?;
+        let key = self.derived_key(label)?;
         p.extended_key_usages = usages;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.use_authority_key_identifier_extension = true;
-        (p.not_before, p.not_after) = window(valid_for)?;
+        p.not_before = self.not_before;
+        p.not_after = after(self.not_before, valid_for)?;
         let not_after = system_time(p.not_after);
         let cert = p
             .signed_by(&key, &self.issuer)
-            .map_err(rc(format!("sign the certificate of {what}")))?;
+            .map_err(rc(format!("sign the certificate of {label}")))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: SecretPem(key.serialize_pem()),
@@ -180,7 +219,8 @@ impl Ca {
 
     /// An etcd member's certificate, for its client and peer URLs alike (server and client
     /// auth: members are each other's clients): named `name`, valid for its host name,
-    /// `addresses`, and `localhost`/127.0.0.1 (etcdctl on the machine itself).
+    /// `addresses`, and `localhost`/127.0.0.1 (etcdctl on the machine itself). The same
+    /// arguments give the same certificate and key; another address, another key.
     pub fn member(
         &self,
         name: &str,
@@ -204,11 +244,15 @@ impl Ca {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
             valid_for,
-            &format!("member `{name}`"),
+            &format!(
+                "member `{name}` at {}",
+                join_ips(&addresses_sorted(addresses))
+            ),
         )
     }
 
-    /// A client certificate (a worker's proxy, clusterform's own calls), named `name`.
+    /// A client certificate (a worker's proxy, clusterform's own calls), named `name`;
+    /// the same name gives the same certificate and key.
     pub fn client(&self, name: &str, valid_for: Duration) -> Result<Issued, PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new())
             .map_err(rc(format!("parameters of client `{name}`")))?;
@@ -220,6 +264,20 @@ impl Ca {
             &format!("client `{name}`"),
         )
     }
+}
+
+fn addresses_sorted(addresses: &[IpAddr]) -> Vec<IpAddr> {
+    let mut a = addresses.to_vec();
+    a.sort();
+    a.dedup();
+    a
+}
+
+fn join_ips(a: &[IpAddr]) -> String {
+    a.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn name_of(cn: &str) -> DistinguishedName {
@@ -241,18 +299,21 @@ pub fn etcd_member_tls_flags(cert: &str, key: &str, ca: &str) -> Vec<String> {
     ]
 }
 
-/// When a PEM certificate stops being valid.
-pub fn not_after(cert_pem: &str) -> Result<SystemTime, PkiError> {
+/// A PEM certificate's validity: (not before, not after).
+fn validity(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     let bad = |why: String| PkiError::Parse(why);
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
     let cert = pem
         .parse_x509()
         .map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
-    let secs = cert.validity().not_after.timestamp();
-    Ok(u64::try_from(secs).map_or(SystemTime::UNIX_EPOCH, |s| {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
-    }))
+    let v = cert.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
+}
+
+/// When a PEM certificate stops being valid.
+pub fn not_after(cert_pem: &str) -> Result<SystemTime, PkiError> {
+    Ok(system_time(validity(cert_pem)?.1))
 }
 
 /// True when the certificate expires within `within` of `now` (or has expired).
@@ -289,6 +350,60 @@ mod tests {
         again
             .client("proxy", DEFAULT_VALIDITY)
             .expect("client of the loaded CA");
+    }
+
+    #[test]
+    fn issuing_is_repeatable_and_only_the_ca_is_random() {
+        let ca = Ca::generate("prod", DEFAULT_VALIDITY).expect("CA");
+        let at = [IpAddr::from([10, 0, 1, 101])];
+        let a = ca
+            .member("prod-central-0", &at, DEFAULT_VALIDITY)
+            .expect("member");
+        // The same CA, read back (as a later run does), issues the very same certificate.
+        let again = Ca::load(ca.cert_pem(), ca.key_pem()).expect("load");
+        let b = again
+            .member("prod-central-0", &at, DEFAULT_VALIDITY)
+            .expect("member");
+        assert_eq!(a.cert_pem, b.cert_pem);
+        assert_eq!(a.key_pem, b.key_pem);
+        assert_eq!(
+            ca.client("proxy", DEFAULT_VALIDITY).expect("c").key_pem,
+            again.client("proxy", DEFAULT_VALIDITY).expect("c").key_pem
+        );
+        // Another name, another address, another purpose, another CA: another key.
+        let keys = [
+            ca.member("prod-central-1", &at, DEFAULT_VALIDITY)
+                .expect("m")
+                .key_pem,
+            ca.member(
+                "prod-central-0",
+                &[IpAddr::from([10, 0, 1, 102])],
+                DEFAULT_VALIDITY,
+            )
+            .expect("m")
+            .key_pem,
+            ca.client("prod-central-0", DEFAULT_VALIDITY)
+                .expect("c")
+                .key_pem,
+            Ca::generate("prod", DEFAULT_VALIDITY)
+                .expect("CA")
+                .member("prod-central-0", &at, DEFAULT_VALIDITY)
+                .expect("m")
+                .key_pem,
+        ];
+        for k in &keys {
+            assert_ne!(k, &a.key_pem);
+        }
+        // Address order does not matter.
+        let two = [
+            IpAddr::from([10, 0, 1, 101]),
+            IpAddr::from([192, 168, 0, 1]),
+        ];
+        let rev = [two[1], two[0]];
+        assert_eq!(
+            ca.member("m", &two, DEFAULT_VALIDITY).expect("m").key_pem,
+            ca.member("m", &rev, DEFAULT_VALIDITY).expect("m").key_pem
+        );
     }
 
     #[test]
