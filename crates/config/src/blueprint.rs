@@ -502,6 +502,7 @@ impl Shared {
             etcd: None,
             etcd_proxy: None,
             etcd_endpoints: Vec::new(),
+            tls: None,
         }
     }
 

@@ -62,6 +62,7 @@ fn member(i: u32, n: u32, marker: &str) -> Resource {
         }),
         etcd_proxy: None,
         etcd_endpoints: vec![],
+        tls: None,
     };
     Resource {
         address: Address::indexed("machine", "central", i),

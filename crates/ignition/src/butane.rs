@@ -652,6 +652,8 @@ pub fn translate_butane(path: &Path, text: &str, files_dir: &Path) -> Result<Con
                     path: f.path,
                     contents,
                     mode: f.mode,
+                    user: None,
+                    group: None,
                 });
             }
             Some(Storage {

@@ -488,6 +488,7 @@ mod tests {
             }),
             etcd_proxy: None,
             etcd_endpoints: vec!["http://10.0.0.101:2379".into()],
+            tls: None,
         }
     }
 

@@ -246,6 +246,7 @@ mod tests {
             }),
             etcd_proxy: None,
             etcd_endpoints: vec![],
+            tls: None,
         }
     }
 
@@ -389,6 +390,7 @@ mod tests {
                 "http://10.0.1.102:2379".into(),
             ]),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: None,
         };
         let c = render(&spec, &[]);
         assert_eq!(

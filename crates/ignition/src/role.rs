@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 use crate::dataurl::make_resource;
-use crate::types::{Config, Dropin, File, Ignition, Passwd, Storage, Systemd, Unit, User};
+use crate::types::{
+    Config, Dropin, File, Ignition, NodeOwner, Passwd, Storage, Systemd, Unit, User,
+};
 
 /// Where the machine runs; decides e.g. whether a static networkd file is written
 /// (libvirt, sim, bare metal) or the cloud's DHCP is used (EC2, Equinix Metal).
@@ -57,6 +59,38 @@ pub struct EtcdMember {
     pub cluster_token: String,
 }
 
+/// The TLS material of a machine of a cluster whose etcd runs TLS with client
+/// certificates: the cluster CA's certificate, and this machine's own certificate and key
+/// (a member's server-and-peer certificate, or a worker's client certificate). Its
+/// `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The cluster CA's certificate, PEM.
+    pub ca_pem: String,
+    /// This machine's certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<sensitive>")
+            .finish()
+    }
+}
+
+/// Where the etcd certificates are on the machine (Flatcar's `ETCD_SSL_DIR`).
+pub const ETCD_TLS_DIR: &str = "/etc/ssl/etcd";
+/// Where Flatcar's etcd-wrapper shows [`ETCD_TLS_DIR`] to etcd (its container's
+/// `/etc/ssl/certs`, read-only): the paths in the member's flags.
+pub const ETCD_TLS_DIR_IN_CONTAINER: &str = "/etc/ssl/certs";
+/// The uid and gid of Flatcar's `etcd` user, which etcd-member runs as.
+pub const ETCD_UID: u32 = 232;
+
 /// Everything the role templates need to render one machine's config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineSpec {
@@ -78,6 +112,11 @@ pub struct MachineSpec {
     /// The etcd client URLs applications on this machine should use; written to
     /// `/etc/etcd-endpoints.env` as `ETCDCTL_ENDPOINTS` (workers).
     pub etcd_endpoints: Vec<String>,
+    /// etcd with TLS: this machine's certificates. A member then serves https with
+    /// client-certificate auth on its peer and client URLs; a worker's proxy (or its
+    /// applications) present its client certificate.
+    #[serde(skip)]
+    pub tls: Option<EtcdTls>,
 }
 
 /// The etcd release the templates run (image tag of `etcd-member.service` and of the
@@ -111,7 +150,20 @@ fn file(path: &str, contents: &str) -> File {
         path: path.to_owned(),
         contents: Some(make_resource(contents.as_bytes())),
         mode: Some(0o644),
+        user: None,
+        group: None,
     }
+}
+
+/// A private key file: readable by `uid` only (mode 0400, owner and group `uid`).
+fn key_file(path: &str, contents: &str, uid: u32) -> File {
+    let mut f = file(path, contents);
+    f.mode = Some(0o400);
+    if uid != 0 {
+        f.user = Some(NodeOwner { id: Some(uid) });
+        f.group = Some(NodeOwner { id: Some(uid) });
+    }
+    f
 }
 
 /// Whether the platform has a metadata service (`coreos-metadata.service`).
@@ -182,46 +234,74 @@ pub const VLAN_UNIT: &str = "clusterform-vlan.service";
 /// Where [`networkd_vlan`] is written.
 pub const VLAN_NETWORK_FILE: &str = "/etc/systemd/network/30-clusterform-vlan.network";
 
-/// The `20-clct-etcd-member.conf` drop-in of `etcd-member.service`.
-pub fn etcd_member_dropin(m: &EtcdMember, platform: Platform) -> String {
-    let mut s = String::with_capacity(640);
+/// The `20-clct-etcd-member.conf` drop-in of `etcd-member.service`. With `tls`, the
+/// peer and client URLs are https, and both require a certificate of the cluster's CA
+/// (the certificate files are those [`render`] writes under [`ETCD_TLS_DIR`]).
+pub fn etcd_member_dropin(m: &EtcdMember, platform: Platform, tls: bool) -> String {
+    let mut s = String::with_capacity(if tls { 1200 } else { 640 });
     if has_metadata(platform) {
         s.push_str("[Unit]\nRequires=coreos-metadata.service\nAfter=coreos-metadata.service\n");
     }
     let name = &m.name;
     let addr = m.address;
+    let scheme = if tls { "https" } else { "http" };
+    s.push_str("[Service]\n");
+    if tls {
+        let _ = writeln!(s, "Environment=ETCD_SSL_DIR={ETCD_TLS_DIR}");
+    }
     let _ = write!(
         s,
-        "[Service]\n\
-         Environment=ETCD_IMAGE_TAG={ETCD_VERSION}\n\
+        "Environment=ETCD_IMAGE_TAG={ETCD_VERSION}\n\
          Environment=\"ETCD_NAME={name}\"\n\
          ExecStart=\n\
          ExecStart=/usr/lib/coreos/etcd-wrapper $ETCD_OPTS \\\n  \
          --name=\"{name}\" \\\n  \
-         --listen-peer-urls=\"http://{addr}:2380\" \\\n  \
-         --listen-client-urls=\"http://0.0.0.0:2379\" \\\n  \
-         --initial-advertise-peer-urls=\"http://{addr}:2380\" \\\n  \
+         --listen-peer-urls=\"{scheme}://{addr}:2380\" \\\n  \
+         --listen-client-urls=\"{scheme}://0.0.0.0:2379\" \\\n  \
+         --initial-advertise-peer-urls=\"{scheme}://{addr}:2380\" \\\n  \
          --initial-cluster=\""
     );
     for (i, (n, a)) in m.initial_cluster.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "{n}=http://{a}:2380");
+        let _ = write!(s, "{n}={scheme}://{a}:2380");
     }
     let _ = write!(
         s,
         "\" \\\n  \
          --initial-cluster-state=\"new\" \\\n  \
          --initial-cluster-token=\"{}\" \\\n  \
-         --advertise-client-urls=\"http://{addr}:2379\"\n",
+         --advertise-client-urls=\"{scheme}://{addr}:2379\"",
         m.cluster_token
     );
+    if tls {
+        let d = ETCD_TLS_DIR_IN_CONTAINER;
+        for f in clusterform_pki::etcd_member_tls_flags(
+            &format!("{d}/server.crt"),
+            &format!("{d}/server.key"),
+            &format!("{d}/ca.crt"),
+        ) {
+            let _ = write!(s, " \\\n  {f}");
+        }
+    }
+    s.push('\n');
     s
 }
 
-/// The `etcd-grpc-proxy.service` unit: a local etcd v3 gRPC proxy on 127.0.0.1:2379.
-pub fn etcd_grpc_proxy_unit(endpoints: &[String]) -> String {
+/// The `etcd-grpc-proxy.service` unit: a local etcd v3 gRPC proxy on 127.0.0.1:2379
+/// (plain gRPC, for this machine only). With `tls` it reaches the members with the
+/// machine's client certificate (the files [`render`] writes under [`ETCD_TLS_DIR`]).
+pub fn etcd_grpc_proxy_unit(endpoints: &[String], tls: bool) -> String {
+    let (mount, flags) = if tls {
+        let d = ETCD_TLS_DIR;
+        (
+            format!("-v {d}:{d}:ro "),
+            format!(" --cacert={d}/ca.crt --cert={d}/client.crt --key={d}/client.key"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
         "[Unit]\n\
          Description=etcd gRPC proxy\n\
@@ -230,9 +310,9 @@ pub fn etcd_grpc_proxy_unit(endpoints: &[String]) -> String {
          \n\
          [Service]\n\
          ExecStartPre=-/usr/bin/docker rm -f etcd-grpc-proxy\n\
-         ExecStart=/usr/bin/docker run --rm --name etcd-grpc-proxy --net=host \
+         ExecStart=/usr/bin/docker run --rm --name etcd-grpc-proxy --net=host {mount}\
          quay.io/coreos/etcd:{ETCD_VERSION} etcd grpc-proxy start \
-         --endpoints={} --listen-addr=127.0.0.1:2379\n\
+         --endpoints={} --listen-addr=127.0.0.1:2379{flags}\n\
          ExecStop=/usr/bin/docker stop etcd-grpc-proxy\n\
          Restart=always\n\
          RestartSec=5\n\
@@ -266,11 +346,31 @@ pub fn render(spec: &MachineSpec, extras: &[Config]) -> Config {
     if let Some((net, id)) = vlan {
         files.push(file(VLAN_NETWORK_FILE, &networkd_vlan(net, id)));
     }
+    if let Some(tls) = &spec.tls {
+        // A member's server-and-peer certificate, readable by etcd; a worker's client
+        // certificate, readable by root (its proxy runs as root in its container).
+        let (stem, uid) = if spec.etcd.is_some() {
+            ("server", ETCD_UID)
+        } else {
+            ("client", 0)
+        };
+        let d = ETCD_TLS_DIR;
+        files.push(file(&format!("{d}/ca.crt"), &tls.ca_pem));
+        files.push(file(&format!("{d}/{stem}.crt"), &tls.cert_pem));
+        files.push(key_file(&format!("{d}/{stem}.key"), &tls.key_pem, uid));
+    }
     if !spec.etcd_endpoints.is_empty() {
-        files.push(file(
-            "/etc/etcd-endpoints.env",
-            &format!("ETCDCTL_ENDPOINTS={}\n", spec.etcd_endpoints.join(",")),
-        ));
+        let mut env = format!("ETCDCTL_ENDPOINTS={}\n", spec.etcd_endpoints.join(","));
+        // Applications that reach the members directly (no local proxy) need the
+        // client certificate too.
+        if spec.tls.is_some() && spec.etcd.is_none() && spec.etcd_proxy.is_none() {
+            let d = ETCD_TLS_DIR;
+            let _ = write!(
+                env,
+                "ETCDCTL_CACERT={d}/ca.crt\nETCDCTL_CERT={d}/client.crt\nETCDCTL_KEY={d}/client.key\n"
+            );
+        }
+        files.push(file("/etc/etcd-endpoints.env", &env));
     }
 
     let mut units = Vec::new();
@@ -299,7 +399,7 @@ pub fn render(spec: &MachineSpec, extras: &[Config]) -> Config {
     }
     if let Some(m) = &spec.etcd {
         let mut dropins = vec![Dropin {
-            contents: Some(etcd_member_dropin(m, spec.platform)),
+            contents: Some(etcd_member_dropin(m, spec.platform, spec.tls.is_some())),
             name: "20-clct-etcd-member.conf".to_owned(),
         }];
         if vlan.is_some() {
@@ -320,7 +420,7 @@ pub fn render(spec: &MachineSpec, extras: &[Config]) -> Config {
     }
     if let Some(endpoints) = &spec.etcd_proxy {
         units.push(Unit {
-            contents: Some(etcd_grpc_proxy_unit(endpoints)),
+            contents: Some(etcd_grpc_proxy_unit(endpoints, spec.tls.is_some())),
             enabled: Some(true),
             name: "etcd-grpc-proxy.service".to_owned(),
             ..Unit::default()
@@ -358,6 +458,54 @@ mod tests {
     use super::*;
     use crate::dataurl::decode;
 
+    #[test]
+    fn tls_members_serve_https_and_require_the_cas_client_certificates() {
+        let m = member(Platform::Ec2).etcd.unwrap();
+        let d = etcd_member_dropin(&m, Platform::Ec2, true);
+        assert!(
+            d.contains("Environment=ETCD_SSL_DIR=/etc/ssl/etcd\n"),
+            "{d}"
+        );
+        for want in [
+            "--listen-peer-urls=\"https://10.0.0.101:2380\"",
+            "--listen-client-urls=\"https://0.0.0.0:2379\"",
+            "--initial-cluster=\"demo-central-0=https://10.0.0.101:2380,demo-central-1=https://10.0.0.102:2380\"",
+            "--advertise-client-urls=\"https://10.0.0.101:2379\"",
+            // Flatcar's etcd-wrapper shows /etc/ssl/etcd to etcd as /etc/ssl/certs.
+            "--cert-file=/etc/ssl/certs/server.crt",
+            "--key-file=/etc/ssl/certs/server.key",
+            "--trusted-ca-file=/etc/ssl/certs/ca.crt",
+            "--client-cert-auth",
+            "--peer-client-cert-auth",
+        ] {
+            assert!(d.contains(want), "{want} missing:\n{d}");
+        }
+        assert!(!d.contains("http://"), "{d}");
+        let plain = etcd_member_dropin(&m, Platform::Ec2, false);
+        assert!(
+            !plain.contains("https") && !plain.contains("cert"),
+            "{plain}"
+        );
+
+        let p = etcd_grpc_proxy_unit(&["https://10.0.0.101:2379".into()], true);
+        assert!(p.contains("-v /etc/ssl/etcd:/etc/ssl/etcd:ro "), "{p}");
+        assert!(
+            p.contains("--listen-addr=127.0.0.1:2379 --cacert=/etc/ssl/etcd/ca.crt --cert=/etc/ssl/etcd/client.crt --key=/etc/ssl/etcd/client.key\n"),
+            "{p}"
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                EtcdTls {
+                    ca_pem: String::new(),
+                    cert_pem: String::new(),
+                    key_pem: "SECRET".into()
+                }
+            )
+            .contains("SECRET")
+        );
+    }
+
     pub(crate) fn member(platform: Platform) -> MachineSpec {
         MachineSpec {
             hostname: "demo-central-0".into(),
@@ -382,6 +530,7 @@ mod tests {
             }),
             etcd_proxy: None,
             etcd_endpoints: Vec::new(),
+            tls: None,
         }
     }
 
@@ -456,6 +605,7 @@ ExecStart=/usr/lib/coreos/etcd-wrapper $ETCD_OPTS \\\n  \
                 "http://10.0.0.102:2379".into(),
             ]),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: None,
         };
         let c = render(&spec, &[]);
         assert!(c.passwd.is_none());
@@ -485,6 +635,7 @@ ExecStart=/usr/lib/coreos/etcd-wrapper $ETCD_OPTS \\\n  \
             etcd: None,
             etcd_proxy: None,
             etcd_endpoints: vec![],
+            tls: None,
         };
         let json = crate::to_json(&render(&spec, &[]));
         assert!(json.contains(r#"{"contents":"[Unit]\nDescription=Docker Socket for the API\n\n[Socket]\nListenStream=2375\nBindIPv6Only=both\nService=docker.service\n\n[Install]\nWantedBy=sockets.target\n","enabled":true,"mask":false,"name":"docker-tcp.socket"}"#), "{json}");

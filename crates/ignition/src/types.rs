@@ -79,6 +79,20 @@ pub struct File {
     /// Permission bits (decimal in JSON: `0644` is 420).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// The owner (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<NodeOwner>,
+    /// The group (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<NodeOwner>,
+}
+
+/// A file's owner or group, by number (no name lookup in the machine's user database).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOwner {
+    /// The uid or gid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
 }
 
 /// Where a file's contents come from.

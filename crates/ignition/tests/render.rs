@@ -1,5 +1,7 @@
-//! Role templates: every combination validates against the Ignition 3.3 JSON Schema and
-//! with `ignition-validate`; rendering is deterministic and fast.
+//! Role templates: every combination (plain and with etcd TLS) validates against the
+//! Ignition 3.3 JSON Schema and with `ignition-validate`, and real Ignition's files stage
+//! lays it out on a scratch root (the certificate files with their mode and owner);
+//! rendering is deterministic and fast.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,9 +9,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use clusterform_ignition::role::EtcdTls;
 use clusterform_ignition::{
     Config, EtcdMember, MachineSpec, Platform, StaticNetwork, parse_butane, render, to_json,
 };
+use clusterform_pki::{Ca, DEFAULT_VALIDITY};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -51,6 +55,7 @@ fn base(hostname: &str, platform: Platform) -> MachineSpec {
         etcd: None,
         etcd_proxy: None,
         etcd_endpoints: Vec::new(),
+        tls: None,
     }
 }
 
@@ -91,7 +96,42 @@ fn cases() -> Vec<(&'static str, Config)> {
         etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
         ..base("demo-worker-1", Platform::Metal)
     };
+    // etcd with TLS: a member's server-and-peer certificate, workers' client ones.
+    // One CA for every call, so that two renderings can be compared.
+    static CA: std::sync::OnceLock<Ca> = std::sync::OnceLock::new();
+    let ca = CA.get_or_init(|| Ca::generate("demo", DEFAULT_VALIDITY).unwrap());
+    let tls = |cert: clusterform_pki::Issued| EtcdTls {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem.expose().to_string(),
+    };
+    let member_tls = MachineSpec {
+        tls: Some(tls(ca
+            .member(
+                "demo-central-0",
+                &[[10, 0, 0, 101].into()],
+                DEFAULT_VALIDITY,
+            )
+            .unwrap())),
+        ..member_sim.clone()
+    };
+    let https: Vec<String> = (0..3)
+        .map(|i| format!("https://10.0.0.{}:2379", 101 + i))
+        .collect();
+    let worker_proxy_tls = MachineSpec {
+        tls: Some(tls(ca.client("demo-worker-1", DEFAULT_VALIDITY).unwrap())),
+        etcd_proxy: Some(https.clone()),
+        ..worker_proxy.clone()
+    };
+    let worker_direct_tls = MachineSpec {
+        tls: Some(tls(ca.client("demo-worker-0", DEFAULT_VALIDITY).unwrap())),
+        etcd_endpoints: https,
+        ..worker_endpoints.clone()
+    };
     vec![
+        ("etcd-member-tls", render(&member_tls, &[])),
+        ("worker-proxy-tls", render(&worker_proxy_tls, &[])),
+        ("worker-endpoints-tls", render(&worker_direct_tls, &[])),
         ("dev-vm", render(&dev, &[])),
         ("etcd-member-sim", render(&member_sim, &[])),
         ("etcd-member-ec2", render(&member_ec2, &[])),
@@ -174,6 +214,117 @@ fn every_role_passes_ignition_validate() {
         "bad",
     );
     assert!(!out.status.success());
+}
+
+/// Debian's `ignition` package ships the real program inside its dracut module.
+const IGNITION: &str = "/usr/lib/dracut/modules.d/30ignition/ignition";
+
+/// Why real Ignition cannot run here, if so.
+fn no_real_ignition() -> Option<String> {
+    if !Path::new(IGNITION).exists() {
+        return Some(format!("{IGNITION} is missing (apt-get install ignition)"));
+    }
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    (!root).then(|| "it needs root (it sets owners)".to_string())
+}
+
+/// Run real Ignition's fetch-offline and files stages on `config`, into a fresh
+/// scratch root under `dir`; returns the root.
+fn apply_with_real_ignition(dir: &Path, name: &str, config: &Config) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let work = dir.join(name);
+    let root = work.join("root");
+    let bin = work.join("bin");
+    std::fs::create_dir_all(root.join("etc/selinux")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        std::fs::copy(Path::new("/etc").join(f), root.join("etc").join(f)).unwrap();
+    }
+    // Flatcar has a `docker` group (the extras put `core` in it); a build host may not.
+    let groups = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    if !groups.lines().any(|l| l.starts_with("docker:")) {
+        for (f, line) in [("group", "docker:x:233:\n"), ("gshadow", "docker:!::\n")] {
+            let mut text = std::fs::read_to_string(root.join("etc").join(f)).unwrap();
+            text.push_str(line);
+            std::fs::write(root.join("etc").join(f), text).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/selinux/config"),
+        "SELINUX=disabled\nSELINUXTYPE=targeted\n",
+    )
+    .unwrap();
+    // Relabeling is not what is tested: a `setfiles` that does nothing.
+    std::fs::write(bin.join("setfiles"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(bin.join("setfiles"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [dir, &work, &root] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(work.join("config.ign"), to_json(config)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let stage = |args: &[&str]| {
+        let out = Command::new(IGNITION)
+            .args(["-platform", "file"])
+            .args(args)
+            .args(["-config-cache", "cache.json", "-state-file", "state.json"])
+            .arg("-log-to-stdout")
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("IGNITION_CONFIG_FILE", "config.ign")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: ignition {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    stage(&["-stage", "fetch-offline", "-neednet", "neednet"]);
+    stage(&["-stage", "files", "-root", &root.display().to_string()]);
+    root
+}
+
+#[test]
+fn every_role_lands_through_real_ignitions_files_stage() {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(why) = no_real_ignition() {
+        assert!(!in_ci(), "real Ignition cannot run under CI=true: {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    for (name, config) in cases() {
+        let root = apply_with_real_ignition(dir.path(), name, &config);
+        let hostname = std::fs::read_to_string(root.join("etc/hostname")).unwrap();
+        assert!(hostname.starts_with("de"), "{name}: {hostname}");
+        let ssl = root.join("etc/ssl/etcd");
+        let mode_owner = |f: &str| {
+            let m = std::fs::metadata(ssl.join(f)).unwrap();
+            (m.mode() & 0o7777, m.uid(), m.gid())
+        };
+        match name {
+            "etcd-member-tls" => {
+                // The member's key: etcd's only (Flatcar's etcd user, 232).
+                assert_eq!(mode_owner("server.key"), (0o400, 232, 232), "{name}");
+                assert_eq!(mode_owner("server.crt"), (0o644, 0, 0), "{name}");
+                assert_eq!(mode_owner("ca.crt"), (0o644, 0, 0), "{name}");
+                let key = std::fs::read_to_string(ssl.join("server.key")).unwrap();
+                assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{name}");
+            }
+            "worker-proxy-tls" | "worker-endpoints-tls" => {
+                assert_eq!(mode_owner("client.key"), (0o400, 0, 0), "{name}");
+                assert_eq!(mode_owner("client.crt"), (0o644, 0, 0), "{name}");
+            }
+            _ => assert!(!ssl.exists(), "{name}: no certificates without TLS"),
+        }
+    }
 }
 
 #[test]

@@ -1355,6 +1355,7 @@ mod tests {
             etcd: None,
             etcd_proxy: None,
             etcd_endpoints: vec![],
+            tls: None,
         }
     }
 

@@ -256,6 +256,7 @@ fn member_config(members: &[(&str, [u8; 4])], i: usize, listen: [u8; 4]) -> Stri
             }),
             etcd_proxy: None,
             etcd_endpoints: vec![],
+            tls: None,
         },
         &[],
     ))
@@ -274,6 +275,7 @@ fn worker_config(members: &[(&str, [u8; 4])]) -> String {
             etcd: None,
             etcd_proxy: Some(members.iter().map(|(_, a)| client_url(*a)).collect()),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: None,
         },
         &[],
     ))

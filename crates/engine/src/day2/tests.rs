@@ -35,6 +35,7 @@ fn member_config(i: u32, n: u32, extra: &str) -> String {
         }),
         etcd_proxy: None,
         etcd_endpoints: vec![],
+        tls: None,
     };
     to_json(&render(&spec, &[]))
 }
