@@ -96,6 +96,16 @@ async fn lifecycle(name: &str, machines: usize) {
             "fw_cfg entry in {xml}"
         );
         assert!(xml.contains("<acpi/>"), "{xml}");
+        // The config (which may carry keys) is not in the domain's XML, which anyone
+        // with read-only access to libvirt reads: only its digest is.
+        let first_line = text.lines().next().unwrap_or_default();
+        assert!(!xml.contains(first_line), "the config is in the XML: {xml}");
+        assert!(xml.contains("user_data_sha256"), "{xml}");
+        // And the Ignition file is readable by its owner only.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ign_file).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{ign_file}: mode {mode:o}");
         assert!(
             xml.contains(clusterform_provider_libvirt::METADATA_NS),
             "{xml}"
@@ -250,6 +260,21 @@ async fn lifecycle(name: &str, machines: usize) {
         std::fs::read_to_string(now[&addr].attrs["ignition_file"].as_str().expect("file"))
             .expect("read");
     assert_eq!(ign_text, ud);
+
+    // An Ignition file changed outside clusterform is drift of `user_data` (its digest
+    // in the domain no longer matches): the machine would be made again.
+    let ign_path = now[&addr].attrs["ignition_file"]
+        .as_str()
+        .expect("file")
+        .to_string();
+    std::fs::write(&ign_path, "{}").expect("tamper");
+    let p = e.plan(false).await;
+    let drifted: Vec<String> = p.drift.iter().map(|d| d.address.to_string()).collect();
+    assert_eq!(drifted, vec!["machine.workers[0]"], "{:?}", p.drift);
+    assert_eq!(
+        actions(&p),
+        vec![("machine.workers[0]".to_string(), Action::Replace)]
+    );
 
     // Destroy leaves what was there before, and nothing of the cluster's files.
     let (p, report) = e.apply(true).await;

@@ -17,6 +17,17 @@ impl Backend {
         };
         let mut attrs = meta.attrs.clone();
         attrs.insert("name".into(), Value::String(name.to_string()));
+        if let Some(Value::String(digest)) = attrs.remove(USER_DATA_DIGEST) {
+            // The config is what the Ignition file holds, while it is the one applied;
+            // missing or changed, the machine's `user_data` reads as absent (drift).
+            let file = r.ignition_file.as_deref().map(std::fs::read);
+            if let Some(Ok(bytes)) = file
+                && sha256_hex(&bytes) == digest
+                && let Ok(text) = String::from_utf8(bytes)
+            {
+                attrs.insert("user_data".into(), Value::String(text));
+            }
+        }
         if let (Some(m), Some(v)) = (r.memory_mib, r.vcpus) {
             let live = Size {
                 vcpus: v,
@@ -225,11 +236,20 @@ impl Backend {
         })?;
         let ign = dir.join(format!("{name}.ign"));
         let user_data = attr_str(attrs, "user_data").unwrap_or("");
-        write_file(&ign, user_data.as_bytes())?;
+        write_file(&ign, user_data.as_bytes(), self.qemu_owner())?;
         let log = dir.join(format!("{name}.console.log"));
         let _ = std::fs::remove_file(&log);
 
         let mut stored = attrs.clone();
+        // The domain's XML is readable by anyone with read-only access to libvirt: it
+        // gets the config's digest, never the config (which may carry keys); reads
+        // take the config from the Ignition file when the digest matches.
+        if let Some(Value::String(u)) = stored.remove("user_data") {
+            stored.insert(
+                USER_DATA_DIGEST.into(),
+                Value::String(sha256_hex(u.as_bytes())),
+            );
+        }
         stored.insert("address".into(), Value::String(host.ip.to_string()));
         stored.insert("image".into(), Value::String(image_setting));
         let spec = DomainSpec {
@@ -561,9 +581,23 @@ fn doc_domain_type(doc: &str) -> Option<String> {
     d.root_element().attribute("type").map(str::to_string)
 }
 
-fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+/// The metadata attribute that stands for `user_data`: its SHA-256, hex.
+const USER_DATA_DIGEST: &str = "user_data_sha256";
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Write an Ignition file readable by QEMU only: made 0600 (never readable by others,
+/// not even for a moment), then, when `owner` is given (clusterform runs as root and
+/// QEMU as another user), handed to QEMU's user and group with mode 0400.
+fn write_file(path: &Path, data: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |source| {
         LibvirtError::File {
         what: "cannot write the Ignition file (set `[provider.libvirt] ignition_dir` to a folder you can write and QEMU can read)".into(),
@@ -572,10 +606,19 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     }
     };
     let tmp = path.with_extension("ign.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(err)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400)).map_err(err)?;
+    }
     std::fs::rename(&tmp, path).map_err(err)
 }
 

@@ -149,6 +149,40 @@ impl Backend {
         Ok(opened)
     }
 
+    /// The uid and gid QEMU runs as, when clusterform runs as root and QEMU as another
+    /// user (libvirt's system instance): `user`/`group` of `/etc/libvirt/qemu.conf`,
+    /// else Debian's `libvirt-qemu`. None when not root, or when that user is unknown
+    /// here (the file then stays root's, 0600).
+    fn qemu_owner(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+            return None;
+        }
+        let conf = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+        let setting = |key: &str| {
+            conf.lines().find_map(|l| {
+                let (k, v) = l.trim().split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+            })
+        };
+        let user = setting("user").unwrap_or_else(|| "libvirt-qemu".to_string());
+        let field = |file: &str, name: &str, at: usize| -> Option<u32> {
+            let text = std::fs::read_to_string(file).ok()?;
+            text.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&name)).then(|| f.get(at)?.parse().ok())?
+            })
+        };
+        let uid = field("/etc/passwd", user.trim_start_matches('+'), 2)
+            .or_else(|| user.trim_start_matches('+').parse().ok())?;
+        let gid = match setting("group") {
+            Some(g) => field("/etc/group", g.trim_start_matches('+'), 2)
+                .or_else(|| g.trim_start_matches('+').parse().ok())?,
+            None => field("/etc/passwd", user.trim_start_matches('+'), 3)?,
+        };
+        Some((uid, gid))
+    }
+
     /// True on libvirt's test driver (`test:///...`), which has no real hypervisor.
     fn is_test_driver(&self, conn: &Connect) -> bool {
         conn.driver_type()
