@@ -9,6 +9,7 @@ mod local;
 mod lock;
 mod mem;
 pub mod seal;
+mod sealed;
 
 #[cfg(test)]
 mod backup_tests;
@@ -27,6 +28,7 @@ pub use local::LocalStore;
 pub use local::{BACKUP_FILE, LINEAGE_FILE};
 pub use lock::operator;
 pub use mem::MemStore;
+pub use sealed::{KeySource, SealedStore, Sensitive};
 
 /// A journal entry: written durably *before* a provider mutation starts, closed after
 /// it ends, so that a run that died in between can find what it made.
@@ -76,6 +78,9 @@ pub struct Snapshot {
     pub resources: BTreeMap<Address, ResourceState>,
     /// Operations that started and never closed (a crash, or an unknown outcome).
     pub journal: Vec<JournalEntry>,
+    /// The cluster's secrets by name (its etcd CA), as the store keeps them: sealed
+    /// values, opened by [`SealedStore`].
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// One change in a commit. A commit is all-or-nothing.
@@ -91,6 +96,14 @@ pub enum Mutation {
     JournalClose(String),
     /// Record the cluster the state belongs to (keeps the serial).
     SetIdentity(ClusterIdentity),
+    /// Set one of the cluster's secrets (keeps the serial). Through a [`SealedStore`]
+    /// the value is sealed before the store sees it.
+    SetSecret {
+        /// Its name (`etcd-ca-key`).
+        name: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// Who holds the lock.
@@ -226,6 +239,15 @@ pub enum StateError {
         path: String,
         /// Who holds it.
         holder: Box<LockInfo>,
+    },
+    /// The state's secrets cannot be sealed or opened: no key, the wrong key, a key
+    /// file that cannot be read or made, or a sealed value that does not open.
+    #[error("the state at `{path}`: {detail}")]
+    Secret {
+        /// The store.
+        path: String,
+        /// What is wrong and what to do.
+        detail: String,
     },
     /// An error from the database engine.
     #[error("state database `{path}`: {detail}")]

@@ -1,5 +1,5 @@
 //! [`LocalStore`]: state in one redb file, `<dir>/state.redb` (tables `meta`, `resources`,
-//! `journal`, `history` with an undo log), opened for one transaction per call so other
+//! `journal`, `history` with an undo log, `secrets`), opened for one transaction per call so other
 //! processes can read between commits; the lock lives in `<dir>/lock` (see `lock.rs`).
 
 use std::collections::BTreeMap;
@@ -32,6 +32,8 @@ const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources"
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 /// Serial -> JSON of [`HistoryRecord`].
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+/// Secret name -> its value as given (sealed by [`crate::SealedStore`]).
+const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
 
 const KEY_FORMAT_VERSION: &str = "format_version";
 const KEY_LINEAGE: &str = "lineage";
@@ -766,6 +768,17 @@ impl LocalStore {
                 snapshot.journal.push(entry);
             }
         }
+        if let Some(table) = self.read_table(txn, SECRETS)? {
+            let iter = table
+                .iter()
+                .map_err(|e| self.redb_err("reading table `secrets`", e))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| self.redb_err("reading table `secrets`", e))?;
+                snapshot
+                    .secrets
+                    .insert(k.value().to_string(), v.value().to_string());
+            }
+        }
         Ok(snapshot)
     }
 
@@ -851,6 +864,12 @@ impl LocalStore {
                         let json = self.encode("the cluster identity", identity)?;
                         meta.insert(KEY_CLUSTER, json.as_slice())
                             .map_err(|e| write_err("meta", e))?;
+                    }
+                    Mutation::SetSecret { name, value } => {
+                        txn.open_table(SECRETS)
+                            .map_err(|e| open_err("secrets", e))?
+                            .insert(name.as_str(), value.as_str())
+                            .map_err(|e| write_err("secrets", e))?;
                     }
                 }
             }

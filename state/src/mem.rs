@@ -67,6 +67,9 @@ impl StateStore for MemStore {
                 Mutation::JournalOpen(e) => s.journal.push(e.clone()),
                 Mutation::JournalClose(id) => s.journal.retain(|e| &e.op_id != id),
                 Mutation::SetIdentity(identity) => s.identity = Some(identity.clone()),
+                Mutation::SetSecret { name, value } => {
+                    s.secrets.insert(name.clone(), value.clone());
+                }
             }
         }
         if records {

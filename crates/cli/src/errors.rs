@@ -157,6 +157,10 @@ pub fn state(e: clusterform_state::StateError) -> miette::Report {
         S::LockHeldByLiveProcess { .. } => {
             "wait for that run to finish, or stop it; then run the command again".to_string()
         }
+        S::Secret { .. } => format!(
+            "the key is never in the state: {} (a passphrase), `[state] encryption = \"PATH\"` (a key file of 64 hex digits, mode 0600), or the key file clusterform made for this state on the workstation that first wrote it; see docs/CONFIG.md, `[state]`",
+            clusterform_state::seal::KEY_ENV
+        ),
         S::Io { path, source } => io_help(path, source),
         S::Database { .. } => "check the state folder's file system (free space, permissions, \
              errors in the system log); if the file is damaged, `clusterform state restore \

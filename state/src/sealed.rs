@@ -1,0 +1,495 @@
+//! [`SealedStore`]: any [`StateStore`] with the cluster's secrets sealed at rest. Before
+//! a commit reaches the store, every secret and every sensitive attribute value is sealed
+//! with the state key (AES-256-GCM, bound to its place); after a load they are opened
+//! again. The key is never in the state: a passphrase, a key file, or the user's default
+//! key file, made 0600 the first time something is sealed. A state without sealed values
+//! needs no key at all.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine as _;
+use clusterform_core::ResourceState;
+use serde_json::Value;
+
+use crate::seal::{KEY_ENV, SealError, StateKey, Stretch, is_sealed};
+use crate::{HistoryEntry, LockGuard, LockInfo, Mutation, Snapshot, StateError, StateStore};
+
+/// Which attribute values of a record are sensitive (sealed at rest).
+pub type Sensitive = Arc<dyn Fn(&ResourceState, &str) -> bool + Send + Sync>;
+
+/// The secret holding the salt a passphrase is stretched with (not secret itself).
+const SALT: &str = "state-key-salt";
+
+/// Where the state key comes from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// `CLUSTERFORM_STATE_KEY`: a passphrase, stretched with Argon2id and the state's salt.
+    Passphrase(String),
+    /// The key file `[state] encryption` names: it must exist.
+    File(PathBuf),
+    /// The user's key file for this state: made (0600) the first time a secret is sealed.
+    Default(PathBuf),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Passphrase(_) => write!(f, "Passphrase(<sensitive>)"),
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Default(p) => write!(f, "Default({})", p.display()),
+        }
+    }
+}
+
+impl KeySource {
+    /// How the key is named in messages.
+    fn describe(&self) -> String {
+        match self {
+            KeySource::Passphrase(_) => format!("the passphrase in {KEY_ENV}"),
+            KeySource::File(p) => format!("the key file {} (`[state] encryption`)", p.display()),
+            KeySource::Default(p) => format!("the key file {}", p.display()),
+        }
+    }
+}
+
+/// A state store whose secrets and sensitive values are sealed before they are stored.
+pub struct SealedStore {
+    inner: Arc<dyn StateStore>,
+    source: KeySource,
+    sensitive: Sensitive,
+    stretch: Stretch,
+    key: Mutex<Option<StateKey>>,
+    notes: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn place(record: &ResourceState, attr: &str) -> String {
+    format!("{}/{attr}", record.address)
+}
+
+fn secret_place(name: &str) -> String {
+    format!("secret/{name}")
+}
+
+impl SealedStore {
+    /// `inner` with the values `sensitive` names sealed with the key from `source`.
+    pub fn new(inner: Arc<dyn StateStore>, source: KeySource, sensitive: Sensitive) -> Self {
+        SealedStore {
+            inner,
+            source,
+            sensitive,
+            stretch: Stretch::default(),
+            key: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Stretch passphrases with `stretch` (tests use a light one).
+    pub fn with_stretch(mut self, stretch: Stretch) -> Self {
+        self.stretch = stretch;
+        self
+    }
+
+    /// What the user should be told once (a key file was made), taken.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.notes))
+    }
+
+    /// The store underneath, for what sealing does not concern (its path, backups).
+    pub fn inner(&self) -> &Arc<dyn StateStore> {
+        &self.inner
+    }
+
+    fn err(&self, detail: impl std::fmt::Display) -> StateError {
+        StateError::Secret {
+            path: self.inner.describe(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn seal_err(&self, e: SealError) -> StateError {
+        match e {
+            SealError::WrongKey { expected, given } => self.err(format!(
+                "its secrets were sealed with the key whose id is {expected}, and {} is another key (id {given}); set {KEY_ENV}, or `[state] encryption = \"PATH\"`, to the key this state was written with",
+                self.source.describe()
+            )),
+            other => self.err(other),
+        }
+    }
+
+    /// The key for opening what `secrets` says was sealed; never makes anything.
+    fn open_key(
+        &self,
+        secrets: &std::collections::BTreeMap<String, String>,
+    ) -> Result<StateKey, StateError> {
+        if let Some(k) = lock(&self.key).clone() {
+            return Ok(k);
+        }
+        let key = match &self.source {
+            KeySource::Passphrase(p) => {
+                let salt = secrets
+                    .get(SALT)
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "it has sealed secrets but no valid `{SALT}` to stretch {KEY_ENV} with: it was changed outside clusterform; restore a backup"
+                        ))
+                    })?;
+                StateKey::from_passphrase(p, &salt, self.stretch).map_err(|e| self.seal_err(e))?
+            }
+            KeySource::File(path) => StateKey::read_file(path).map_err(|e| self.seal_err(e))?,
+            KeySource::Default(path) => {
+                if !path.exists() {
+                    return Err(self.err(format!(
+                        "it has sealed secrets, and there is no key to open them: the default key file {} does not exist here; set {KEY_ENV} to the passphrase, or `[state] encryption = \"PATH\"` to the key file, this state was written with",
+                        path.display()
+                    )));
+                }
+                StateKey::read_file(path).map_err(|e| self.seal_err(e))?
+            }
+        };
+        *lock(&self.key) = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The key for sealing, made when there is none yet (a salt for a passphrase, the
+    /// default key file), with the mutations that record what was made.
+    fn seal_key(&self) -> Result<(StateKey, Vec<Mutation>), StateError> {
+        if let Some(k) = lock(&self.key).clone() {
+            return Ok((k, Vec::new()));
+        }
+        let mut extra = Vec::new();
+        let key = match &self.source {
+            KeySource::Passphrase(p) => {
+                let secrets = self.inner.load()?.secrets;
+                if secrets.contains_key(SALT) {
+                    return self.open_key(&secrets).map(|k| (k, Vec::new()));
+                }
+                let salt = StateKey::new_salt();
+                extra.push(Mutation::SetSecret {
+                    name: SALT.to_string(),
+                    value: base64::engine::general_purpose::STANDARD.encode(salt),
+                });
+                StateKey::from_passphrase(p, &salt, self.stretch).map_err(|e| self.seal_err(e))?
+            }
+            KeySource::File(path) => StateKey::read_file(path).map_err(|e| self.seal_err(e))?,
+            KeySource::Default(path) => {
+                if path.exists() {
+                    StateKey::read_file(path).map_err(|e| self.seal_err(e))?
+                } else {
+                    let key = StateKey::generate();
+                    key.write_new_file(path).map_err(|e| self.seal_err(e))?;
+                    lock(&self.notes).push(format!(
+                        "made the state key {} (mode 0600): the secrets in this state are sealed with it. Keep it, and back it up: without it they cannot be read. Another workstation needs it too ({KEY_ENV} or `[state] encryption` name a key explicitly)",
+                        path.display()
+                    ));
+                    key
+                }
+            }
+        };
+        *lock(&self.key) = Some(key.clone());
+        Ok((key, extra))
+    }
+
+    fn seal_record(&self, key: &StateKey, r: &ResourceState) -> Result<ResourceState, StateError> {
+        let mut out = r.clone();
+        for (name, v) in out.attrs.iter_mut() {
+            let already = matches!(v, Value::String(s) if is_sealed(s));
+            if v.is_null() || already || !(self.sensitive)(r, name) {
+                continue;
+            }
+            let json = serde_json::to_vec(v).map_err(|e| self.err(e))?;
+            *v = Value::String(
+                key.seal(&json, &place(r, name))
+                    .map_err(|e| self.seal_err(e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn needs_sealing(&self, m: &Mutation) -> bool {
+        match m {
+            Mutation::Put(r) => r
+                .attrs
+                .iter()
+                .any(|(k, v)| !v.is_null() && (self.sensitive)(r, k)),
+            Mutation::SetSecret { name, .. } => name != SALT,
+            _ => false,
+        }
+    }
+
+    /// Open every sealed value of `snap` with the key.
+    fn open_snapshot(&self, snap: &mut Snapshot) -> Result<(), StateError> {
+        let sealed_attrs = snap.resources.values().any(|r| {
+            r.attrs
+                .values()
+                .any(|v| matches!(v, Value::String(s) if is_sealed(s)))
+        });
+        let sealed_secrets = snap.secrets.keys().any(|k| k != SALT);
+        if !sealed_attrs && !sealed_secrets {
+            return Ok(());
+        }
+        let key = self.open_key(&snap.secrets)?;
+        for r in snap.resources.values_mut() {
+            let address = r.address.clone();
+            for (name, v) in r.attrs.iter_mut() {
+                let Value::String(s) = v else { continue };
+                if !is_sealed(s) {
+                    continue;
+                }
+                let plain = key
+                    .open(s, &format!("{address}/{name}"))
+                    .map_err(|e| self.seal_err(e))?;
+                *v = serde_json::from_slice(&plain).map_err(|e| {
+                    self.err(format!("`{address}`'s `{name}` opens to no JSON: {e}"))
+                })?;
+            }
+        }
+        for (name, v) in snap.secrets.iter_mut() {
+            if name == SALT {
+                continue;
+            }
+            let plain = key
+                .open(v, &secret_place(name))
+                .map_err(|e| self.seal_err(e))?;
+            *v = String::from_utf8(plain)
+                .map_err(|e| self.err(format!("secret `{name}` is not text: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Seal everything of `snap` again with `new` (and its salt), as one commit of the
+    /// store underneath: `state rekey`. `snap` is what [`StateStore::load`] of this store
+    /// gave (opened).
+    pub fn rekey(&self, snap: &Snapshot, new: &SealedStore) -> Result<u64, StateError> {
+        let mut mutations: Vec<Mutation> = snap
+            .resources
+            .values()
+            .cloned()
+            .map(Mutation::Put)
+            .collect();
+        for (name, value) in &snap.secrets {
+            if name != SALT {
+                mutations.push(Mutation::SetSecret {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        new.commit(&mutations)
+    }
+}
+
+impl StateStore for SealedStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn load(&self) -> Result<Snapshot, StateError> {
+        let mut snap = self.inner.load()?;
+        self.open_snapshot(&mut snap)?;
+        Ok(snap)
+    }
+
+    fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
+        if !mutations.iter().any(|m| self.needs_sealing(m)) {
+            return self.inner.commit(mutations);
+        }
+        let (key, mut out) = self.seal_key()?;
+        out.reserve(mutations.len());
+        for m in mutations {
+            out.push(match m {
+                Mutation::Put(r) => Mutation::Put(self.seal_record(&key, r)?),
+                Mutation::SetSecret { name, value } if name != SALT => Mutation::SetSecret {
+                    name: name.clone(),
+                    value: key
+                        .seal(value.as_bytes(), &secret_place(name))
+                        .map_err(|e| self.seal_err(e))?,
+                },
+                other => other.clone(),
+            });
+        }
+        self.inner.commit(&out)
+    }
+
+    fn lock(&self, operation: &str, wait: Duration) -> Result<Box<dyn LockGuard>, StateError> {
+        self.inner.lock(operation, wait)
+    }
+
+    fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
+        self.inner.lock_holder()
+    }
+
+    fn force_unlock(&self, id: &str) -> Result<LockInfo, StateError> {
+        self.inner.force_unlock(id)
+    }
+
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        self.inner.history(limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LocalStore, MemStore};
+    use clusterform_core::Address;
+
+    fn quick() -> Stretch {
+        Stretch {
+            memory_kib: 256,
+            passes: 1,
+        }
+    }
+
+    const CANARY: &str = "-----BEGIN PRIVATE KEY-----canary-4242";
+
+    fn record(name: &str) -> ResourceState {
+        let mut r = ResourceState {
+            address: Address::indexed("machine", name, 0),
+            provider: "sim".into(),
+            id: format!("i-{name}"),
+            attrs: Default::default(),
+            dependencies: Vec::new(),
+        };
+        r.attrs.insert(
+            "user_data".into(),
+            Value::String(format!("{{\"key\":\"{CANARY}\"}}")),
+        );
+        r.attrs.insert("size".into(), Value::String("small".into()));
+        r
+    }
+
+    fn user_data_only() -> Sensitive {
+        Arc::new(|_r: &ResourceState, a: &str| a == "user_data")
+    }
+
+    fn sealed(inner: Arc<dyn StateStore>, source: KeySource) -> SealedStore {
+        SealedStore::new(inner, source, user_data_only()).with_stretch(quick())
+    }
+
+    fn file_bytes(dir: &std::path::Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(dir).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_file() {
+                all.extend(std::fs::read(p).expect("read"));
+            }
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn secrets_and_sensitive_values_never_reach_the_file_and_read_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keyfile = dir.path().join("keys/state.key");
+        let store: Arc<dyn StateStore> = Arc::new(LocalStore::new(dir.path().join("state")));
+        let s = sealed(store.clone(), KeySource::Default(keyfile.clone()));
+        s.commit(&[
+            Mutation::Put(record("a")),
+            Mutation::SetSecret {
+                name: "etcd-ca-key".into(),
+                value: CANARY.into(),
+            },
+        ])
+        .expect("commit");
+        let notes = s.take_notes();
+        assert!(notes[0].contains("made the state key"), "{notes:?}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&keyfile).expect("key file").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // Not in the state file, in any form.
+        let bytes = file_bytes(&dir.path().join("state"));
+        assert!(
+            !contains(&bytes, "canary-4242"),
+            "the canary is in the state file"
+        );
+        assert!(
+            contains(&bytes, "small"),
+            "what is not sensitive stays readable"
+        );
+        // The store underneath sees sealed values; this store opens them.
+        let raw = store.load().expect("raw");
+        assert!(is_sealed(raw.secrets["etcd-ca-key"].as_str()));
+        let back = sealed(store.clone(), KeySource::Default(keyfile.clone()))
+            .load()
+            .expect("load");
+        assert_eq!(back.secrets["etcd-ca-key"], CANARY);
+        assert_eq!(
+            back.resources[&Address::indexed("machine", "a", 0)],
+            record("a")
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_key_is_a_clear_error_never_a_fresh_start() {
+        let mem: Arc<dyn StateStore> = Arc::new(MemStore::new());
+        let right = sealed(mem.clone(), KeySource::Passphrase("correct horse".into()));
+        right.commit(&[Mutation::Put(record("a"))]).expect("commit");
+
+        let wrong = sealed(mem.clone(), KeySource::Passphrase("battery staple".into()));
+        let e = wrong.load().expect_err("wrong key");
+        let text = e.to_string();
+        assert!(text.contains("sealed with the key whose id is"), "{text}");
+        assert!(text.contains(KEY_ENV), "{text}");
+
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = sealed(mem.clone(), KeySource::Default(dir.path().join("none.key")));
+        let text = missing.load().expect_err("no key").to_string();
+        assert!(text.contains("does not exist here"), "{text}");
+        assert!(!dir.path().join("none.key").exists(), "a read makes no key");
+
+        // A state with nothing sealed needs no key.
+        let plain: Arc<dyn StateStore> = Arc::new(MemStore::new());
+        let mut r = record("b");
+        r.attrs.remove("user_data");
+        plain.commit(&[Mutation::Put(r)]).expect("commit");
+        sealed(plain, KeySource::Default(dir.path().join("none.key")))
+            .load()
+            .expect("no key needed");
+        // The passphrase's salt is beside the data, the passphrase nowhere.
+        let raw = mem.load().expect("raw");
+        assert!(raw.secrets.contains_key(SALT));
+        assert!(!format!("{raw:?}").contains("correct horse"));
+    }
+
+    #[test]
+    fn rekey_seals_everything_again_with_the_new_key() {
+        let mem: Arc<dyn StateStore> = Arc::new(MemStore::new());
+        let old = sealed(mem.clone(), KeySource::Passphrase("old pass".into()));
+        old.commit(&[
+            Mutation::Put(record("a")),
+            Mutation::SetSecret {
+                name: "etcd-ca-key".into(),
+                value: CANARY.into(),
+            },
+        ])
+        .expect("commit");
+        let dir = tempfile::tempdir().expect("dir");
+        let newfile = dir.path().join("new.key");
+        StateKey::generate().write_new_file(&newfile).expect("key");
+        let snap = old.load().expect("load");
+        let new = sealed(mem.clone(), KeySource::File(newfile.clone()));
+        old.rekey(&snap, &new).expect("rekey");
+        let again = sealed(mem.clone(), KeySource::File(newfile))
+            .load()
+            .expect("load");
+        assert_eq!(again.secrets["etcd-ca-key"], CANARY);
+        assert_eq!(again.resources.len(), 1);
+        let e = sealed(mem.clone(), KeySource::Passphrase("old pass".into()))
+            .load()
+            .expect_err("the old key no longer opens it");
+        assert!(e.to_string().contains("another key"), "{e}");
+    }
+}
