@@ -28,7 +28,7 @@ pub use local::LocalStore;
 pub use local::{BACKUP_FILE, LINEAGE_FILE};
 pub use lock::operator;
 pub use mem::MemStore;
-pub use sealed::{KeySource, SealedStore, Sensitive};
+pub use sealed::{KeySource, Notify, SealedStore, Sensitive};
 
 /// A journal entry: written durably *before* a provider mutation starts, closed after
 /// it ends, so that a run that died in between can find what it made.

@@ -248,9 +248,62 @@ pub fn is_sealed(text: &str) -> bool {
     text.starts_with(PREFIX) && text[PREFIX.len()..].starts_with(':')
 }
 
+/// The id of the key a sealed value names.
+pub fn sealed_key_id(text: &str) -> Option<&str> {
+    let mut parts = text.splitn(3, ':');
+    (parts.next() == Some(PREFIX)).then(|| parts.next())?
+}
+
+/// The marker every PEM private key has (`-----BEGIN [EC ]PRIVATE KEY-----`).
+const PEM_KEY: &str = "PRIVATE KEY-----";
+
+/// True when `text` holds a PEM private key: as text, inside a JSON string, in a
+/// percent-encoded data URL (`PRIVATE%20KEY-----`), or in a base64 one (an Ignition
+/// file's contents). Such values are sealed at rest and shown as `(sensitive)`.
+pub fn holds_private_key(text: &str) -> bool {
+    if text.contains(PEM_KEY) || text.contains("PRIVATE%20KEY-----") {
+        return true;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut rest = text;
+    while let Some(at) = rest.find(";base64,") {
+        rest = &rest[at + ";base64,".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+            .unwrap_or(rest.len());
+        if let Ok(bytes) = b64.decode(&rest[..end])
+            && bytes
+                .windows(PEM_KEY.len())
+                .any(|w| w == PEM_KEY.as_bytes())
+        {
+            return true;
+        }
+        rest = &rest[end..];
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_keys_are_found_in_every_form_a_config_carries_them() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n";
+        assert!(holds_private_key(pem));
+        assert!(holds_private_key(
+            &serde_json::to_string(pem).expect("json")
+        ));
+        assert!(holds_private_key(
+            "data:,-----BEGIN%20PRIVATE%20KEY-----%0A"
+        ));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x{pem}"));
+        assert!(holds_private_key(&format!(
+            "{{\"source\":\"data:;base64,{b64}\"}}"
+        )));
+        assert!(!holds_private_key("-----BEGIN CERTIFICATE-----"));
+        assert!(!holds_private_key("data:;base64,aGVsbG8="));
+    }
 
     fn quick() -> Stretch {
         Stretch {

@@ -43,7 +43,47 @@ impl std::fmt::Debug for KeySource {
     }
 }
 
+/// Why there is no key for what is sealed (the default key file is missing).
+fn no_default_key(path: &std::path::Path) -> SealError {
+    SealError::KeyFile {
+        path: path.to_path_buf(),
+        why: format!(
+            "it does not exist here, and something sealed needs it: set {KEY_ENV} to the passphrase, or `[state] encryption = \"PATH\"` to the key file, it was written with"
+        ),
+    }
+}
+
 impl KeySource {
+    /// The key. A passphrase is stretched with `salt` (required for one); the default
+    /// key file is made when missing and `create`, with a note for the user.
+    pub fn key(
+        &self,
+        salt: Option<&[u8; 16]>,
+        create: bool,
+        stretch: Stretch,
+    ) -> Result<(StateKey, Option<String>), SealError> {
+        match self {
+            KeySource::Passphrase(p) => {
+                let salt = salt.ok_or_else(|| {
+                    SealError::Passphrase("there is no salt to stretch it with".into())
+                })?;
+                Ok((StateKey::from_passphrase(p, salt, stretch)?, None))
+            }
+            KeySource::File(path) => Ok((StateKey::read_file(path)?, None)),
+            KeySource::Default(path) if path.exists() => Ok((StateKey::read_file(path)?, None)),
+            KeySource::Default(path) if create => {
+                let key = StateKey::generate();
+                key.write_new_file(path)?;
+                let note = format!(
+                    "made the state key {} (mode 0600): the secrets in this state are sealed with it. Keep it, and back it up: without it they cannot be read. Another workstation needs it too ({KEY_ENV} or `[state] encryption` name a key explicitly)",
+                    path.display()
+                );
+                Ok((key, Some(note)))
+            }
+            KeySource::Default(path) => Err(no_default_key(path)),
+        }
+    }
+
     /// How the key is named in messages.
     fn describe(&self) -> String {
         match self {
@@ -62,7 +102,11 @@ pub struct SealedStore {
     stretch: Stretch,
     key: Mutex<Option<StateKey>>,
     notes: Mutex<Vec<String>>,
+    notify: Option<Notify>,
 }
+
+/// Called with what the user should be told once (a key file was made).
+pub type Notify = Arc<dyn Fn(&str) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -86,7 +130,14 @@ impl SealedStore {
             stretch: Stretch::default(),
             key: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
+            notify: None,
         }
+    }
+
+    /// Tell the user through `notify` (as well as [`SealedStore::take_notes`]).
+    pub fn with_notify(mut self, notify: Notify) -> Self {
+        self.notify = Some(notify);
+        self
     }
 
     /// Stretch passphrases with `stretch` (tests use a light one).
@@ -122,38 +173,35 @@ impl SealedStore {
         }
     }
 
+    /// The passphrase salt `secrets` holds, if valid.
+    fn salt_of(secrets: &std::collections::BTreeMap<String, String>) -> Option<[u8; 16]> {
+        secrets
+            .get(SALT)
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+    }
+
     /// The key for opening what `secrets` says was sealed; never makes anything.
     fn open_key(
         &self,
         secrets: &std::collections::BTreeMap<String, String>,
+        sealed_with: Option<&str>,
     ) -> Result<StateKey, StateError> {
         if let Some(k) = lock(&self.key).clone() {
             return Ok(k);
         }
-        let key = match &self.source {
-            KeySource::Passphrase(p) => {
-                let salt = secrets
-                    .get(SALT)
-                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        self.err(format!(
-                            "it has sealed secrets but no valid `{SALT}` to stretch {KEY_ENV} with: it was changed outside clusterform; restore a backup"
-                        ))
-                    })?;
-                StateKey::from_passphrase(p, &salt, self.stretch).map_err(|e| self.seal_err(e))?
-            }
-            KeySource::File(path) => StateKey::read_file(path).map_err(|e| self.seal_err(e))?,
-            KeySource::Default(path) => {
-                if !path.exists() {
-                    return Err(self.err(format!(
-                        "it has sealed secrets, and there is no key to open them: the default key file {} does not exist here; set {KEY_ENV} to the passphrase, or `[state] encryption = \"PATH\"` to the key file, this state was written with",
-                        path.display()
-                    )));
-                }
-                StateKey::read_file(path).map_err(|e| self.seal_err(e))?
-            }
-        };
+        let salt = Self::salt_of(secrets);
+        if matches!(self.source, KeySource::Passphrase(_)) && salt.is_none() {
+            // No passphrase ever sealed anything here: a key file did.
+            return Err(self.err(format!(
+                "its secrets were sealed with the key whose id is {}, a key file, not a passphrase: unset {KEY_ENV}, and use the key file this state was written with (`[state] encryption = \"PATH\"`, or the one clusterform made on the workstation that first wrote it)",
+                sealed_with.unwrap_or("unknown")
+            )));
+        }
+        let (key, _) = self
+            .source
+            .key(salt.as_ref(), false, self.stretch)
+            .map_err(|e| self.seal_err(e))?;
         *lock(&self.key) = Some(key.clone());
         Ok(key)
     }
@@ -165,34 +213,29 @@ impl SealedStore {
             return Ok((k, Vec::new()));
         }
         let mut extra = Vec::new();
-        let key = match &self.source {
-            KeySource::Passphrase(p) => {
-                let secrets = self.inner.load()?.secrets;
-                if secrets.contains_key(SALT) {
-                    return self.open_key(&secrets).map(|k| (k, Vec::new()));
-                }
-                let salt = StateKey::new_salt();
+        let mut salt = None;
+        if matches!(self.source, KeySource::Passphrase(_)) {
+            let secrets = self.inner.load()?.secrets;
+            salt = Self::salt_of(&secrets);
+            if salt.is_none() {
+                let new = StateKey::new_salt();
                 extra.push(Mutation::SetSecret {
                     name: SALT.to_string(),
-                    value: base64::engine::general_purpose::STANDARD.encode(salt),
+                    value: base64::engine::general_purpose::STANDARD.encode(new),
                 });
-                StateKey::from_passphrase(p, &salt, self.stretch).map_err(|e| self.seal_err(e))?
+                salt = Some(new);
             }
-            KeySource::File(path) => StateKey::read_file(path).map_err(|e| self.seal_err(e))?,
-            KeySource::Default(path) => {
-                if path.exists() {
-                    StateKey::read_file(path).map_err(|e| self.seal_err(e))?
-                } else {
-                    let key = StateKey::generate();
-                    key.write_new_file(path).map_err(|e| self.seal_err(e))?;
-                    lock(&self.notes).push(format!(
-                        "made the state key {} (mode 0600): the secrets in this state are sealed with it. Keep it, and back it up: without it they cannot be read. Another workstation needs it too ({KEY_ENV} or `[state] encryption` name a key explicitly)",
-                        path.display()
-                    ));
-                    key
-                }
+        }
+        let (key, note) = self
+            .source
+            .key(salt.as_ref(), true, self.stretch)
+            .map_err(|e| self.seal_err(e))?;
+        if let Some(note) = note {
+            if let Some(n) = &self.notify {
+                n(&note);
             }
-        };
+            lock(&self.notes).push(note);
+        }
         *lock(&self.key) = Some(key.clone());
         Ok((key, extra))
     }
@@ -235,7 +278,20 @@ impl SealedStore {
         if !sealed_attrs && !sealed_secrets {
             return Ok(());
         }
-        let key = self.open_key(&snap.secrets)?;
+        let sample = snap
+            .resources
+            .values()
+            .flat_map(|r| r.attrs.values())
+            .filter_map(Value::as_str)
+            .chain(
+                snap.secrets
+                    .iter()
+                    .filter(|(k, _)| *k != SALT)
+                    .map(|(_, v)| v.as_str()),
+            )
+            .find_map(crate::seal::sealed_key_id)
+            .map(str::to_string);
+        let key = self.open_key(&snap.secrets, sample.as_deref())?;
         for r in snap.resources.values_mut() {
             let address = r.address.clone();
             for (name, v) in r.attrs.iter_mut() {
@@ -264,10 +320,10 @@ impl SealedStore {
         Ok(())
     }
 
-    /// Seal everything of `snap` again with `new` (and its salt), as one commit of the
-    /// store underneath: `state rekey`. `snap` is what [`StateStore::load`] of this store
-    /// gave (opened).
-    pub fn rekey(&self, snap: &Snapshot, new: &SealedStore) -> Result<u64, StateError> {
+    /// Seal everything of `snap` again with the key of `new` (and its salt), as one
+    /// commit of the store underneath: `state rekey`. `snap` is what
+    /// [`StateStore::load`] gave with the old key (opened).
+    pub fn reseal(snap: &Snapshot, new: &SealedStore) -> Result<u64, StateError> {
         let mut mutations: Vec<Mutation> = snap
             .resources
             .values()
@@ -481,7 +537,7 @@ mod tests {
         StateKey::generate().write_new_file(&newfile).expect("key");
         let snap = old.load().expect("load");
         let new = sealed(mem.clone(), KeySource::File(newfile.clone()));
-        old.rekey(&snap, &new).expect("rekey");
+        SealedStore::reseal(&snap, &new).expect("rekey");
         let again = sealed(mem.clone(), KeySource::File(newfile))
             .load()
             .expect("load");

@@ -79,3 +79,186 @@ fn a_canary_in_the_credential_variables_reaches_no_output_plan_or_state() {
         assert!(!found, "the secret is in {}", f.display());
     }
 }
+
+/// A private key nobody may see: in a Butane file, so it reaches a machine's config.
+const KEY_CANARY: &str = "canaryKEYc2VjcmV0LWRvLW5vdC1sZWFr";
+
+fn pem_canary() -> String {
+    format!("-----BEGIN PRIVATE KEY-----\n{KEY_CANARY}\n-----END PRIVATE KEY-----\n")
+}
+
+fn run_keyed(w: &World, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = w.command(args);
+    c.env("XDG_CONFIG_HOME", w.path().join("config"))
+        .env_remove("CLUSTERFORM_STATE_KEY")
+        .env("CLUSTERFORM_LOG", "trace");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run clusterform").into()
+}
+
+fn holds(path: &Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).expect("read");
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_private_key_in_a_config_is_sealed_at_rest_and_never_printed() {
+    let w = World::new();
+    let butane = format!(
+        "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n    - path: /etc/ssl/app.key\n      mode: 0400\n      contents:\n        inline: |\n{}",
+        pem_canary()
+            .lines()
+            .map(|l| format!("          {l}\n"))
+            .collect::<String>()
+    );
+    w.write("central.bu", &butane);
+    w.write(
+        "cluster.toml",
+        &dev_test("demo", 1, "s", "").replace(
+            "size = \"2cpu-4gb\"",
+            "size = \"2cpu-4gb\"\nbutane = [\"central.bu\"]",
+        ),
+    );
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["plan", "cluster.toml", "--json"],
+        vec!["-vvv", "plan", "cluster.toml", "--out", "saved.plan"],
+        vec!["show", "saved.plan"],
+        vec!["show", "saved.plan", "--json"],
+        vec!["-vvv", "apply", "saved.plan"],
+        vec!["-vvv", "plan", "cluster.toml", "--detailed-exitcode"],
+        vec!["show", "cluster.toml", "--json"],
+        vec!["show", "cluster.toml"],
+        vec!["state", "show", "cluster.toml", "machine.central[0]"],
+        vec!["render", "cluster.toml", "--machine", "machine.central[0]"],
+        vec!["drift", "cluster.toml", "--json"],
+    ] {
+        let r = run_keyed(&w, &args, &[]);
+        assert!(r.code == 0 || r.code == 2, "{args:?}: {r:?}");
+        outputs.push((args, r));
+    }
+    // The key file was made once, 0600, and the user told where.
+    let keys: Vec<_> = std::fs::read_dir(w.path().join("config/clusterform/keys"))
+        .expect("key folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&keys[0]).expect("stat").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let told = outputs
+        .iter()
+        .filter(|(_, r)| r.stderr.contains("made the state key"))
+        .count();
+    assert_eq!(told, 1, "the key file is announced once");
+    // Where the key shows, it reads `(sensitive)`.
+    let shown = &outputs[7].1.stdout;
+    assert!(shown.contains("(sensitive; "), "{shown}");
+    for (args, r) in &outputs {
+        assert!(!r.stdout.contains(KEY_CANARY), "{args:?} printed the key");
+        assert!(!r.stderr.contains(KEY_CANARY), "{args:?} logged the key");
+    }
+    // Nowhere at rest: the state, its backups, the plan file.
+    let mut files = vec![w.path().join("saved.plan")];
+    files_under(&w.path().join(".clusterform"), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("state.redb")));
+    for f in &files {
+        assert!(!holds(f, KEY_CANARY), "the key is in {}", f.display());
+        assert!(!holds(f, "PRIVATE KEY"), "a key is in {}", f.display());
+    }
+
+    // Another key cannot read the state, and says which one it needs.
+    let r = run_keyed(
+        &w,
+        &["plan", "cluster.toml"],
+        &[("CLUSTERFORM_STATE_KEY", "not the key")],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("whose id is") && r.stderr.contains("not a passphrase"),
+        "{}",
+        r.stderr
+    );
+    // Without the key file, the state is not read as empty: a clear error.
+    std::fs::rename(&keys[0], w.path().join("moved.key")).expect("move");
+    let r = run_keyed(&w, &["plan", "cluster.toml"], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not exist here"), "{}", r.stderr);
+    assert!(!r.stdout.contains("to add"), "{}", r.stdout);
+    // Named explicitly, the moved key opens it.
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    w.write(
+        "cluster.toml",
+        &text.replace(
+            "[network]",
+            "[state]\nencryption = \"moved.key\"\n\n[network]",
+        ),
+    );
+    let r = run_keyed(&w, &["plan", "cluster.toml", "--detailed-exitcode"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn state_rekey_seals_the_state_with_a_new_key() {
+    let w = World::new();
+    let key = pem_canary();
+    let bu = format!(
+        "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n    - path: /etc/app.key\n      contents:\n        inline: {}\n",
+        serde_json::to_string(&key).expect("json")
+    );
+    w.write("central.bu", &bu);
+    let file = dev_test("demo", 0, "s", "").replace(
+        "size = \"2cpu-4gb\"",
+        "size = \"2cpu-4gb\"\nbutane = [\"central.bu\"]",
+    );
+    w.write("cluster.toml", &file);
+    let pass = [("CLUSTERFORM_STATE_KEY", "old passphrase")];
+    let r = run_keyed(&w, &["apply", "cluster.toml", "--auto-approve"], &pass);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !w.path().join("config").exists(),
+        "a passphrase makes no key file"
+    );
+
+    // Without the new key: says how to give it.
+    let r = run_keyed(&w, &["state", "rekey", "cluster.toml"], &pass);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--new-key-file"), "{}", r.stderr);
+
+    let r = run_keyed(
+        &w,
+        &[
+            "state",
+            "rekey",
+            "cluster.toml",
+            "--new-key-file",
+            "new.key",
+        ],
+        &pass,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Sealed 2 record(s)"), "{}", r.stdout);
+    assert!(r.stdout.contains("[state] encryption"), "{}", r.stdout);
+    // The old passphrase no longer opens it; the new key file does.
+    let r = run_keyed(&w, &["plan", "cluster.toml"], &pass);
+    assert_eq!(r.code, 1, "{r:?}");
+    w.write(
+        "cluster.toml",
+        &file.replace(
+            "[network]",
+            "[state]\nencryption = \"new.key\"\n\n[network]",
+        ),
+    );
+    let r = run_keyed(&w, &["plan", "cluster.toml", "--detailed-exitcode"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut files = Vec::new();
+    files_under(&w.path().join(".clusterform"), &mut files);
+    let state = files
+        .iter()
+        .find(|f| f.ends_with("state.redb"))
+        .expect("state");
+    assert!(!holds(state, KEY_CANARY));
+}

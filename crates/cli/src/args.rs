@@ -384,6 +384,20 @@ pub enum StateCommand {
         #[arg(default_value = "cluster.toml")]
         file: PathBuf,
     },
+    /// Seal the state's secrets with another key: a key file (`--new-key-file`, made
+    /// 0600 when it does not exist) or the passphrase in CLUSTERFORM_NEW_STATE_KEY.
+    /// Then point `[state] encryption` (or CLUSTERFORM_STATE_KEY) at the new key.
+    #[command(
+        after_help = "Example: clusterform state rekey cluster.toml --new-key-file ~/.config/clusterform/prod.key"
+    )]
+    Rekey {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// The new key file (64 hex digits, mode 0600); made when it does not exist.
+        #[arg(long, value_name = "PATH")]
+        new_key_file: Option<PathBuf>,
+    },
     /// Forget resources (the objects stay at the provider).
     Rm {
         /// [cluster file] and one or more addresses.

@@ -12,7 +12,7 @@ use clusterform_config::{Model, StateSettings};
 use clusterform_engine::{ClusterInfo, Providers, Readers};
 use clusterform_plugin::PluginFactory;
 use clusterform_provider::{ProviderConfig, Registry};
-use clusterform_state::{ClusterIdentity, LocalStore, Owned, StateStore};
+use clusterform_state::{ClusterIdentity, KeySource, LocalStore, Owned, SealedStore, StateStore};
 use miette::Result;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,9 @@ pub enum StateLocation {
     Local {
         /// Its folder.
         path: PathBuf,
+        /// `[state] encryption`: the key file its secrets are sealed with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption: Option<PathBuf>,
     },
 }
 
@@ -315,7 +318,10 @@ fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {
     match &model.state {
         StateSettings::Local { path } => {
             refuse_legacy_shared_state(model, path)?;
-            let location = StateLocation::Local { path: path.clone() };
+            let location = StateLocation::Local {
+                path: path.clone(),
+                encryption: model.state_encryption.clone(),
+            };
             let identity = identity(&model.cluster.name, &model.path);
             Ok((open_location(&location, identity), location))
         }
@@ -340,10 +346,56 @@ pub fn identity(cluster: &str, file: &Path) -> ClusterIdentity {
 /// Open the store at `location` for the cluster `identity` (a state of another cluster
 /// is refused when it is read).
 pub fn open_location(location: &StateLocation, identity: ClusterIdentity) -> Arc<dyn StateStore> {
-    let inner: Arc<dyn StateStore> = match location {
-        StateLocation::Local { path } => Arc::new(LocalStore::new(path.clone())),
+    let (inner, key): (Arc<dyn StateStore>, KeySource) = match location {
+        StateLocation::Local { path, encryption } => (
+            Arc::new(LocalStore::new(path.clone())),
+            key_source(path, encryption.as_deref()),
+        ),
     };
-    Arc::new(Owned::new(inner, identity))
+    let notify: clusterform_state::Notify = Arc::new(|note: &str| errln!("note: {note}"));
+    let sealed = SealedStore::new(inner, key, sensitive()).with_notify(notify);
+    Arc::new(Owned::new(Arc::new(sealed), identity))
+}
+
+/// Where the state key comes from: `CLUSTERFORM_STATE_KEY`, else `[state] encryption`,
+/// else this state's key file under the user's config folder (made when first needed).
+pub fn key_source(state_dir: &Path, encryption: Option<&Path>) -> KeySource {
+    if let Ok(p) = std::env::var(clusterform_state::seal::KEY_ENV)
+        && !p.is_empty()
+    {
+        return KeySource::Passphrase(p);
+    }
+    if let Some(f) = encryption {
+        return KeySource::File(f.to_path_buf());
+    }
+    KeySource::Default(default_key_file(state_dir))
+}
+
+/// The default key file of the state in `state_dir`:
+/// `$XDG_CONFIG_HOME/clusterform/keys/<hash of the state folder>.key` (`~/.config` when
+/// unset), so that two states never share a key by accident.
+pub fn default_key_file(state_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let digest = Sha256::digest(abs.to_string_lossy().as_bytes());
+    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    config.join("clusterform/keys").join(format!("{name}.key"))
+}
+
+/// Which attribute values are sealed at rest: any string holding a PEM private key
+/// (a machine's config carrying its etcd key, a Butane file with a key in it).
+pub fn sensitive() -> clusterform_state::Sensitive {
+    Arc::new(|r: &clusterform_core::ResourceState, attr: &str| {
+        r.attrs
+            .get(attr)
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(clusterform_state::seal::holds_private_key)
+    })
 }
 
 /// Before each cluster file had its own state folder, every file of a folder used

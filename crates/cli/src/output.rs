@@ -90,7 +90,52 @@ pub fn clean(s: &str) -> Cow<'_, str> {
 /// JSON text as it is safe to print: serde escapes C0 controls in strings but writes DEL
 /// and the C1 controls raw; they are written as `\u007f`, `\u009b`, ... here (the same
 /// JSON value, and no control character for [`stdout`] to escape into invalid JSON).
+///
+/// Every string holding a private key reads `(sensitive)`: no JSON output (`show`,
+/// `plan --json`, `render`, `drift --json`) ever prints one.
 pub fn json(text: &str) -> Cow<'_, str> {
+    let text: Cow<'_, str> = match masked(text) {
+        Some(m) => Cow::Owned(m),
+        None => Cow::Borrowed(text),
+    };
+    match controls_escaped(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(o) => Cow::Owned(o),
+    }
+}
+
+/// `text` (JSON) with every string that holds a private key replaced by `(sensitive)`;
+/// None when it holds none.
+fn masked(text: &str) -> Option<String> {
+    if !clusterform_state::seal::holds_private_key(text) {
+        return None;
+    }
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Some("\"(sensitive)\"".to_string());
+    };
+    mask_secrets(&mut v);
+    let pretty = text.contains('\n');
+    Some(if pretty {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else {
+        v.to_string()
+    })
+}
+
+/// Replace every string of `v` that holds a private key with `(sensitive)`.
+pub fn mask_secrets(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if clusterform_state::seal::holds_private_key(s) => {
+            *s = "(sensitive)".to_string();
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_secrets),
+        Value::Object(m) => m.values_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+fn controls_escaped(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_control) {
         return Cow::Borrowed(text);
     }

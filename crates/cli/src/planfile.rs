@@ -38,10 +38,87 @@ pub struct PlanFile {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// The plan.
     pub plan: Plan,
+    /// The salt the state passphrase was stretched with for the values sealed in this
+    /// file (base64), when a passphrase sealed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_salt: Option<String>,
     /// SHA-256 (hex) of the file's JSON with this field empty: a plan file edited by
     /// hand (or damaged) no longer matches it and is refused.
     #[serde(default)]
     pub checksum: String,
+}
+
+/// Apply `f` to every string of `v` (with its JSON pointer under `at`).
+fn each_string(
+    v: &mut serde_json::Value,
+    at: &str,
+    f: &mut dyn FnMut(&str, &mut String) -> Result<()>,
+) -> Result<()> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => f(at, s),
+        Value::Array(a) => a
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, x)| each_string(x, &format!("{at}/{i}"), f)),
+        Value::Object(m) => m
+            .iter_mut()
+            .try_for_each(|(k, x)| each_string(x, &format!("{at}/{k}"), f)),
+        _ => Ok(()),
+    }
+}
+
+fn any_string(v: &serde_json::Value, test: &dyn Fn(&str) -> bool) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => test(s),
+        Value::Array(a) => a.iter().any(|x| any_string(x, test)),
+        Value::Object(m) => m.values().any(|x| any_string(x, test)),
+        _ => false,
+    }
+}
+
+/// SHA-256 (hex) of `value` with its `checksum` empty.
+fn checksum_of(value: &serde_json::Value) -> Result<String> {
+    use sha2::Digest;
+    let mut value = value.clone();
+    value["checksum"] = serde_json::Value::String(String::new());
+    let bytes = serde_json::to_vec(&value)
+        .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn seal_error(path: &Path, e: clusterform_state::seal::SealError) -> miette::Report {
+    errors::hint(
+        format!("plan file `{}`: {e}", path.display()),
+        format!(
+            "its secrets are sealed with the state's key: set {} or `[state] encryption` as when the plan was made, or make a new plan",
+            clusterform_state::seal::KEY_ENV
+        ),
+    )
+}
+
+/// The state key of `state` for a plan file: with `salt` for a passphrase.
+fn plan_key(
+    path: &Path,
+    state: &StateLocation,
+    salt: Option<&[u8; 16]>,
+    create: bool,
+) -> Result<clusterform_state::seal::StateKey> {
+    let StateLocation::Local {
+        path: dir,
+        encryption,
+    } = state;
+    let (key, note) = crate::context::key_source(dir, encryption.as_deref())
+        .key(salt, create, clusterform_state::seal::Stretch::default())
+        .map_err(|e| seal_error(path, e))?;
+    if let Some(note) = note {
+        errln!("note: {note}");
+    }
+    Ok(key)
 }
 
 impl PlanFile {
@@ -64,28 +141,43 @@ impl PlanFile {
             state,
             providers,
             plan,
+            seal_salt: None,
             checksum: String::new(),
         }
     }
 
-    /// The checksum of this plan file (computed with `checksum` empty).
-    fn compute_checksum(&self) -> Result<String> {
-        use sha2::Digest;
-        let encode = |e: serde_json::Error| errors::bug(format!("cannot encode the plan: {e}"));
-        let mut value = serde_json::to_value(self).map_err(encode)?;
-        value["checksum"] = serde_json::Value::String(String::new());
-        let bytes = serde_json::to_vec(&value).map_err(encode)?;
-        Ok(sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
-    }
-
-    /// Write it atomically, readable by the owner only.
     pub fn write(&self, path: &Path) -> Result<()> {
+        use clusterform_state::seal::{StateKey, holds_private_key};
         let mut value = serde_json::to_value(self)
             .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
-        value["checksum"] = serde_json::Value::String(self.compute_checksum()?);
+        // Values holding private keys are sealed with the state's key, as in the state.
+        if any_string(&value["plan"], &holds_private_key) {
+            let StateLocation::Local {
+                path: dir,
+                encryption,
+            } = &self.state;
+            let passphrase = matches!(
+                crate::context::key_source(dir, encryption.as_deref()),
+                clusterform_state::KeySource::Passphrase(_)
+            );
+            let salt = passphrase.then(StateKey::new_salt);
+            let key = plan_key(path, &self.state, salt.as_ref(), true)?;
+            each_string(&mut value["plan"], "plan", &mut |at, s| {
+                if holds_private_key(s) {
+                    *s = key
+                        .seal(s.as_bytes(), at)
+                        .map_err(|e| seal_error(path, e))?;
+                }
+                Ok(())
+            })?;
+            if let Some(salt) = salt {
+                use base64::Engine as _;
+                value["seal_salt"] = serde_json::Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(salt),
+                );
+            }
+        }
+        value["checksum"] = serde_json::Value::String(checksum_of(&value)?);
         let json = serde_json::to_vec_pretty(&value)
             .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         let dir = path
@@ -148,13 +240,7 @@ impl PlanFile {
                 "make a new plan with this clusterform",
             ));
         }
-        let pf: PlanFile = serde_json::from_value(value).map_err(|e| {
-            errors::hint(
-                format!("`{}` is not a valid plan file: {e}", path.display()),
-                "make a new one with `clusterform plan --out FILE`",
-            )
-        })?;
-        if pf.checksum != pf.compute_checksum()? {
+        if value.get("checksum").and_then(|c| c.as_str()) != Some(checksum_of(&value)?.as_str()) {
             return Err(errors::hint(
                 format!(
                     "plan file `{}` does not match its own checksum: it was edited or damaged after `plan --out` wrote it",
@@ -163,6 +249,45 @@ impl PlanFile {
                 "a plan file is applied exactly as it was reviewed: make a new one with `clusterform plan --out FILE`",
             ));
         }
+        let mut value = value;
+        if any_string(&value["plan"], &clusterform_state::seal::is_sealed) {
+            let state: StateLocation =
+                serde_json::from_value(value["state"].clone()).map_err(|e| {
+                    errors::hint(
+                        format!("`{}` is not a valid plan file: {e}", path.display()),
+                        "make a new one with `clusterform plan --out FILE`",
+                    )
+                })?;
+            let salt = value["seal_salt"].as_str().and_then(|s| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            });
+            let key = plan_key(path, &state, salt.as_ref(), false)?;
+            each_string(&mut value["plan"], "plan", &mut |at, s| {
+                if clusterform_state::seal::is_sealed(s) {
+                    let plain = key.open(s, at).map_err(|e| seal_error(path, e))?;
+                    *s = String::from_utf8(plain).map_err(|e| {
+                        errors::hint(
+                            format!(
+                                "plan file `{}`: a sealed value is not text: {e}",
+                                path.display()
+                            ),
+                            "make a new plan",
+                        )
+                    })?;
+                }
+                Ok(())
+            })?;
+        }
+        let pf: PlanFile = serde_json::from_value(value).map_err(|e| {
+            errors::hint(
+                format!("`{}` is not a valid plan file: {e}", path.display()),
+                "make a new one with `clusterform plan --out FILE`",
+            )
+        })?;
         let mut seen = std::collections::BTreeSet::new();
         if let Some(dup) = pf.plan.changes.iter().find(|c| !seen.insert(&c.address)) {
             return Err(errors::hint(

@@ -20,7 +20,14 @@ fn from_input(x: impl std::fmt::Display) -> String {
 fn value(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
-        other => other.to_string(),
+        other => {
+            let text = other.to_string();
+            if clusterform_state::seal::holds_private_key(&text) {
+                "(sensitive)".to_string()
+            } else {
+                text
+            }
+        }
     }
 }
 
@@ -31,6 +38,12 @@ const USER_DATA: &str = "user_data";
 /// Ignition config, never a wall of JSON and base64.
 pub fn attr_value(key: &str, v: &Value) -> String {
     match (key, v) {
+        (USER_DATA, Value::String(s)) if clusterform_state::seal::holds_private_key(s) => {
+            format!(
+                "(sensitive; {})",
+                from_input(clusterform_ignition::summarize(s))
+            )
+        }
         (USER_DATA, Value::String(s)) => {
             format!("({})", from_input(clusterform_ignition::summarize(s)))
         }

@@ -147,6 +147,8 @@ pub struct Model {
     pub cluster: ClusterSettings,
     /// `[state]`.
     pub state: StateSettings,
+    /// `[state] encryption`: the key file the state's secrets are sealed with (absolute).
+    pub state_encryption: Option<PathBuf>,
     /// `[provider.*]`, by name.
     pub providers: BTreeMap<String, ProviderBlock>,
     /// `[central]`'s day-2 settings (defaults when there is no `[central]`).
@@ -410,6 +412,7 @@ fn parse_absolute(
 
     let cluster = settings::cluster(&mut cx, doc, schemas);
     let state = settings::state(&mut cx, doc, &path);
+    let state_encryption = settings::state_encryption(&mut cx, doc, &path);
     let providers = settings::providers(&mut cx, doc, schemas);
     let network = settings::network(&mut cx, doc);
     let central = settings::group(&mut cx, doc, "central", &dirs);
@@ -500,6 +503,7 @@ fn parse_absolute(
         source: source.clone(),
         cluster: cluster.settings,
         state,
+        state_encryption,
         providers,
         etcd: central.etcd,
         resources,

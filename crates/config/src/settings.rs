@@ -242,7 +242,11 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSet
     let Some(t) = cx.as_table("state", "the file", node) else {
         return default_local();
     };
-    cx.check_keys(t, &["backend", "path", "endpoints", "prefix"], SECTION);
+    cx.check_keys(
+        t,
+        &["backend", "path", "endpoints", "prefix", "encryption"],
+        SECTION,
+    );
     let backend = match cx.get_str(t, "backend", SECTION) {
         None => "local",
         Some(("local", _)) => "local",
@@ -302,6 +306,28 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSet
             .map_or_else(|| DEFAULT_ETCD_PREFIX.to_string(), |(p, _)| p.to_string());
         StateSettings::Etcd { endpoints, prefix }
     }
+}
+
+/// `[state] encryption`: the key file the state's secrets are sealed with, relative to
+/// the cluster file's folder.
+pub(crate) fn state_encryption(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> Option<PathBuf> {
+    let t = doc.get("state")?.get_ref().as_table()?;
+    let (p, at) = cx.get_str(t, "encryption", "`[state]`")?;
+    if p.trim().is_empty() {
+        cx.error(
+            Some(at),
+            "`encryption` in `[state]` is empty",
+            "no key file",
+            Some("name the key file (64 hex digits, mode 0600), or leave `encryption` out for the key clusterform makes under your config folder".to_string()),
+        );
+        return None;
+    }
+    Some(
+        file.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join(p),
+    )
 }
 
 /// Read `[provider.NAME]` tables.

@@ -150,7 +150,9 @@ async fn apply_saved(
 ) -> Result<u8> {
     // A plan made against a state (it has a lineage) whose folder is gone: refuse before
     // taking the lock, which would create an empty state folder there.
-    let context::StateLocation::Local { path: state_dir } = &pf.state;
+    let context::StateLocation::Local {
+        path: state_dir, ..
+    } = &pf.state;
     if pf.plan.state_lineage.is_some() && !state_dir.is_dir() {
         return Err(errors::hint(
             format!(

@@ -165,7 +165,7 @@ impl Turn {
     /// Take the drift-check lock of the state folder (a separate file: the state lock
     /// that `apply` takes is never touched). No folder yet: nothing to share it with.
     fn take(location: &StateLocation, wait: bool) -> Result<Option<Turn>> {
-        let StateLocation::Local { path } = location;
+        let StateLocation::Local { path, .. } = location;
         if !path.is_dir() {
             return Ok(Some(Turn(None)));
         }

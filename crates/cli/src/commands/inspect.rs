@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ fn record_text(r: &ResourceState) -> String {
         ("provider", json!(r.provider).to_string()),
     ];
     for (k, v) in &r.attrs {
-        rows.push((k, v.to_string()));
+        rows.push((k, crate::render::attr_value(k, v)));
     }
     if !r.dependencies.is_empty() {
         let deps: Vec<String> = r.dependencies.iter().map(ToString::to_string).collect();
@@ -202,6 +202,7 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
                 )),
             }
         }
+        StateCommand::Rekey { file, new_key_file } => rekey(&file, new_key_file),
         StateCommand::Rm { args } => {
             let (file, rest) = split_file_arg(&args);
             if rest.is_empty() {
@@ -393,7 +394,7 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
 /// file, then adopt what the provider made since (by the cluster's ownership tags).
 pub async fn restore(file: &Path) -> Result<u8> {
     let ctx = context::load(file)?;
-    let context::StateLocation::Local { path } = &ctx.state_location;
+    let context::StateLocation::Local { path, .. } = &ctx.state_location;
     let local = clusterform_state::LocalStore::new(path.clone());
     let _guard = ctx
         .store
@@ -505,6 +506,73 @@ pub async fn import(args: &[String], lock_timeout: Duration) -> Result<u8> {
         imported.record.id,
         imported.serial,
         file.display()
+    );
+    Ok(0)
+}
+
+/// The environment variable with the new passphrase of `state rekey`.
+const NEW_KEY_ENV: &str = "CLUSTERFORM_NEW_STATE_KEY";
+
+/// `clusterform state rekey`: open everything sealed with the current key, seal it
+/// again with the new one, in one commit.
+fn rekey(file: &Path, new_key_file: Option<PathBuf>) -> Result<u8> {
+    use clusterform_state::{KeySource, SealedStore, seal::StateKey};
+    let new_pass = std::env::var(NEW_KEY_ENV).ok().filter(|p| !p.is_empty());
+    let source = match (new_key_file, new_pass) {
+        (Some(_), Some(_)) => {
+            return Err(errors::hint(
+                format!("`--new-key-file` and {NEW_KEY_ENV} both name a new key"),
+                "give one of them",
+            ));
+        }
+        (Some(f), None) => {
+            if !f.exists() {
+                StateKey::generate().write_new_file(&f).map_err(|e| {
+                    errors::hint(e.to_string(), "name a file in a folder you can write")
+                })?;
+                errln!("note: made the key file {} (mode 0600)", f.display());
+            }
+            KeySource::File(f)
+        }
+        (None, Some(p)) => KeySource::Passphrase(p),
+        (None, None) => {
+            return Err(errors::hint(
+                "`state rekey` needs the new key",
+                format!(
+                    "clusterform state rekey {} --new-key-file PATH (made when missing), or set {NEW_KEY_ENV} to a new passphrase",
+                    file.display()
+                ),
+            ));
+        }
+    };
+    let ctx = context::load(file)?;
+    let _guard = ctx
+        .store
+        .lock("state rekey", Duration::ZERO)
+        .map_err(errors::state)?;
+    let snap = ctx.store.load().map_err(errors::state)?;
+    let context::StateLocation::Local { path, .. } = &ctx.state_location;
+    let inner: std::sync::Arc<dyn clusterform_state::StateStore> =
+        std::sync::Arc::new(clusterform_state::LocalStore::new(path.clone()));
+    let new = SealedStore::new(inner, source.clone(), context::sensitive());
+    SealedStore::reseal(&snap, &new).map_err(errors::state)?;
+    let next = match &source {
+        KeySource::File(f) => format!(
+            "set `[state] encryption = \"{}\"` in {} (and unset CLUSTERFORM_STATE_KEY)",
+            f.display(),
+            file.display()
+        ),
+        _ => format!(
+            "set CLUSTERFORM_STATE_KEY to the new passphrase (the value of {NEW_KEY_ENV}) from now on"
+        ),
+    };
+    outln!(
+        "Sealed {} record(s) and {} secret(s) with the new key. Now {next}. Backups made before this keep the old key.",
+        snap.resources.len(),
+        snap.secrets
+            .keys()
+            .filter(|k| *k != "state-key-salt")
+            .count()
     );
     Ok(0)
 }
