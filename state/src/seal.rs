@@ -271,12 +271,20 @@ pub fn holds_private_key(text: &str) -> bool {
         let end = rest
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
             .unwrap_or(rest.len());
-        if let Ok(bytes) = b64.decode(&rest[..end])
-            && bytes
-                .windows(PEM_KEY.len())
-                .any(|w| w == PEM_KEY.as_bytes())
-        {
-            return true;
+        if let Ok(bytes) = b64.decode(&rest[..end]) {
+            let has = |b: &[u8]| b.windows(PEM_KEY.len()).any(|w| w == PEM_KEY.as_bytes());
+            if has(&bytes) {
+                return true;
+            }
+            // Ignition contents may be gzip-compressed (`compression: gzip`).
+            if bytes.starts_with(&[0x1f, 0x8b]) {
+                use std::io::Read as _;
+                let mut plain = Vec::new();
+                let mut gz = flate2::read::GzDecoder::new(&bytes[..]).take(16 << 20);
+                if gz.read_to_end(&mut plain).is_ok() && has(&plain) {
+                    return true;
+                }
+            }
         }
         rest = &rest[end..];
     }
@@ -301,6 +309,10 @@ mod tests {
         assert!(holds_private_key(&format!(
             "{{\"source\":\"data:;base64,{b64}\"}}"
         )));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, pem.as_bytes()).expect("gzip");
+        let gz = base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"));
+        assert!(holds_private_key(&format!("data:;base64,{gz}")));
         assert!(!holds_private_key("-----BEGIN CERTIFICATE-----"));
         assert!(!holds_private_key("data:;base64,aGVsbG8="));
     }

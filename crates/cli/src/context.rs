@@ -139,6 +139,7 @@ pub fn load_model_and_registry(file: &Path) -> Result<(Model, Registry)> {
     }
     let options = clusterform_config::LoadOptions {
         files_dir: FILES_DIR.get().cloned().flatten(),
+        etcd_ca: Some(ca_source(file)),
     };
     let source = clusterform_config::read_source(file).map_err(errors::config)?;
     let wanted = clusterform_config::wanted_providers(&source);
@@ -456,4 +457,60 @@ pub fn split_file_arg(args: &[String]) -> (PathBuf, &[String]) {
         }
         _ => (PathBuf::from("cluster.toml"), args),
     }
+}
+
+/// The state secret holding the cluster's etcd CA certificate.
+pub const CA_CERT: &str = "etcd-ca-cert";
+/// The state secret holding the cluster's etcd CA key (sealed).
+pub const CA_KEY: &str = "etcd-ca-key";
+
+/// The cluster's etcd CA for loading `file`: the one its state keeps (opened with the
+/// state's key), or a new one when the state has none yet; the first apply keeps it
+/// ([`keep_ca`]).
+pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
+    let file = file.to_path_buf();
+    Arc::new(
+        move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
+            let StateSettings::Local { path } = state else {
+                return Err("the etcd state backend is not available in this build yet".into());
+            };
+            let location = StateLocation::Local {
+                path: path.clone(),
+                encryption: encryption.map(Path::to_path_buf),
+            };
+            let store = open_location(&location, identity(cluster, &file));
+            let snap = store.load().map_err(|e| e.to_string())?;
+            let ca = match (snap.secrets.get(CA_CERT), snap.secrets.get(CA_KEY)) {
+                (Some(cert), Some(key)) => clusterform_pki::Ca::load(cert, &key.clone().into()),
+                _ => clusterform_pki::Ca::generate(cluster, clusterform_pki::DEFAULT_VALIDITY),
+            };
+            ca.map(Arc::new).map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// Keep `ca` in the state (sealed) when the state has no CA yet: before the first
+/// change of the run whose configs it issued.
+pub fn keep_ca(
+    store: &Arc<dyn StateStore>,
+    ca: Option<&clusterform_pki::Ca>,
+    snapshot: &clusterform_state::Snapshot,
+) -> Result<()> {
+    let Some(ca) = ca else { return Ok(()) };
+    if snapshot.secrets.contains_key(CA_KEY) {
+        return Ok(());
+    }
+    store
+        .commit(&[
+            clusterform_state::Mutation::SetSecret {
+                name: CA_CERT.into(),
+                value: ca.cert_pem().to_string(),
+            },
+            clusterform_state::Mutation::SetSecret {
+                name: CA_KEY.into(),
+                value: ca.key_pem().expose().to_string(),
+            },
+        ])
+        .map_err(errors::state)?;
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clusterform_config::EtcdSettings;
 use clusterform_engine::Readers;
 use clusterform_engine::day2::{MemberSet, Membership};
-use clusterform_etcd::{ClientConfig, EtcdClient, EtcdReader, SshVia, Timeouts, Tunnel};
+use clusterform_etcd::{ClientConfig, ClientTls, EtcdClient, EtcdReader, SshVia, Timeouts, Tunnel};
 use miette::Result;
 
 use crate::errors;
@@ -65,6 +65,7 @@ pub async fn connect(
     endpoints: Vec<String>,
     via: Option<&str>,
     set: &MemberSet,
+    ca: Option<&clusterform_pki::Ca>,
 ) -> Result<EtcdAccess> {
     let mut config = ClientConfig::new(endpoints.clone());
     config.timeouts = Timeouts::default();
@@ -92,11 +93,36 @@ pub async fn connect(
             Some(tunnel)
         }
     };
+    let client = match ca {
+        None => EtcdClient::new(config),
+        Some(ca) => EtcdClient::with_tls(config, &client_tls(ca)?).map_err(|e| {
+            errors::hint(
+                format!("cannot set up TLS for the etcd calls: {e}"),
+                "the CA kept in the state may be damaged: restore a backup of the state",
+            )
+        })?,
+    };
     Ok(EtcdAccess {
-        client: Arc::new(EtcdClient::new(config)),
+        client: Arc::new(client),
         endpoints,
         via: via.map(str::to_string),
         _tunnel: tunnel,
+    })
+}
+
+/// clusterform's own client certificate of the cluster's CA (the same on every run).
+pub fn client_tls(ca: &clusterform_pki::Ca) -> Result<ClientTls> {
+    let issued = ca
+        .client("clusterform", clusterform_pki::DEFAULT_VALIDITY)
+        .map_err(|e| {
+            errors::bug(format!(
+                "cannot issue clusterform's etcd client certificate: {e}"
+            ))
+        })?;
+    Ok(ClientTls {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem.expose().to_string(),
     })
 }
 
@@ -107,6 +133,7 @@ pub async fn membership(
     endpoints: &[String],
     via: Option<&str>,
     set: &MemberSet,
+    ca: Option<&clusterform_pki::Ca>,
 ) -> (Membership, Option<EtcdAccess>) {
     if !live {
         return (Membership::NotRunning, None);
@@ -119,7 +146,7 @@ pub async fn membership(
             None,
         );
     }
-    let access = match connect(endpoints.to_vec(), via, set).await {
+    let access = match connect(endpoints.to_vec(), via, set, ca).await {
         Ok(a) => a,
         Err(e) => return (Membership::Unreachable(format!("{e}")), None),
     };

@@ -38,6 +38,10 @@ pub struct PlanFile {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// The plan.
     pub plan: Plan,
+    /// The cluster's etcd CA the plan's configs were issued from, when the state has
+    /// none yet (its key sealed like every private key in this file): the apply keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<CaPems>,
     /// The salt the state passphrase was stretched with for the values sealed in this
     /// file (base64), when a passphrase sealed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +50,15 @@ pub struct PlanFile {
     /// hand (or damaged) no longer matches it and is refused.
     #[serde(default)]
     pub checksum: String,
+}
+
+/// A CA's certificate and key, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaPems {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The key (sealed in the file).
+    pub key_pem: String,
 }
 
 /// Apply `f` to every string of `v` (with its JSON pointer under `at`).
@@ -141,6 +154,7 @@ impl PlanFile {
             state,
             providers,
             plan,
+            etcd_ca: None,
             seal_salt: None,
             checksum: String::new(),
         }
@@ -151,7 +165,7 @@ impl PlanFile {
         let mut value = serde_json::to_value(self)
             .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         // Values holding private keys are sealed with the state's key, as in the state.
-        if any_string(&value["plan"], &holds_private_key) {
+        if any_string(&value, &holds_private_key) {
             let StateLocation::Local {
                 path: dir,
                 encryption,
@@ -162,7 +176,7 @@ impl PlanFile {
             );
             let salt = passphrase.then(StateKey::new_salt);
             let key = plan_key(path, &self.state, salt.as_ref(), true)?;
-            each_string(&mut value["plan"], "plan", &mut |at, s| {
+            each_string(&mut value, "", &mut |at, s| {
                 if holds_private_key(s) {
                     *s = key
                         .seal(s.as_bytes(), at)
@@ -250,7 +264,7 @@ impl PlanFile {
             ));
         }
         let mut value = value;
-        if any_string(&value["plan"], &clusterform_state::seal::is_sealed) {
+        if any_string(&value, &clusterform_state::seal::is_sealed) {
             let state: StateLocation =
                 serde_json::from_value(value["state"].clone()).map_err(|e| {
                     errors::hint(
@@ -266,7 +280,7 @@ impl PlanFile {
                     .and_then(|b| <[u8; 16]>::try_from(b).ok())
             });
             let key = plan_key(path, &state, salt.as_ref(), false)?;
-            each_string(&mut value["plan"], "plan", &mut |at, s| {
+            each_string(&mut value, "", &mut |at, s| {
                 if clusterform_state::seal::is_sealed(s) {
                     let plain = key.open(s, at).map_err(|e| seal_error(path, e))?;
                     *s = String::from_utf8(plain).map_err(|e| {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use clusterform_core::{Address, Attrs, ProviderSchema, Resource};
+use clusterform_ignition::role::EtcdTls;
 use clusterform_ignition::{EtcdMember, MachineSpec, Platform, StaticNetwork, render};
 use serde_json::Value;
 
@@ -225,6 +226,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) workers: &'a Group,
     /// `[vm]`.
     pub(crate) vm: &'a Group,
+    /// The CA the etcd certificates are issued from, when `[central] etcd_tls` is on.
+    pub(crate) ca: Option<&'a clusterform_pki::Ca>,
 }
 
 impl<'a> Inputs<'a> {
@@ -256,8 +259,35 @@ fn zone(zones: &Option<Vec<String>>, i: u32) -> Option<Value> {
 }
 
 /// The etcd client URL of a member.
-fn client_url(ip: Ipv4Addr) -> String {
-    format!("http://{ip}:2379")
+fn client_url(ip: Ipv4Addr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:2379")
+}
+
+/// A machine's TLS material: `issued` from `ca` (a member's or a client's certificate).
+fn tls_of(
+    cx: &mut Cx<'_>,
+    ca: &clusterform_pki::Ca,
+    issued: Result<clusterform_pki::Issued, clusterform_pki::PkiError>,
+    address: &Address,
+    at: Span,
+) -> Option<EtcdTls> {
+    match issued {
+        Ok(i) => Some(EtcdTls {
+            ca_pem: ca.cert_pem().to_string(),
+            cert_pem: i.cert_pem,
+            key_pem: i.key_pem.expose().to_string(),
+        }),
+        Err(e) => {
+            cx.error(
+                Some(at),
+                format!("cannot issue the etcd certificate of `{address}`: {e}"),
+                "certificate",
+                Some("this is a bug in clusterform, not in your file; set `etcd_tls = false` in `[central]` meanwhile".to_string()),
+            );
+            None
+        }
+    }
 }
 
 /// The rendered Ignition config of `spec` with the table's Butane extras, as the
@@ -530,6 +560,7 @@ pub(crate) fn expand(
         central,
         workers,
         vm,
+        ..
     } = *inputs;
     let fallback = cluster
         .blueprint_span
@@ -1064,8 +1095,10 @@ fn etcd_cluster(
         network,
         central,
         workers,
+        ca,
         ..
     } = *inputs;
+    let tls = ca.filter(|_| central.etcd.tls);
     let central_span = central.span.unwrap_or(fallback);
     let workers_span = workers.span.unwrap_or(fallback);
     let cname = shared.cname.as_str();
@@ -1172,6 +1205,10 @@ fn etcd_cluster(
             cluster_token: cname.to_string(),
         });
         let address = Address::indexed("machine", "central", i);
+        if let Some(ca) = tls {
+            let issued = ca.member(name, &[(*ip).into()], clusterform_pki::DEFAULT_VALIDITY);
+            spec.tls = tls_of(cx, ca, issued, &address, central_span);
+        }
         attrs.insert(
             "user_data".into(),
             user_data(cx, shared, central, &address, &spec),
@@ -1197,10 +1234,18 @@ fn etcd_cluster(
     let mut spec = shared.spec(String::new());
     if bp.workers_proxy() {
         let slots = central_slots(shared, network, central, &addrs, rule.max);
-        spec.etcd_proxy = Some(slots.iter().map(|ip| client_url(*ip)).collect());
+        spec.etcd_proxy = Some(
+            slots
+                .iter()
+                .map(|ip| client_url(*ip, tls.is_some()))
+                .collect(),
+        );
         spec.etcd_endpoints = vec![crate::settings::DEFAULT_ETCD_ENDPOINT.to_string()];
     } else {
-        spec.etcd_endpoints = addrs.iter().map(|ip| client_url(*ip)).collect();
+        spec.etcd_endpoints = addrs
+            .iter()
+            .map(|ip| client_url(*ip, tls.is_some()))
+            .collect();
     }
     let endpoints_attr = Value::Array(
         spec.etcd_endpoints
@@ -1294,6 +1339,10 @@ fn etcd_cluster(
             attrs.insert("protect".into(), Value::Bool(true));
         }
         let address = Address::indexed("machine", "workers", i);
+        if let Some(ca) = tls {
+            let issued = ca.client(&spec.hostname, clusterform_pki::DEFAULT_VALIDITY);
+            spec.tls = tls_of(cx, ca, issued, &address, workers_span);
+        }
         attrs.insert(
             "user_data".into(),
             user_data(cx, shared, workers, &address, &spec),

@@ -123,7 +123,19 @@ pub struct EtcdSettings {
     pub endpoints: Option<Vec<String>>,
     /// `etcd_via`: `ssh://USER@HOST[:PORT]`, a machine to tunnel the calls through.
     pub via: Option<String>,
+    /// `etcd_tls`: the members serve https with client-certificate auth on their peer
+    /// and client URLs, with certificates of the cluster's CA.
+    pub tls: bool,
 }
+
+/// Where the cluster's etcd CA comes from when `[central] etcd_tls` is on: called with
+/// the cluster's name and the file's `[state]` settings (the CA is kept, sealed, in the
+/// state); a message when it cannot be read.
+pub type CaSource = Arc<
+    dyn Fn(&str, &StateSettings, Option<&Path>) -> Result<Arc<clusterform_pki::Ca>, String>
+        + Send
+        + Sync,
+>;
 
 /// A `[provider.NAME]` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -153,6 +165,9 @@ pub struct Model {
     pub providers: BTreeMap<String, ProviderBlock>,
     /// `[central]`'s day-2 settings (defaults when there is no `[central]`).
     pub etcd: EtcdSettings,
+    /// The CA the etcd certificates of the machines' configs were issued from, when
+    /// `[central] etcd_tls` is on.
+    pub etcd_ca: Option<Arc<clusterform_pki::Ca>>,
     /// Every resource, blueprints expanded, in file order.
     pub resources: Vec<Resource>,
     /// Their dependency graph.
@@ -209,12 +224,24 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// How a cluster file is loaded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct LoadOptions {
     /// The folder the files the cluster file names (Butane files) may be read from,
     /// symlinks resolved; `None` for the cluster file's own folder. Relative paths in the
     /// cluster file stay relative to the cluster file's folder.
     pub files_dir: Option<PathBuf>,
+    /// The cluster's etcd CA, asked for only when `[central] etcd_tls` is on; without
+    /// it a throwaway CA is made (enough to validate and show a file, never to apply).
+    pub etcd_ca: Option<CaSource>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("files_dir", &self.files_dir)
+            .field("etcd_ca", &self.etcd_ca.is_some())
+            .finish()
+    }
 }
 
 /// The largest cluster file read: 4 MiB.
@@ -419,6 +446,33 @@ fn parse_absolute(
     let workers = settings::group(&mut cx, doc, "workers", &dirs);
     let vm = settings::group(&mut cx, doc, "vm", &dirs);
 
+    // The cluster's etcd CA, when its members run TLS.
+    let etcd_ca = if central.etcd.tls {
+        let got = match &options.etcd_ca {
+            Some(source) => source(&cluster.settings.name, &state, state_encryption.as_deref()),
+            None => clusterform_pki::Ca::generate(
+                &cluster.settings.name,
+                clusterform_pki::DEFAULT_VALIDITY,
+            )
+            .map(Arc::new)
+            .map_err(|e| e.to_string()),
+        };
+        match got {
+            Ok(ca) => Some(ca),
+            Err(why) => {
+                cx.error(
+                    central.etcd_tls_span,
+                    format!("cannot get the cluster's etcd CA: {why}"),
+                    "needs the CA",
+                    Some("the CA is kept, sealed, in the state: fix what the message says about the state or its key, or set `etcd_tls = false`".to_string()),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let expansion = match cluster.settings.blueprint.as_deref() {
         Some(name) => blueprint::Blueprint::from_name(name).map(|bp| {
             blueprint::expand(
@@ -430,6 +484,7 @@ fn parse_absolute(
                     central: &central,
                     workers: &workers,
                     vm: &vm,
+                    ca: etcd_ca.as_deref(),
                 },
                 schemas,
             )
@@ -506,6 +561,7 @@ fn parse_absolute(
         state_encryption,
         providers,
         etcd: central.etcd,
+        etcd_ca,
         resources,
         graph,
         spans,

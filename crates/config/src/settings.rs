@@ -541,6 +541,8 @@ pub(crate) struct Group {
     pub(crate) ipxe_script_url: Option<(String, Span)>,
     /// `[workers] always_pxe` (Metal): PXE-boot on every boot.
     pub(crate) always_pxe: Option<bool>,
+    /// `[central] etcd_tls` as written, for errors about the CA.
+    pub(crate) etcd_tls_span: Option<Span>,
 }
 
 impl Group {
@@ -597,6 +599,7 @@ pub(crate) fn group(
         etcd: crate::EtcdSettings::default(),
         ipxe_script_url: None,
         always_pxe: None,
+        etcd_tls_span: None,
     };
     let Some((key, node)) = doc.get_key_value(table) else {
         return g;
@@ -617,6 +620,7 @@ pub(crate) fn group(
             "update",
             "etcd_endpoints",
             "etcd_via",
+            "etcd_tls",
         ],
         "vm" => &["size", "zone", "address", "protect", "butane"],
         _ => &[
@@ -719,6 +723,7 @@ pub(crate) fn group(
     }
     if table == "central" {
         g.etcd = etcd_settings(cx, t, &section);
+        g.etcd_tls_span = t.get("etcd_tls").map(|n| span(n.span()));
     }
     if let Some(files) = cx.get_str_list(t, "butane", &section) {
         g.butane_span = t.get("butane").map(|n| span(n.span()));
@@ -776,6 +781,9 @@ fn etcd_settings(cx: &mut Cx<'_>, t: &DeTable<'_>, section: &str) -> crate::Etcd
             );
         }
         e.endpoints = Some(ok);
+    }
+    if let Some(tls) = cx.get_bool(t, "etcd_tls", section) {
+        e.tls = tls;
     }
     if let Some((via, at)) = cx.get_str(t, "etcd_via", section) {
         if valid_ssh_via(via) {

@@ -498,6 +498,7 @@ fn central_day2_settings() {
                 "https://etcd.example.com:2379/".to_string()
             ]),
             via: Some("ssh://core@bastion.example.com:2222".to_string()),
+            tls: false,
         }
     );
     let defaults = ok(
@@ -622,6 +623,7 @@ fn butane_files_are_read_only_from_inside_the_folder() {
     // `--files-dir` naming a folder that holds both lets it be read.
     let wide = crate::LoadOptions {
         files_dir: Some(dir.path().to_path_buf()),
+        etcd_ca: None,
     };
     assert!(butane_entry_errors(dir.path(), "../outside.bu", &wide).is_empty());
     assert!(butane_entry_errors(dir.path(), "l.bu", &wide).is_empty());
@@ -649,6 +651,7 @@ fn butane_files_must_be_small_regular_utf8_files() {
     assert!(d[0].message.contains("line 4, column 1"), "{}", d[0]);
     let dev = crate::LoadOptions {
         files_dir: Some(PathBuf::from("/")),
+        etcd_ca: None,
     };
     assert_refused(
         &butane_entry_errors(dir.path(), "/dev/zero", &dev),

@@ -51,6 +51,12 @@ fn rc(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretPem(String);
 
+impl From<String> for SecretPem {
+    fn from(pem: String) -> Self {
+        SecretPem(pem)
+    }
+}
+
 impl SecretPem {
     /// The PEM text, for the one place that must write it (an Ignition file, a 0600 file).
     pub fn expose(&self) -> &str {

@@ -129,6 +129,9 @@ async fn plan_confirm_run(
         outln!("\n{cancelled}");
         return Ok(1);
     }
+    if !destroy {
+        context::keep_ca(&ctx.store, ctx.model.etcd_ca.as_deref(), &p.snapshot)?;
+    }
     run(
         &p.plan,
         &p.snapshot,
@@ -217,6 +220,17 @@ async fn apply_saved(
         return Ok(0);
     }
     check_protected(plan, allow_protected)?;
+    if let Some(pems) = &pf.etcd_ca {
+        let ca = clusterform_pki::Ca::load(&pems.cert_pem, &pems.key_pem.clone().into()).map_err(
+            |e| {
+                errors::hint(
+                    format!("the etcd CA in the plan file `{}`: {e}", file.display()),
+                    "make a new plan: clusterform plan CLUSTER_FILE --out FILE",
+                )
+            },
+        )?;
+        context::keep_ca(&store, Some(&ca), &snapshot)?;
+    }
     let cluster = ClusterInfo {
         name: plan.cluster.clone(),
         expires_after: pf.expires_after_secs.map(std::time::Duration::from_secs),
@@ -226,7 +240,11 @@ async fn apply_saved(
     let access = match &plan.etcd {
         Some(e) if e.live && !e.bootstrap => {
             let set = saved_plan_members(plan, &snapshot);
-            Some(crate::etcd::connect(e.endpoints.clone(), e.via.as_deref(), &set).await?)
+            let ca = saved_plan_ca(&pf, &snapshot, file)?;
+            Some(
+                crate::etcd::connect(e.endpoints.clone(), e.via.as_deref(), &set, ca.as_ref())
+                    .await?,
+            )
         }
         _ => None,
     };
@@ -361,4 +379,31 @@ pub(crate) fn confirm(question: &str, detail: &str) -> Result<bool> {
         return Ok(false);
     }
     Ok(line.trim() == "yes")
+}
+
+/// The etcd CA a saved plan's membership calls use: the plan's (a first apply), else
+/// the state's; None when the cluster's etcd runs without TLS.
+fn saved_plan_ca(
+    pf: &PlanFile,
+    snapshot: &clusterform_state::Snapshot,
+    file: &Path,
+) -> Result<Option<clusterform_pki::Ca>> {
+    let (cert, key) = match &pf.etcd_ca {
+        Some(p) => (p.cert_pem.clone(), p.key_pem.clone()),
+        None => match (
+            snapshot.secrets.get(context::CA_CERT),
+            snapshot.secrets.get(context::CA_KEY),
+        ) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => return Ok(None),
+        },
+    };
+    clusterform_pki::Ca::load(&cert, &key.into())
+        .map(Some)
+        .map_err(|e| {
+            errors::hint(
+                format!("the etcd CA for `{}`: {e}", file.display()),
+                "make a new plan: clusterform plan CLUSTER_FILE --out FILE",
+            )
+        })
 }

@@ -142,7 +142,14 @@ async fn etcd_check(
         error: Some(error),
         drift: Default::default(),
     };
-    let access = match etcd::connect(endpoints, ctx.model.etcd.via.as_deref(), &set).await {
+    let access = match etcd::connect(
+        endpoints,
+        ctx.model.etcd.via.as_deref(),
+        &set,
+        ctx.model.etcd_ca.as_deref(),
+    )
+    .await
+    {
         Ok(a) => a,
         Err(e) => return Some(failed(format!("{e}"))),
     };

@@ -42,7 +42,13 @@ pub async fn status(file: &Path, as_json: bool) -> Result<u8> {
         ));
     }
     let endpoints = etcd::endpoints(&ctx.model.etcd, &set);
-    let access = etcd::connect(endpoints, ctx.model.etcd.via.as_deref(), &set).await?;
+    let access = etcd::connect(
+        endpoints,
+        ctx.model.etcd.via.as_deref(),
+        &set,
+        ctx.model.etcd_ca.as_deref(),
+    )
+    .await?;
     // Read-only from here on: only the reader is used.
     let reader: &dyn EtcdReader = access.client.as_ref();
     let mut members = reader

@@ -251,8 +251,14 @@ pub async fn prepare(
             via: ctx.model.etcd.via.clone(),
         };
         let live = crate::etcd::live(&ctx.model.etcd, &set, &readers);
-        let (membership, acc) =
-            crate::etcd::membership(live, &settings.endpoints, settings.via.as_deref(), &set).await;
+        let (membership, acc) = crate::etcd::membership(
+            live,
+            &settings.endpoints,
+            settings.via.as_deref(),
+            &set,
+            ctx.model.etcd_ca.as_deref(),
+        )
+        .await;
         access = acc;
         if !intent.destroy {
             let forced = day2::forced_replacements(&plan, &set, &membership, &settings);
@@ -366,15 +372,23 @@ fn save(ctx: &Context, plan: Plan, out: &Path) -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    PlanFile::new(
+    let mut pf = PlanFile::new(
         plan,
         ctx.model.path.clone(),
         base_dir,
         ctx.cluster.expires_after.map(|d| d.as_secs()),
         ctx.state_location.clone(),
         ctx.provider_configs.clone(),
-    )
-    .write(out)
+    );
+    pf.etcd_ca = ctx
+        .model
+        .etcd_ca
+        .as_ref()
+        .map(|ca| crate::planfile::CaPems {
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem().expose().to_string(),
+        });
+    pf.write(out)
 }
 
 /// The plan of `apply --refresh-only`: no changes, only the drift refresh found.
