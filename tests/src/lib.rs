@@ -130,6 +130,7 @@ impl World {
         c.args(args)
             .current_dir(self.dir.path())
             .env("CLUSTERFORM_SIM_DIR", self.sim_dir())
+            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
             .env("NO_COLOR", "1")
             .env_remove("CLUSTERFORM_LOG")
             .stdin(Stdio::null());

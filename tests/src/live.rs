@@ -69,6 +69,8 @@ pub struct LiveWorld {
     pub world: World,
     /// The hub's name.
     pub hub: String,
+    /// The cluster's etcd runs TLS: etcdctl gets what `clusterform etcd env` prints.
+    tls: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl LiveWorld {
@@ -84,6 +86,7 @@ impl LiveWorld {
         let w = LiveWorld {
             world: World::new(),
             hub,
+            tls: std::sync::OnceLock::new(),
         };
         let _ = w.in_hub("ip", &["link", "set", "lo", "up"]).status();
         w
@@ -105,6 +108,7 @@ impl LiveWorld {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = self.in_hub(&bin().display().to_string(), args);
         c.current_dir(self.world.path())
+            .env("XDG_CONFIG_HOME", self.world.path().join(".config"))
             .env("CLUSTERFORM_SIM_DIR", self.world.sim_dir())
             .env("NO_COLOR", "1")
             .env_remove("CLUSTERFORM_LOG");
@@ -133,10 +137,46 @@ impl LiveWorld {
             .expect("spawn clusterform")
     }
 
-    /// `etcdctl ARGS` in the hub (ETCDCTL_API=3), to the end.
+    /// From now on the cluster's etcd runs TLS: etcdctl uses clusterform's client
+    /// certificate (the files and variables `clusterform etcd env` gives), URLs are https.
+    pub fn use_tls(&self) {
+        let r = self.run_ok(&["etcd", "env", "cluster.toml"], 0);
+        let vars: Vec<(String, String)> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .filter(|(k, _)| *k != "ETCDCTL_ENDPOINTS")
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        assert!(
+            vars.iter().any(|(k, _)| k == "ETCDCTL_KEY"),
+            "etcd env gives a client key: {}",
+            r.stdout
+        );
+        let _ = self.tls.set(vars);
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.get().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The environment etcdctl needs (the client certificate with TLS).
+    pub fn etcdctl_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("ETCDCTL_API".to_string(), "3".to_string())];
+        env.extend(self.tls.get().cloned().unwrap_or_default());
+        env
+    }
+
+    /// `etcdctl ARGS` in the hub (ETCDCTL_API=3; with TLS, clusterform's client
+    /// certificate), to the end.
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         self.in_hub("etcdctl", args)
-            .env("ETCDCTL_API", "3")
+            .envs(self.etcdctl_env())
             .output()
             .expect("etcdctl runs")
     }
@@ -175,9 +215,9 @@ impl LiveWorld {
     }
 
     /// The client URLs every central slot can have (10.0.1.101 to .105).
-    pub fn slots() -> String {
+    pub fn slots(&self) -> String {
         (101..=105)
-            .map(|i| format!("http://10.0.1.{i}:2379"))
+            .map(|i| format!("{}://10.0.1.{i}:2379", self.scheme()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -185,7 +225,7 @@ impl LiveWorld {
     /// The member list as etcdctl reads it: (name, peer URL, learner).
     pub fn members(&self) -> Vec<(String, String, bool)> {
         let out = self.etcdctl(&[
-            &format!("--endpoints={}", Self::slots()),
+            &format!("--endpoints={}", self.slots()),
             "--dial-timeout=2s",
             "--command-timeout=5s",
             "member",
@@ -228,7 +268,7 @@ impl LiveWorld {
                 let ip = a["address"].as_str().unwrap_or_default();
                 (
                     a["name"].as_str().unwrap_or_default().to_string(),
-                    format!("http://{ip}:2380"),
+                    format!("{}://{ip}:2380", self.scheme()),
                     false,
                 )
             })
@@ -242,7 +282,13 @@ impl LiveWorld {
         }
         let urls: Vec<String> = central
             .iter()
-            .map(|(_, _, a)| format!("http://{}:2379", a["address"].as_str().unwrap_or_default()))
+            .map(|(_, _, a)| {
+                format!(
+                    "{}://{}:2379",
+                    self.scheme(),
+                    a["address"].as_str().unwrap_or_default()
+                )
+            })
             .collect();
         let health = self.etcdctl(&[
             &format!("--endpoints={}", urls.join(",")),
@@ -427,7 +473,7 @@ impl WriterSummary {
 /// members through the hub).
 pub fn lost_writes(w: &LiveWorld, log: &[Write]) -> Vec<u64> {
     let out = w.etcdctl(&[
-        &format!("--endpoints={}", LiveWorld::slots()),
+        &format!("--endpoints={}", w.slots()),
         "--dial-timeout=2s",
         "--command-timeout=10s",
         "get",
@@ -466,10 +512,12 @@ impl Monitor {
         let worst = Arc::new(Mutex::new((0usize, 0usize)));
         let (s, wo) = (stop.clone(), worst.clone());
         let hub = w.hub.clone();
+        let env = w.etcdctl_env();
         // The members' own client URLs only: a slot with no machine would cost a dial
         // timeout every look.
+        let scheme = w.scheme();
         let endpoints: Vec<String> = (0..expected)
-            .map(|i| format!("http://10.0.1.{}:2379", 101 + i))
+            .map(|i| format!("{scheme}://10.0.1.{}:2379", 101 + i))
             .collect();
         let all = endpoints.clone();
         let endpoints = endpoints.join(",");
@@ -491,7 +539,7 @@ impl Monitor {
                         "-w",
                         "json",
                     ])
-                    .env("ETCDCTL_API", "3")
+                    .envs(env.iter().cloned())
                     .stdin(Stdio::null())
                     .stderr(Stdio::null())
                     .output();
@@ -571,6 +619,14 @@ count = {workers}
 size = "s"
 zones = ["zone-a", "zone-b", "zone-c"]
 "#
+    )
+}
+
+/// [`live_cluster`] with the members on TLS (`[central] etcd_tls = true`).
+pub fn live_cluster_tls(blueprint: &str, count: u32, workers: u32) -> String {
+    live_cluster(blueprint, count, workers).replace(
+        "butane = [\"central.bu\"]",
+        "butane = [\"central.bu\"]\netcd_tls = true",
     )
 }
 

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use clusterform_tests::TestRng;
 use clusterform_tests::live::{
-    LiveWorld, Monitor, Writer, WriterSummary, central_butane, live_cluster, lost_writes, skip,
+    LiveWorld, Monitor, Writer, WriterSummary, central_butane, live_cluster, live_cluster_tls,
+    lost_writes, skip,
 };
 
 /// The ids of the worker machines, which no day-2 change of the members may touch.
@@ -47,19 +48,126 @@ fn live_etcd_grow_roll_shrink_and_replace_keep_every_write() {
     if skip() {
         return;
     }
-    let w = LiveWorld::new("grow");
+    grow_roll_shrink_replace(false);
+}
+
+/// The same day-2 changes with the members on TLS with client-certificate auth (every
+/// membership call with clusterform's client certificate, the writer through a worker's
+/// proxy that presents its own); first, what the members refuse.
+#[test]
+fn live_etcd_tls_grow_roll_shrink_and_replace_keep_every_write() {
+    if skip() {
+        return;
+    }
+    grow_roll_shrink_replace(true);
+}
+
+/// etcdctl from the hub to the first member with `env` only (no clusterform client
+/// certificate): whether `endpoint health` succeeds.
+fn reaches_with(w: &LiveWorld, url: &str, env: &[(&str, String)]) -> bool {
+    w.in_hub(
+        "etcdctl",
+        &[
+            &format!("--endpoints={url}"),
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "endpoint",
+            "health",
+        ],
+    )
+    .env("ETCDCTL_API", "3")
+    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+    .output()
+    .expect("etcdctl")
+    .status
+    .success()
+}
+
+/// What a TLS member refuses: plain HTTP, a client without a certificate, a
+/// certificate of another CA; and what it takes: clusterform's own certificate.
+fn refusals(w: &LiveWorld) {
+    let dir = w.world.path().join("other-ca");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca =
+        clusterform_pki::Ca::generate("intruder", clusterform_pki::DEFAULT_VALIDITY).expect("CA");
+    let c = ca
+        .client("intruder", clusterform_pki::DEFAULT_VALIDITY)
+        .expect("client");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let other = [
+        ("ETCDCTL_CACERT", file("ca.crt", ca.cert_pem())),
+        ("ETCDCTL_CERT", file("c.crt", &c.cert_pem)),
+        ("ETCDCTL_KEY", file("c.key", c.key_pem.expose())),
+    ];
+    let ours: Vec<(&str, String)> = w
+        .etcdctl_env()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let k: &'static str = match k.as_str() {
+                "ETCDCTL_CACERT" => "ETCDCTL_CACERT",
+                "ETCDCTL_CERT" => "ETCDCTL_CERT",
+                "ETCDCTL_KEY" => "ETCDCTL_KEY",
+                _ => return None,
+            };
+            Some((k, v))
+        })
+        .collect();
+    let https = "https://10.0.1.101:2379";
+    assert!(
+        reaches_with(w, https, &ours),
+        "clusterform's certificate is taken"
+    );
+    assert!(
+        !reaches_with(w, "http://10.0.1.101:2379", &[]),
+        "plain HTTP is refused"
+    );
+    let ca_only: Vec<(&str, String)> = ours
+        .iter()
+        .filter(|(k, _)| *k == "ETCDCTL_CACERT")
+        .cloned()
+        .collect();
+    assert!(
+        !reaches_with(w, https, &ca_only),
+        "a client without a certificate is refused"
+    );
+    let mut theirs: Vec<(&str, String)> = other.to_vec();
+    // Trusting the members (our CA) but presenting the other CA's certificate.
+    theirs[0] = ca_only[0].clone();
+    assert!(
+        !reaches_with(w, https, &theirs),
+        "another CA's certificate is refused"
+    );
+    let r = w.run(&["etcd", "status", "cluster.toml"]);
+    assert_eq!(r.code, 0, "etcd status over TLS: {}{}", r.stdout, r.stderr);
+}
+
+fn grow_roll_shrink_replace(tls: bool) {
+    let cluster = |count: u32| {
+        if tls {
+            live_cluster_tls("central-services", count, 2)
+        } else {
+            live_cluster("central-services", count, 2)
+        }
+    };
+    let w = LiveWorld::new(if tls { "tls" } else { "grow" });
     w.world.write("central.bu", &central_butane("1"));
-    w.world
-        .write("cluster.toml", &live_cluster("central-services", 3, 2));
+    w.world.write("cluster.toml", &cluster(3));
     apply(&w, &[]);
+    if tls {
+        w.use_tls();
+        refusals(&w);
+    }
     converged(&w, "the first apply");
     let workers = worker_ids(&w);
     let writer = Writer::start(w.namespace_of(&workers[0].1));
     std::thread::sleep(Duration::from_secs(1));
 
     // Grow 3 -> 5: two joins, one at a time; nothing else changes.
-    w.world
-        .write("cluster.toml", &live_cluster("central-services", 5, 2));
+    w.world.write("cluster.toml", &cluster(5));
     let out = apply(&w, &[]);
     assert!(
         out.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
@@ -84,8 +192,7 @@ fn live_etcd_grow_roll_shrink_and_replace_keep_every_write() {
     assert_eq!(worker_ids(&w), workers, "rolling replaced a worker");
 
     // Shrink 5 -> 3.
-    w.world
-        .write("cluster.toml", &live_cluster("central-services", 3, 2));
+    w.world.write("cluster.toml", &cluster(3));
     let out = apply(&w, &[]);
     assert!(
         out.contains("Plan: 0 to add, 0 to change, 2 to destroy."),

@@ -153,6 +153,17 @@ pub enum EtcdCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print `export ETCDCTL_*=...` lines for `etcdctl` against the cluster: its client
+    /// URLs and, with TLS, clusterform's client certificate, key and the cluster's CA,
+    /// written 0600 under the state folder. `eval "$(clusterform etcd env)"`.
+    #[command(
+        after_help = "Example: eval \"$(clusterform etcd env cluster.toml)\" && etcdctl member list"
+    )]
+    Env {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
 }
 
 /// `drift`.

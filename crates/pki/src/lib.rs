@@ -257,12 +257,17 @@ impl Ca {
         )
     }
 
-    /// A client certificate (a worker's proxy, clusterform's own calls), named `name`;
-    /// the same name gives the same certificate and key.
+    /// A client certificate (a worker's proxy, clusterform's own calls) for `name`; the
+    /// same name gives the same certificate and key. It has no common name (`name` is its
+    /// organizational unit): etcd's gRPC proxy refuses a client certificate with one, as
+    /// etcd would take it for a user name.
     pub fn client(&self, name: &str, valid_for: Duration) -> Result<Issued, PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new())
             .map_err(rc(format!("parameters of client `{name}`")))?;
-        p.distinguished_name = name_of(name);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "clusterform");
+        dn.push(DnType::OrganizationalUnitName, name);
+        p.distinguished_name = dn;
         self.issue(
             p,
             vec![ExtendedKeyUsagePurpose::ClientAuth],

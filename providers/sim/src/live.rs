@@ -398,6 +398,48 @@ pub(crate) fn choose_eth0(
     })
 }
 
+/// The machine's etcd certificate files (under `/etc/ssl/etcd` in its config), decoded:
+/// (file name, contents).
+fn tls_files(config: &Config) -> Vec<(String, Vec<u8>)> {
+    let dir = format!("{}/", clusterform_ignition::role::ETCD_TLS_DIR);
+    let Some(storage) = &config.storage else {
+        return Vec::new();
+    };
+    storage
+        .files
+        .iter()
+        .filter_map(|f| {
+            let name = f.path.strip_prefix(&dir)?;
+            let c = f.contents.as_ref()?;
+            let compression = c.compression.as_deref().filter(|c| !c.is_empty());
+            let (bytes, _) =
+                clusterform_ignition::decode_data_url(c.source.as_deref()?, compression)?;
+            (!name.contains('/')).then(|| (name.to_string(), bytes))
+        })
+        .collect()
+}
+
+/// `args` with the certificate paths (as Flatcar's etcd-wrapper shows them to etcd, and
+/// as they are on the machine) pointing into `dir`, where the live machine has them.
+fn tls_args(args: &[String], dir: &Path) -> Vec<String> {
+    let to = format!("{}/", dir.display());
+    args.iter()
+        .map(|a| {
+            a.replace(
+                &format!("{}/", clusterform_ignition::role::ETCD_TLS_DIR_IN_CONTAINER),
+                &to,
+            )
+            .replace(
+                &format!("{}/", clusterform_ignition::role::ETCD_TLS_DIR),
+                &to,
+            )
+        })
+        .collect()
+}
+
+/// The folder of a live machine's etcd certificate files.
+const TLS_DIR: &str = "tls";
+
 /// What a machine's config makes it run: the member's and the proxy's arguments.
 fn runs(config: &Config) -> Vec<(Role, Vec<String>)> {
     let mut out = Vec::new();
@@ -749,9 +791,16 @@ impl Live {
         else {
             return Ok(());
         };
-        let runs = runs(&config);
+        let mut runs = runs(&config);
         if runs.is_empty() {
             return Ok(());
+        }
+        let tls = tls_files(&config);
+        if !tls.is_empty() {
+            let dir = self.folder(&machine.id).join(TLS_DIR);
+            for (_, args) in &mut runs {
+                *args = tls_args(args, &dir);
+            }
         }
         let fail = |e: String| format!("cannot start machine `{}` live: {e}", machine.id);
         if !is_safe_id(&machine.id) {
@@ -777,7 +826,7 @@ impl Live {
         if self.folder(&machine.id).exists() {
             self.stop_machine(&machine.id).map_err(fail)?;
         }
-        match self.set_up(&machine.id, &net.id, facts, eth0, &runs) {
+        match self.set_up(&machine.id, &net.id, facts, eth0, &runs, &tls) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Best effort: the error that made the create fail is what matters; the
@@ -795,6 +844,7 @@ impl Live {
         net: NetFacts,
         eth0: Eth0,
         runs: &[(Role, Vec<String>)],
+        tls: &[(String, Vec<u8>)],
     ) -> Result<(), String> {
         let folder = self.folder(id);
         fs::DirBuilder::new()
@@ -802,6 +852,23 @@ impl Live {
             .mode(0o700)
             .create(&folder)
             .map_err(|e| io_err("create the folder", &folder, &e))?;
+        // The certificate files, as Ignition lays them out on a machine (keys 0600 here:
+        // the live processes run as the one user).
+        if !tls.is_empty() {
+            let dir = folder.join(TLS_DIR);
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| io_err("create the folder", &dir, &e))?;
+            for (name, bytes) in tls {
+                let path = dir.join(name);
+                let mut opts = fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(&path).map_err(|e| io_err("create", &path, &e))?;
+                std::io::Write::write_all(&mut f, bytes).map_err(|e| io_err("write", &path, &e))?;
+            }
+        }
         let holder = self.spawn_holder(id)?;
         let netns_path = format!("/proc/{}/ns/net", holder.pid);
         let record = Record {

@@ -1,6 +1,7 @@
 //! `clusterform etcd status`: the cluster's own etcd as its members see it (the member
 //! list, the leader, and each member's health, raft index and database size), read-only,
-//! through the same client URLs (and tunnel) day-2 changes use.
+//! through the same client URLs (and tunnel) day-2 changes use; `etcd env`: what an
+//! operator's `etcdctl` needs to do the same.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -218,6 +219,91 @@ fn size(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// `clusterform etcd env`: `export` lines for `etcdctl`; with TLS the client files are
+/// written 0600 into `<state folder>/etcd-client/` (0700).
+pub fn env(file: &Path) -> Result<u8> {
+    let ctx = context::load_readonly(file)?;
+    let snapshot = ctx.store.load().map_err(errors::state)?;
+    let set = MemberSet::new(&ctx.model.resources, &snapshot.resources);
+    let endpoints = etcd::endpoints(&ctx.model.etcd, &set);
+    if endpoints.is_empty() {
+        return Err(errors::hint(
+            format!(
+                "the state of `{}` records no etcd member",
+                ctx.model.cluster.name
+            ),
+            "apply the cluster first (`clusterform apply`): its central machines run etcd",
+        ));
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut out = String::new();
+    let _ = writeln!(out, "export ETCDCTL_API=3");
+    let _ = writeln!(
+        out,
+        "export ETCDCTL_ENDPOINTS={}",
+        quote(&endpoints.join(","))
+    );
+    // The CA is the state's: one only made for this look is no use against the cluster.
+    let kept = snapshot.secrets.contains_key(context::CA_KEY);
+    if let (Some(ca), true) = (ctx.model.etcd_ca.as_deref(), kept) {
+        let tls = etcd::client_tls(ca)?;
+        let context::StateLocation::Local { path, .. } = &ctx.state_location;
+        let dir = path.join("etcd-client");
+        write_private_files(
+            &dir,
+            &[
+                ("ca.crt", &tls.ca_pem),
+                ("client.crt", &tls.cert_pem),
+                ("client.key", &tls.key_pem),
+            ],
+        )?;
+        for (var, name) in [
+            ("ETCDCTL_CACERT", "ca.crt"),
+            ("ETCDCTL_CERT", "client.crt"),
+            ("ETCDCTL_KEY", "client.key"),
+        ] {
+            let _ = writeln!(
+                out,
+                "export {var}={}",
+                quote(&dir.join(name).display().to_string())
+            );
+        }
+    }
+    out!("{out}");
+    Ok(0)
+}
+
+/// Write `files` into `dir` (made 0700): each 0600 from the start, replaced atomically.
+fn write_private_files(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |p: &Path, e: std::io::Error| {
+        errors::hint(
+            format!("cannot write `{}`: {e}", p.display()),
+            "check that the state folder is yours and writable",
+        )
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io(dir, e))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,5 +38,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Etcd(crate::args::EtcdCommand::Status { file, json }) => {
             etcd::status(&file, json).await
         }
+        Command::Etcd(crate::args::EtcdCommand::Env { file }) => etcd::env(&file),
     }
 }
