@@ -262,3 +262,66 @@ fn state_rekey_seals_the_state_with_a_new_key() {
         .expect("state");
     assert!(!holds(state, KEY_CANARY));
 }
+
+/// etcd with TLS on the sim: the CA a saved plan was issued from is the one its apply
+/// keeps (sealed), later plans issue the same certificates from it (nothing to do), and
+/// neither its key nor the passphrase shows anywhere.
+#[test]
+fn the_etcd_ca_is_kept_sealed_and_reissues_the_same_configs() {
+    let w = World::new();
+    let file = dev_test("demo", 1, "s", "").replace(
+        "size = \"2cpu-4gb\"",
+        "size = \"2cpu-4gb\"\netcd_tls = true",
+    );
+    w.write("cluster.toml", &file);
+    const PASS: &str = "passphrase-canary-91c2";
+    let pass = [("CLUSTERFORM_STATE_KEY", PASS)];
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["-vvv", "plan", "cluster.toml", "--out", "first.plan"],
+        vec!["-vvv", "apply", "first.plan"],
+        vec!["-vvv", "plan", "cluster.toml", "--detailed-exitcode"],
+        vec!["show", "cluster.toml", "--json"],
+        vec!["etcd", "env", "cluster.toml"],
+    ] {
+        let r = run_keyed(&w, &args, &pass);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        outputs.push((args, r));
+    }
+    assert!(
+        outputs[2].1.stdout.contains("No changes"),
+        "{}",
+        outputs[2].1.stdout
+    );
+    assert!(
+        outputs[4]
+            .1
+            .stdout
+            .contains("ETCDCTL_ENDPOINTS='https://10.0.0.101:2379'"),
+        "{}",
+        outputs[4].1.stdout
+    );
+    for (args, r) in &outputs {
+        for secret in [PASS, "PRIVATE KEY"] {
+            assert!(!r.stdout.contains(secret), "{args:?} printed {secret}");
+            assert!(!r.stderr.contains(secret), "{args:?} logged {secret}");
+        }
+    }
+    let mut files = vec![w.path().join("first.plan")];
+    files_under(&w.path().join(".clusterform"), &mut files);
+    for f in files
+        .iter()
+        .filter(|f| !f.starts_with(w.path().join(".clusterform/etcd-client")))
+    {
+        assert!(!holds(f, "PRIVATE KEY"), "a key is in {}", f.display());
+        assert!(!holds(f, PASS), "the passphrase is in {}", f.display());
+    }
+    // etcd env's client key is the one file with a key: 0600 in a 0700 folder.
+    let key = w.path().join(".clusterform/etcd-client/client.key");
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("stat").permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(key.parent().expect("dir")), 0o700);
+}

@@ -1064,3 +1064,125 @@ fn metal_rules_are_reported_where_they_are_written() {
         "address `10.1.0.0` of `machine.workers[3]` is outside the network `10.0.0.0/16`"
     );
 }
+
+#[test]
+fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
+    use std::sync::Arc;
+    let ca =
+        Arc::new(clusterform_pki::Ca::generate("prod", clusterform_pki::DEFAULT_VALIDITY).unwrap());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (given, count) = (ca.clone(), asked.clone());
+    let options = crate::LoadOptions {
+        files_dir: None,
+        etcd_ca: Some(Arc::new(
+            move |cluster: &str, _state: &crate::StateSettings, _key: Option<&Path>| {
+                assert_eq!(cluster, "prod");
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(given.clone())
+            },
+        )),
+    };
+    // Without etcd_tls the CA is never asked for.
+    crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let src = CENTRAL.replace("protect = true", "protect = true\netcd_tls = true");
+    let m = crate::parse_with(Path::new(PATH), &src, &[sim()], &options).unwrap();
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        m.etcd_ca.as_ref().map(|c| c.cert_pem()),
+        Some(ca.cert_pem())
+    );
+    let member = ignition(find(&m, "machine.central[1]"));
+    let dropin = unit_text(&member, "etcd-member.service");
+    assert!(
+        dropin.contains("--advertise-client-urls=\"https://10.0.1.102:2379\""),
+        "{dropin}"
+    );
+    assert!(dropin.contains("--peer-client-cert-auth"), "{dropin}");
+    assert_eq!(
+        file_text(&member, "/etc/ssl/etcd/ca.crt").as_deref(),
+        Some(ca.cert_pem())
+    );
+    let key = file_text(&member, "/etc/ssl/etcd/server.key").unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    // The member's certificate is the CA's, for its own address.
+    let cert = file_text(&member, "/etc/ssl/etcd/server.crt").unwrap();
+    let again = ca
+        .member(
+            "prod-central-1",
+            &[std::net::IpAddr::from([10, 0, 1, 102])],
+            clusterform_pki::DEFAULT_VALIDITY,
+        )
+        .unwrap();
+    assert_eq!(cert, again.cert_pem);
+    // Workers: a client certificate each, the proxy on https to every slot.
+    let w0 = ignition(find(&m, "machine.workers[0]"));
+    let w1 = ignition(find(&m, "machine.workers[1]"));
+    let proxy = unit_text(&w0, "etcd-grpc-proxy.service");
+    assert!(
+        proxy.contains("--endpoints=https://10.0.1.101:2379,"),
+        "{proxy}"
+    );
+    assert!(proxy.contains("--cert=/etc/ssl/etcd/client.crt"), "{proxy}");
+    assert_ne!(
+        file_text(&w0, "/etc/ssl/etcd/client.key"),
+        file_text(&w1, "/etc/ssl/etcd/client.key"),
+        "each worker its own key"
+    );
+    // The same CA renders the very same configs again.
+    let again = crate::parse_with(Path::new(PATH), &src, &[sim()], &options).unwrap();
+    assert_eq!(m.resources, again.resources);
+
+    // dev-test workers reach the member directly: https, with their certificate.
+    let dev = DEV_TEST_TLS;
+    let m = crate::parse_with(Path::new(PATH), dev, &[sim()], &options).unwrap();
+    assert_eq!(
+        attr(&m, "machine.workers[0]", "etcd_endpoints"),
+        &serde_json::json!(["https://10.0.0.101:2379"])
+    );
+    let env = file_text(
+        &ignition(find(&m, "machine.workers[0]")),
+        "/etc/etcd-endpoints.env",
+    )
+    .unwrap();
+    assert!(
+        env.contains("ETCDCTL_KEY=/etc/ssl/etcd/client.key"),
+        "{env}"
+    );
+
+    // A CA that cannot be had is an error at `etcd_tls`, saying what to do.
+    let failing = crate::LoadOptions {
+        files_dir: None,
+        etcd_ca: Some(Arc::new(
+            |_: &str, _: &crate::StateSettings, _: Option<&Path>| {
+                Err("the state at `x` is locked".to_string())
+            },
+        )),
+    };
+    let e = match crate::parse_with(Path::new(PATH), &src, &[sim()], &failing) {
+        Ok(_) => panic!("expected an error"),
+        Err(d) => d.0,
+    };
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.contains("cannot get the cluster's etcd CA"),
+        "{}",
+        e[0]
+    );
+    assert_eq!(e[0].line, 15, "{}", e[0]);
+}
+
+const DEV_TEST_TLS: &str = r#"[cluster]
+name = "prod"
+blueprint = "dev-test"
+provider = "sim"
+
+[central]
+size = "m"
+etcd_tls = true
+
+[workers]
+count = 1
+size = "s"
+"#;
