@@ -155,6 +155,23 @@ async fn refuse_duplicates(
 }
 
 /// Lock, resolve open journal entries, refresh and plan.
+/// How long before the etcd certificates expire `plan` warns.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The warning a plan gives when the cluster's etcd certificates (all issued for the
+/// CA's validity) expire within 30 days of `now`, or have.
+fn expiry_warning(ca_cert_pem: &str, now: std::time::SystemTime) -> Option<String> {
+    let until = clusterform_pki::not_after(ca_cert_pem).ok()?;
+    if !clusterform_pki::expires_within(ca_cert_pem, now, EXPIRY_WARNING).ok()? {
+        return None;
+    }
+    let when = humantime::format_rfc3339_seconds(until);
+    let what = if until <= now { "expired" } else { "expire" };
+    Some(format!(
+        "the cluster's etcd certificates {what} on {when} (its CA's validity); once they have, members and proxies refuse each other. Renewing them is not automated yet: see docs/DAY2.md, \"Certificates\""
+    ))
+}
+
 pub async fn prepare(
     ctx: &Context,
     intent: &Intent,
@@ -166,6 +183,14 @@ pub async fn prepare(
         .store
         .lock(operation, run.lock_timeout)
         .map_err(errors::state)?;
+    if let Some(warning) = ctx
+        .model
+        .etcd_ca
+        .as_deref()
+        .and_then(|ca| expiry_warning(ca.cert_pem(), std::time::SystemTime::now()))
+    {
+        errln!("warning: {warning}");
+    }
     if let Some(note) = guard.note() {
         errln!("note: {note}");
     }
@@ -401,5 +426,22 @@ pub fn refresh_only_plan(p: &Prepared) -> Plan {
         drift: p.refreshed.drift.clone(),
         etcd: None,
         ..p.plan.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_warn_from_thirty_days_before_the_etcd_certificates_expire() {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let ca = clusterform_pki::Ca::generate("c", 40 * day).expect("CA");
+        let now = std::time::SystemTime::now();
+        assert_eq!(expiry_warning(ca.cert_pem(), now), None);
+        let w = expiry_warning(ca.cert_pem(), now + 15 * day).expect("warns");
+        assert!(w.contains("certificates expire on"), "{w}");
+        let w = expiry_warning(ca.cert_pem(), now + 50 * day).expect("warns");
+        assert!(w.contains("certificates expired on"), "{w}");
     }
 }
