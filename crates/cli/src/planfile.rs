@@ -160,6 +160,8 @@ impl PlanFile {
         }
     }
 
+    /// Write it atomically, readable by the owner only; values holding a private key
+    /// are sealed with the state's key first.
     pub fn write(&self, path: &Path) -> Result<()> {
         use clusterform_state::seal::{StateKey, holds_private_key};
         let mut value = serde_json::to_value(self)
