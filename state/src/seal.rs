@@ -166,7 +166,9 @@ impl StateKey {
     }
 
     /// Write this key to a new file, mode 0600 from the start (never readable by others,
-    /// not even for a moment); an existing file is never overwritten.
+    /// not even for a moment); an existing file is never overwritten. The file appears
+    /// whole or not at all (written aside, then linked into place), so a process racing
+    /// to make the same key file reads a complete one.
     pub fn write_new_file(&self, path: &Path) -> Result<(), SealError> {
         use std::io::Write;
         let err = |why: String| SealError::KeyFile {
@@ -176,6 +178,14 @@ impl StateKey {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".{}-{:08x}.tmp",
+            std::process::id(),
+            rand::rng().next_u32()
+        ));
+        let tmp = path.with_file_name(name);
+        let _ = std::fs::remove_file(&tmp);
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -183,11 +193,15 @@ impl StateKey {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-        let hex: String = self.key.iter().map(|b| format!("{b:02x}")).collect();
-        f.write_all(format!("{hex}\n").as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| err(e.to_string()))
+        let written = (|| {
+            let mut f = opts.open(&tmp)?;
+            let hex: String = self.key.iter().map(|b| format!("{b:02x}")).collect();
+            f.write_all(format!("{hex}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(|e| err(e.to_string()))
     }
 
     /// Seal `plain`; `place` (e.g. the resource address and attribute) is bound to it, so

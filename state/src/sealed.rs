@@ -73,7 +73,13 @@ impl KeySource {
             KeySource::Default(path) if path.exists() => Ok((StateKey::read_file(path)?, None)),
             KeySource::Default(path) if create => {
                 let key = StateKey::generate();
-                key.write_new_file(path)?;
+                if let Err(e) = key.write_new_file(path) {
+                    // Another run made it first: that key is the state's.
+                    if path.exists() {
+                        return Ok((StateKey::read_file(path)?, None));
+                    }
+                    return Err(e);
+                }
                 let note = format!(
                     "made the state key {} (mode 0600): the secrets in this state are sealed with it. Keep it, and back it up: without it they cannot be read. Another workstation needs it too ({KEY_ENV} or `[state] encryption` name a key explicitly)",
                     path.display()
@@ -518,6 +524,36 @@ mod tests {
         let raw = mem.load().expect("raw");
         assert!(raw.secrets.contains_key(SALT));
         assert!(!format!("{raw:?}").contains("correct horse"));
+    }
+
+    #[test]
+    fn runs_racing_to_make_the_key_file_all_get_the_one_made() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("keys/state.key");
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let p = path.clone();
+                    s.spawn(move || {
+                        KeySource::Default(p)
+                            .key(None, true, quick())
+                            .expect("a key")
+                            .0
+                            .id()
+                            .to_string()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
+        let left: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("read")
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary file is left");
     }
 
     #[test]
