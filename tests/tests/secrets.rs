@@ -325,3 +325,48 @@ fn the_etcd_ca_is_kept_sealed_and_reissues_the_same_configs() {
     assert_eq!(mode(&key), 0o600);
     assert_eq!(mode(key.parent().expect("dir")), 0o700);
 }
+
+/// Applies of a new TLS cluster at once: each made a CA of its own before the lock; the
+/// first keeps its CA, the others stop before any change (their certificates are of a CA
+/// that will never be kept) and say to run again; then nothing is left to do.
+#[test]
+fn racing_first_applies_never_mix_two_cas() {
+    let w = World::new();
+    w.write(
+        "cluster.toml",
+        &dev_test("demo", 1, "s", "latency_ms = 100").replace(
+            "size = \"2cpu-4gb\"",
+            "size = \"2cpu-4gb\"\netcd_tls = true",
+        ),
+    );
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            w.command(&[
+                "apply",
+                "cluster.toml",
+                "--auto-approve",
+                "--lock-timeout",
+                "120s",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+        })
+        .collect();
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait").into())
+        .collect();
+    let made = runs
+        .iter()
+        .filter(|r| r.code == 0 && r.stdout.contains("3 added"))
+        .count();
+    assert_eq!(made, 1, "{runs:?}");
+    for r in runs.iter().filter(|r| r.code != 0) {
+        assert!(r.stderr.contains("run the command again"), "{r:?}");
+    }
+    let r = w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 0);
+    assert!(r.stdout.contains("No changes"), "{}", r.stdout);
+    assert_eq!(w.state_ids("cluster.toml").len(), 3);
+}

@@ -489,6 +489,22 @@ pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
     )
 }
 
+/// Refuse to plan with certificates of `ca` when the state (read under the lock) keeps
+/// another CA: another run kept its CA while this one waited for the lock, so this run's
+/// configs were issued from a CA that will never be kept.
+pub fn check_ca(
+    ca: Option<&clusterform_pki::Ca>,
+    snapshot: &clusterform_state::Snapshot,
+) -> Result<()> {
+    match (ca, snapshot.secrets.get(CA_CERT)) {
+        (Some(ca), Some(kept)) if kept.trim() != ca.cert_pem().trim() => Err(errors::hint(
+            "the state got the cluster's etcd CA from another run while this one was waiting for the lock; this run's certificates are of another CA",
+            "run the command again: it issues the certificates from the CA the state keeps",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Keep `ca` in the state (sealed) when the state has no CA yet: before the first
 /// change of the run whose configs it issued.
 pub fn keep_ca(
@@ -497,8 +513,8 @@ pub fn keep_ca(
     snapshot: &clusterform_state::Snapshot,
 ) -> Result<()> {
     let Some(ca) = ca else { return Ok(()) };
-    if snapshot.secrets.contains_key(CA_KEY) {
-        return Ok(());
+    if snapshot.secrets.contains_key(CA_CERT) {
+        return check_ca(Some(ca), snapshot);
     }
     store
         .commit(&[

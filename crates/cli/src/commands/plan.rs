@@ -195,6 +195,7 @@ pub async fn prepare(
         errln!("note: {note}");
     }
     let mut snapshot = ctx.store.load().map_err(errors::state)?;
+    context::check_ca(ctx.model.etcd_ca.as_deref(), &snapshot)?;
     let mut recovered = Vec::new();
     if !snapshot.journal.is_empty() {
         recovered = clusterform_engine::recover(
