@@ -107,7 +107,6 @@ pub struct SealedStore {
     sensitive: Sensitive,
     stretch: Stretch,
     key: Mutex<Option<StateKey>>,
-    notes: Mutex<Vec<String>>,
     notify: Option<Notify>,
 }
 
@@ -135,12 +134,12 @@ impl SealedStore {
             sensitive,
             stretch: Stretch::default(),
             key: Mutex::new(None),
-            notes: Mutex::new(Vec::new()),
             notify: None,
         }
     }
 
-    /// Tell the user through `notify` (as well as [`SealedStore::take_notes`]).
+    /// Tell the user through `notify` what they should be told once (a key file was
+    /// made).
     pub fn with_notify(mut self, notify: Notify) -> Self {
         self.notify = Some(notify);
         self
@@ -150,16 +149,6 @@ impl SealedStore {
     pub fn with_stretch(mut self, stretch: Stretch) -> Self {
         self.stretch = stretch;
         self
-    }
-
-    /// What the user should be told once (a key file was made), taken.
-    pub fn take_notes(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.notes))
-    }
-
-    /// The store underneath, for what sealing does not concern (its path, backups).
-    pub fn inner(&self) -> &Arc<dyn StateStore> {
-        &self.inner
     }
 
     fn err(&self, detail: impl std::fmt::Display) -> StateError {
@@ -236,11 +225,8 @@ impl SealedStore {
             .source
             .key(salt.as_ref(), true, self.stretch)
             .map_err(|e| self.seal_err(e))?;
-        if let Some(note) = note {
-            if let Some(n) = &self.notify {
-                n(&note);
-            }
-            lock(&self.notes).push(note);
+        if let (Some(note), Some(n)) = (note, &self.notify) {
+            n(&note);
         }
         *lock(&self.key) = Some(key.clone());
         Ok((key, extra))
@@ -456,7 +442,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let keyfile = dir.path().join("keys/state.key");
         let store: Arc<dyn StateStore> = Arc::new(LocalStore::new(dir.path().join("state")));
-        let s = sealed(store.clone(), KeySource::Default(keyfile.clone()));
+        let told: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = told.clone();
+        let s = sealed(store.clone(), KeySource::Default(keyfile.clone()))
+            .with_notify(Arc::new(move |n: &str| lock(&sink).push(n.to_string())));
         s.commit(&[
             Mutation::Put(record("a")),
             Mutation::SetSecret {
@@ -465,7 +454,7 @@ mod tests {
             },
         ])
         .expect("commit");
-        let notes = s.take_notes();
+        let notes = lock(&told).clone();
         assert!(notes[0].contains("made the state key"), "{notes:?}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&keyfile).expect("key file").permissions(),
