@@ -342,6 +342,26 @@ impl Metal {
         }
     }
 
+    /// The VLAN `id`; None when the API no longer has it.
+    async fn vlan(&self, id: &str) -> Result<Option<Value>> {
+        match self
+            .api
+            .call(
+                Method::GET,
+                &format!("/virtual-networks/{id}"),
+                &[],
+                None,
+                Replay::Safe,
+                &format!("read VLAN {id}"),
+            )
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(ProviderError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Put the device's bond0 port on the VLAN `network`, when the cluster has one in the
     /// device's metro (Metal VLANs are metro-local; machines elsewhere reach the others
     /// over the project's private layer-3 network).
@@ -351,17 +371,7 @@ impl Metal {
         };
         // Metal VLANs are metro-local; the blueprints keep a cluster in one metro, a
         // plain machine elsewhere is left on layer 3.
-        let vlan = self
-            .api
-            .call(
-                Method::GET,
-                &format!("/virtual-networks/{vlan_id}"),
-                &[],
-                None,
-                Replay::Safe,
-                &format!("read VLAN {vlan_id}"),
-            )
-            .await?;
+        let vlan = self.vlan(vlan_id).await?;
         if vlan.as_ref().and_then(vlan_metro) != str_at(d, &["metro", "code"]) {
             return Ok(());
         }
@@ -621,22 +631,10 @@ impl Reader for Metal {
                 .await?
                 .map(|d| device_object(&d, &req.prior))),
             "network" if req.id == NO_VLAN => Ok(Some(no_vlan_object(&req.prior, None))),
-            "network" => match self
-                .api
-                .call(
-                    Method::GET,
-                    &format!("/virtual-networks/{}", req.id),
-                    &[],
-                    None,
-                    Replay::Safe,
-                    &format!("read VLAN {}", req.id),
-                )
-                .await
-            {
-                Ok(Some(v)) => Ok(Some(vlan_object(&v, &req.prior))),
-                Ok(None) | Err(ProviderError::NotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            },
+            "network" => Ok(self
+                .vlan(&req.id)
+                .await?
+                .map(|v| vlan_object(&v, &req.prior))),
             other => Err(kind_error(other)),
         }
     }
