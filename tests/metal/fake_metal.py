@@ -18,7 +18,17 @@ calls get 429), POST /_fake/fail-next-create (the next device ends `failed`), PO
 /_fake/reject-next-create {"errors": [...]} (422), POST /_fake/remove/{id} and
 /_fake/retag/{id} {"tags": [...]} (out-of-band changes), POST /_fake/seed {"count": N,
 "tags": [...]} (N active devices), GET /_fake/calls (call counts by method and route),
-GET /_fake/devices (every device, raw).
+GET /_fake/devices (every device, raw), GET /_fake/vlans, GET /_fake/ips (every IP
+reservation), POST /_fake/ip-approval-required {"on": true} (reservation requests need
+Equinix's approval: refused with 422 under `fail_on_approval_required`, else `pending`).
+
+IP reservations (`POST /projects/{id}/ips`, type `public_ipv4`, a power-of-two
+`quantity`) get addresses from a public pool per metro, 147.28.<metro index>.<n>
+(devices' own public addresses are 147.75.x.y). A device asking for
+`ip_addresses[].ip_reservations` takes the reservation's address (an assignment, listed
+in the reservation's `assignments`) instead of one of the pool; deleting the device frees
+it, and a reservation still assigned to a device cannot be deleted (422, as the API
+refuses).
 """
 
 import argparse
@@ -43,6 +53,8 @@ STATE = {
     "reject_next_create": None,
     "next_vxlan": 1000,
     "next_ip": 10,
+    "ip_pool": {},  # metro code -> next host number in 147.28.<metro index>.x
+    "ip_approval": False,
 }
 METROS = {
     "da": "Dallas",
@@ -69,6 +81,32 @@ def metro(code):
 
 def public(obj):
     return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def metro_index(code):
+    """The third octet of a metro's reservation pool: its place in METROS, then later."""
+    codes = list(METROS)
+    if code not in codes:
+        METROS[code] = code
+        codes.append(code)
+    return codes.index(code)
+
+
+def live_device(href):
+    """The device at `href`, unless it is gone or going."""
+    dev_id = href.rstrip("/").rsplit("/", 1)[-1]
+    dev = STATE["devices"].get(dev_id)
+    if dev is None or dev["state"] in ("deprovisioning", "deleted"):
+        return None
+    return dev
+
+
+def free_assignments(dev):
+    """A device going away gives its reserved addresses back."""
+    for res in STATE["ips"].values():
+        res["assignments"] = [
+            a for a in res["assignments"] if a["assigned_to"]["href"] != dev["href"]
+        ]
 
 
 def advance(dev, ready_polls):
@@ -159,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
             self.error(404, f"no route for {self.command} {path}")
         return None
 
-    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
     # -- control -----------------------------------------------------------------------
     def control(self, path, body):
@@ -172,7 +210,9 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_fake/reject-next-create":
             STATE["reject_next_create"] = body.get("errors") or ["rejected"]
         elif path.startswith("/_fake/remove/"):
-            STATE["devices"].pop(path.rsplit("/", 1)[1], None)
+            dev = STATE["devices"].pop(path.rsplit("/", 1)[1], None)
+            if dev is not None:
+                free_assignments(dev)
         elif path.startswith("/_fake/retag/"):
             dev = STATE["devices"].get(path.rsplit("/", 1)[1])
             if dev is None:
@@ -199,6 +239,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, [public(d) for d in STATE["devices"].values()])
         elif path == "/_fake/vlans":
             return self.reply(200, list(STATE["vlans"].values()))
+        elif path == "/_fake/ips":
+            return self.reply(200, [public(r) for r in STATE["ips"].values()])
+        elif path == "/_fake/ip-approval-required":
+            STATE["ip_approval"] = bool(body.get("on", True))
         else:
             return self.error(404, "unknown control call")
         return self.reply(200, {"ok": True})
@@ -252,10 +296,14 @@ class Handler(BaseHTTPRequestHandler):
         }
         if body.get("ipxe_script_url"):
             dev["ipxe_script_url"] = body["ipxe_script_url"]
-        # Public IPv4 unless `ip_addresses` asks for private ones only (as the API does).
+        # Public IPv4 unless `ip_addresses` asks for private ones only (as the API does);
+        # one asked for from reservations takes their address instead.
         wanted = body.get("ip_addresses")
         if wanted is None or any(
-            ip.get("public", True) and ip.get("address_family") == 4 for ip in wanted
+            ip.get("public", True)
+            and ip.get("address_family") == 4
+            and not ip.get("ip_reservations")
+            for ip in wanted
         ):
             dev["ip_addresses"].append(
                 {
@@ -269,21 +317,48 @@ class Handler(BaseHTTPRequestHandler):
             )
         for ip in body.get("ip_addresses") or []:
             for res_id in ip.get("ip_reservations") or []:
-                res = STATE["ips"].get(res_id)
-                if res is not None:
-                    dev["ip_addresses"].append(
-                        {
-                            "id": str(uuid.uuid4()),
-                            "address": res["address"],
-                            "address_family": 4,
-                            "public": bool(res.get("public", False)),
-                            "management": False,
-                            "cidr": 32,
-                        }
-                    )
-                    res["assignments"] = [{"href": dev["href"]}]
+                res = STATE["ips"][res_id]  # checked by reservations_error
+                aid = str(uuid.uuid4())
+                assignment = {
+                    "id": aid,
+                    "href": f"/metal/v1/ips/{aid}",
+                    "address": res["address"],
+                    "network": res["network"],
+                    "netmask": "255.255.255.255",
+                    "gateway": res["address"],
+                    "address_family": 4,
+                    "cidr": 32,
+                    "public": res["public"],
+                    "management": True,
+                    "manageable": True,
+                    "enabled": True,
+                    "global_ip": False,
+                    "assigned_to": {"href": dev["href"]},
+                    "metro": res["metro"],
+                    "created_at": now(),
+                }
+                dev["ip_addresses"].append(assignment)
+                res["assignments"].append(dict(assignment))
         STATE["devices"][dev_id] = dev
         return dev
+
+    def reservations_error(self, body):
+        """Why the device's `ip_reservations` cannot be used (None when they can)."""
+        for ip in body.get("ip_addresses") or []:
+            for res_id in ip.get("ip_reservations") or []:
+                res = STATE["ips"].get(res_id)
+                if res is None:
+                    return f"IP reservation {res_id} not found in the project"
+                if res["state"] != "created":
+                    return f"IP reservation {res_id} is {res['state']} and cannot be assigned yet"
+                if res["metro"]["code"] != body.get("metro"):
+                    return (
+                        f"IP reservation {res_id} is in metro {res['metro']['code']}, "
+                        f"the device in {body.get('metro')}"
+                    )
+                if any(live_device(a["assigned_to"]["href"]) for a in res["assignments"]):
+                    return f"IP reservation {res_id} ({res['address']}) is already assigned"
+        return None
 
     def list_devices(self, query, project):
         if project != self.server.project:
@@ -334,6 +409,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(422, *[f"{k} is required" for k in missing])
         if body["operating_system"] == "custom_ipxe" and not body.get("ipxe_script_url"):
             return self.error(422, "ipxe_script_url is required with custom_ipxe")
+        problem = self.reservations_error(body)
+        if problem is not None:
+            return self.error(422, problem)
         dev = self.new_device(project, body)
         if STATE["fail_next_create"]:
             STATE["fail_next_create"] = False
@@ -374,6 +452,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(404, "Not found")
         if dev.get("locked"):
             return self.error(422, "Cannot delete a locked device")
+        free_assignments(dev)
         dev["state"] = "deprovisioning"
         dev["_gone_in"] = 2
         return self.reply(204)
@@ -453,44 +532,144 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- IP reservations ---------------------------------------------------------------
     def list_ips(self, query, project):
-        items = [public(r) for r in STATE["ips"].values()]
-        return self.reply(200, {"ip_addresses": items})
+        if project != self.server.project:
+            return self.error(404, "Not found")
+        # `types` is a form-style array: `types=a&types=b` or `types=a,b`.
+        raw = parse_qs(urlsplit(self.path).query).get("types", [])
+        types = {t for v in raw for t in v.split(",") if t}
+        items = [r for r in STATE["ips"].values() if not types or r["type"] in types]
+        try:
+            page = max(1, int(query.get("page", 1)))
+            per_page = min(1000, max(1, int(query.get("per_page", 250))))
+        except ValueError:
+            return self.error(422, "page and per_page must be integers")
+        total = len(items)
+        last = max(1, (total + per_page - 1) // per_page)
+        chunk = items[(page - 1) * per_page : page * per_page]
+        base = f"/metal/v1/projects/{project}/ips?per_page={per_page}"
+        for t in sorted(types):
+            base += f"&types={t}"
+        meta = {
+            "total": total,
+            "current_page": page,
+            "last_page": last,
+            "self": {"href": f"{base}&page={page}"},
+            "first": {"href": f"{base}&page=1"},
+            "last": {"href": f"{base}&page={last}"},
+        }
+        if page > 1:
+            meta["previous"] = {"href": f"{base}&page={page - 1}"}
+        if page < last:
+            meta["next"] = {"href": f"{base}&page={page + 1}"}
+        return self.reply(200, {"ip_addresses": [public(r) for r in chunk], "meta": meta})
 
     def create_ip(self, query, project):
+        if project != self.server.project:
+            return self.error(404, "Not found")
         body = self.body()
-        if not isinstance(body, dict) or not body.get("type") or not body.get("quantity"):
-            return self.error(422, "type and quantity are required")
-        STATE["next_ip"] += 1
-        n = STATE["next_ip"]
+        if not isinstance(body, dict):
+            return self.error(422, "the request body is not JSON")
+        kind = body.get("type")
+        quantity = body.get("quantity")
+        if kind != "public_ipv4":
+            return self.error(422, f"type {kind!r} is not supported here; request public_ipv4")
+        if (
+            not isinstance(quantity, int)
+            or isinstance(quantity, bool)
+            or quantity < 1
+            or quantity > 256
+            or quantity & (quantity - 1)
+        ):
+            return self.error(422, "quantity must be a power of 2 from 1 to 256")
+        code = body.get("metro")
+        if not code or body.get("facility"):
+            return self.error(422, "metro is required (and facility is not supported)")
+        code = str(code).lower()
+        if STATE["ip_approval"] and body.get("fail_on_approval_required"):
+            return self.error(
+                422,
+                "This request requires approval: the project's public IPv4 quota is exhausted",
+            )
+        # An aligned block of `quantity` addresses from the metro's pool.
+        start = STATE["ip_pool"].get(code, 2)
+        start = (start + quantity - 1) // quantity * quantity
+        if start + quantity > 255:
+            return self.error(422, f"no public IPv4 addresses left in metro {code}")
+        STATE["ip_pool"][code] = start + quantity
+        cidr = 32 - (quantity.bit_length() - 1)
+        network = f"147.28.{metro_index(code)}.{start}"
+        mask = (0xFFFFFFFF << (32 - cidr)) & 0xFFFFFFFF
         rid = str(uuid.uuid4())
         res = {
             "id": rid,
             "href": f"/metal/v1/ips/{rid}",
-            "type": body["type"],
-            "address": f"10.71.{n // 250}.{n % 250 + 2}",
+            "type": kind,
+            "address": network,
+            "network": network,
+            "netmask": ".".join(str(mask >> shift & 0xFF) for shift in (24, 16, 8, 0)),
             "address_family": 4,
-            "cidr": 32,
-            "public": body["type"] != "private_ipv4",
-            "metro": metro(body.get("metro", "da")),
-            "tags": list(body.get("tags", [])),
+            "cidr": cidr,
+            "public": True,
+            "management": False,
+            "manageable": True,
+            "addon": True,
+            "bill": False,
+            "enabled": True,
+            "global_ip": False,
+            "state": "pending" if STATE["ip_approval"] else "created",
+            "metro": metro(code),
+            "tags": list(body.get("tags") or []),
             "details": body.get("details", ""),
+            "customdata": body.get("customdata") or {},
             "assignments": [],
+            "project_lite": {"href": f"/metal/v1/projects/{project}"},
             "created_at": now(),
         }
         STATE["ips"][rid] = res
-        return self.reply(201, res)
+        return self.reply(201, public(res))
+
+    def find_assignment(self, aid):
+        for dev in STATE["devices"].values():
+            for ip in dev["ip_addresses"]:
+                if ip["id"] == aid:
+                    return {**ip, "assigned_to": {"href": dev["href"]}}
+        return None
 
     def get_ip(self, query, rid):
         res = STATE["ips"].get(rid)
         if res is None:
+            # The call answers an assignment's id too (an address a device has).
+            assignment = self.find_assignment(rid)
+            if assignment is None:
+                return self.error(404, "Not found")
+            return self.reply(200, assignment)
+        return self.reply(200, public(res))
+
+    def update_ip(self, query, rid):
+        res = STATE["ips"].get(rid)
+        if res is None:
             return self.error(404, "Not found")
-        return self.reply(200, res)
+        body = self.body()
+        if not isinstance(body, dict):
+            return self.error(422, "the request body is not JSON")
+        for key in ("details", "customdata", "tags"):
+            if key in body:
+                res[key] = body[key]
+        return self.reply(200, public(res))
 
     def delete_ip(self, query, rid):
-        if STATE["ips"].pop(rid, None) is None:
+        res = STATE["ips"].get(rid)
+        if res is None:
             return self.error(404, "Not found")
+        held = [a for a in res["assignments"] if live_device(a["assigned_to"]["href"])]
+        if held:
+            return self.error(
+                422,
+                f"Cannot delete IP reservation {res['address']}/{res['cidr']}: it is assigned "
+                f"to {held[0]['assigned_to']['href']}; unassign it or delete the device first",
+            )
+        STATE["ips"].pop(rid)
         return self.reply(204)
-
 
 UUID = r"([0-9a-fA-F-]{36})"
 ROUTES = [
@@ -507,6 +686,7 @@ ROUTES = [
     ("GET", rf"/projects/{UUID}/ips", "/projects/{id}/ips", Handler.list_ips),
     ("POST", rf"/projects/{UUID}/ips", "/projects/{id}/ips", Handler.create_ip),
     ("GET", rf"/ips/{UUID}", "/ips/{id}", Handler.get_ip),
+    ("PATCH", rf"/ips/{UUID}", "/ips/{id}", Handler.update_ip),
     ("DELETE", rf"/ips/{UUID}", "/ips/{id}", Handler.delete_ip),
 ]
 

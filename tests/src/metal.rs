@@ -192,6 +192,14 @@ impl MetalLab {
         }
     }
 
+    /// Every IP reservation the fake holds.
+    pub fn ips(&self) -> Vec<Value> {
+        match self.control("ips", Value::Null) {
+            Value::Array(a) => a,
+            other => panic!("ips: {other}"),
+        }
+    }
+
     /// Every VLAN the fake holds.
     pub fn vlans(&self) -> Vec<Value> {
         match self.control("vlans", Value::Null) {

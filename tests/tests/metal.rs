@@ -3,8 +3,9 @@
 //! official OpenAPI spec: every request and answer is checked against the spec (a
 //! violation fails the test). Covered: apply -> no-op plan -> drift (a device deleted
 //! and one retagged out of band; read-only) -> destroy of `central-services` on its
-//! VLAN (static addresses on `bond0.<vxlan>`; a second metro refused before any call; a
-//! VLAN number in use quoted from the API); PXE-booted workers; reap of an expired cluster; a 429
+//! VLAN (static addresses on `bond0.<vxlan>`; a VLAN number in use quoted from the
+//! API) and over three metros (a public address reserved per central machine, configs
+//! rendered once the addresses exist); `large-scale` with PXE-booted workers; reap of an expired cluster; a 429
 //! burst; a device that ends `failed` (kept, then destroyed); a 422 with the API's
 //! errors; a missing token; the refresh of 500 devices in pages, not per device; and the
 //! token never reaching the state, plans or output. Skipped with a note where the spec,
@@ -105,6 +106,16 @@ fn devices_of(lab: &MetalLab, cluster: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Tag `device` with `tag` as well, out of band.
+fn add_tag(lab: &MetalLab, device: &Value, tag: &str) {
+    let mut tags: Vec<Value> = device["tags"].as_array().cloned().unwrap_or_default();
+    tags.push(json!(tag));
+    lab.control(
+        &format!("retag/{}", device["id"].as_str().expect("id")),
+        json!({ "tags": tags }),
+    );
+}
+
 /// Devices as `hostname (state)`, for messages.
 fn brief(devices: &[Value]) -> String {
     devices
@@ -155,22 +166,6 @@ fn central_services_on_its_vlan_applies_plans_drifts_and_destroys() {
         return;
     };
     let w = World::new();
-    // A second metro is refused before any API call: one VLAN lives in one metro.
-    w.write(
-        "cluster.toml",
-        &central_services(&lab, "prod").replacen("zones = [\"dc\"]", "zones = [\"da\", \"dc\"]", 1),
-    );
-    lab.reset_calls();
-    let r = run(&w, &["plan", "cluster.toml"], 1);
-    assert!(
-        r.stderr
-            .contains("cluster.toml:23:9: on metal the cluster network is one VLAN")
-            && r.stderr.contains("a second metro"),
-        "{}",
-        r.stderr
-    );
-    assert!(lab.calls().is_empty(), "{:?}", lab.calls());
-
     w.write("cluster.toml", &central_services(&lab, "prod"));
     let r = run(&w, &["plan", "cluster.toml", "-out", "plan.bin"], 0);
     assert!(r.stdout.contains("8 to add"), "{}", r.stdout);
@@ -277,12 +272,7 @@ fn central_services_on_its_vlan_applies_plans_drifts_and_destroys() {
         .to_string();
     lab.control(&format!("remove/{gone}"), Value::Null);
     let central = &devices["machine.central[1]"];
-    let mut tags: Vec<Value> = central["tags"].as_array().cloned().unwrap_or_default();
-    tags.push(json!("team=someone-else"));
-    lab.control(
-        &format!("retag/{}", central["id"].as_str().expect("id")),
-        json!({ "tags": tags }),
-    );
+    add_tag(&lab, central, "team=someone-else");
     lab.reset_calls();
     let r = run(&w, &["drift", "cluster.toml"], 2);
     assert!(r.stdout.contains("machine.workers[1]"), "{}", r.stdout);
@@ -314,8 +304,174 @@ fn central_services_on_its_vlan_applies_plans_drifts_and_destroys() {
     lab.assert_spec_clean();
 }
 
+/// The addresses in `ud` of the form `scheme://A.B.C.D:port`.
+fn urls_in(ud: &str, port: u16) -> Vec<String> {
+    let needle = format!(":{port}");
+    let mut out: Vec<String> = ud
+        .match_indices(&needle)
+        .filter_map(|(i, _)| {
+            let head = &ud[..i];
+            let start = head.rfind("//")? + 2;
+            let ip = &head[start..];
+            ip.parse::<std::net::Ipv4Addr>()
+                .ok()
+                .map(|_| ip.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[test]
-fn pxe_booted_workers_and_reap_of_an_expired_cluster() {
+fn central_services_over_three_metros_reserves_the_central_addresses() {
+    let Some(lab) = MetalLab::start() else {
+        return;
+    };
+    let w = World::new();
+    let file = central_services(&lab, "spread")
+        .replace("vxlan = 1234\n", "")
+        .replace("first_address = \"10.10.0.101\"\n", "")
+        .replacen("zones = [\"dc\"]", "zones = [\"da\", \"ch\", \"dc\"]", 1)
+        .replacen("zones = [\"dc\"]", "zones = [\"da\", \"dc\"]", 1);
+    w.write("cluster.toml", &file);
+    // Nothing is reserved yet: the configs that name the addresses are known after apply.
+    let r = run(&w, &["plan", "cluster.toml", "-out", "plan.bin"], 0);
+    assert!(r.stdout.contains("11 to add"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ip_reservation.central[2]"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("user_data") && r.stdout.contains("(known after apply)"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&w, &["apply", "plan.bin"], 0);
+    assert!(r.stdout.contains("11 added"), "{}", r.stdout);
+
+    // One reservation per central machine, in its metro; no VLAN.
+    assert!(lab.vlans().is_empty(), "{:?}", lab.vlans());
+    let ips = lab.ips();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    let devices = devices_of(&lab, "spread");
+    assert_eq!(devices.len(), 7);
+    let mut members = Vec::new();
+    for (i, metro) in ["da", "ch", "dc"].iter().enumerate() {
+        let d = &devices[&format!("machine.central[{i}]")];
+        assert_eq!(d["metro"]["code"], *metro);
+        let reserved: Vec<&Value> = ips
+            .iter()
+            .filter(|r| {
+                r["assignments"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["assigned_to"]["href"] == d["href"]))
+            })
+            .collect();
+        assert_eq!(reserved.len(), 1, "{}: {ips:?}", d["hostname"]);
+        assert_eq!(reserved[0]["metro"]["code"], *metro);
+        let address = reserved[0]["address"]
+            .as_str()
+            .expect("address")
+            .to_string();
+        let has = d["ip_addresses"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|ip| ip["address"] == address.as_str() && ip["public"] == true)
+        });
+        assert!(has, "{}: {}", d["hostname"], d["ip_addresses"]);
+        members.push(address);
+    }
+    members.sort();
+    for (address, d) in &devices {
+        let ud = d["userdata"].as_str().unwrap_or("");
+        assert!(
+            !ud.contains("192.0.2."),
+            "{address}: a stand-in address is left"
+        );
+        assert!(!ud.contains("bond0."), "{address}: no VLAN over metros");
+        if address.starts_with("machine.central") {
+            // Members over TLS, peers at the reserved addresses.
+            assert_eq!(urls_in(ud, 2380), members, "{address}");
+            assert!(ud.contains("--client-cert-auth"), "{address}");
+            assert!(ud.contains("https://"), "{address}");
+        } else {
+            // The worker's proxy reaches every member's reserved address over TLS.
+            assert_eq!(urls_in(ud, 2379), members, "{address}");
+        }
+    }
+
+    run(&w, &["plan", "cluster.toml", "--detailed-exitcode"], 0);
+    // A worker deleted out of band: drift names it without changing anything.
+    let gone = devices["machine.workers[3]"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    lab.control(&format!("remove/{gone}"), Value::Null);
+    let central = &devices["machine.central[2]"];
+    add_tag(&lab, central, "team=someone-else");
+    lab.reset_calls();
+    let r = run(&w, &["drift", "cluster.toml"], 2);
+    assert!(r.stdout.contains("machine.workers[3]"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("machine.central[2]") && r.stdout.contains("someone-else"),
+        "{}",
+        r.stdout
+    );
+    assert!(mutations(&lab.calls()).is_empty(), "{:?}", lab.calls());
+    let r = run(&w, &["apply", "cluster.toml", "--auto-approve"], 0);
+    assert!(r.stdout.contains("1 added, 1 changed"), "{}", r.stdout);
+    run(&w, &["plan", "cluster.toml", "--detailed-exitcode"], 0);
+
+    // Growing a running cluster: the new members' addresses are reserved first, and
+    // what names them waits for the next apply.
+    w.write("cluster.toml", &file.replacen("count = 3", "count = 5", 1));
+    let r = run(&w, &["apply", "cluster.toml", "--auto-approve"], 0);
+    assert!(
+        r.stderr
+            .contains("wait for the addresses this apply reserves: machine.central[0]"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("2 added, 0 changed, 0 destroyed"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(lab.ips().len(), 5);
+    assert_eq!(devices_of(&lab, "spread").len(), 7);
+    let r = run(&w, &["apply", "cluster.toml", "--auto-approve"], 0);
+    eprintln!("{}", r.stdout);
+    let devices = devices_of(&lab, "spread");
+    assert_eq!(devices.len(), 9);
+    let members: Vec<String> = {
+        let mut m: Vec<String> = lab
+            .ips()
+            .iter()
+            .filter_map(|r| r["address"].as_str().map(String::from))
+            .collect();
+        m.sort();
+        m
+    };
+    for i in 0..4 {
+        let ud = devices[&format!("machine.workers[{i}]")]["userdata"]
+            .as_str()
+            .unwrap_or("");
+        assert_eq!(urls_in(ud, 2379), members, "workers[{i}]");
+    }
+    run(&w, &["plan", "cluster.toml", "--detailed-exitcode"], 0);
+
+    let r = run(&w, &["destroy", "cluster.toml", "--auto-approve"], 0);
+    assert!(r.stdout.contains("15 destroyed"), "{}", r.stdout);
+    assert!(lab.devices().is_empty(), "{}", brief(&lab.devices()));
+    assert!(lab.ips().is_empty(), "{:?}", lab.ips());
+    assert_no_token_in_files(&w);
+    lab.assert_spec_clean();
+}
+
+#[test]
+fn large_scale_with_pxe_booted_workers_and_reap_of_an_expired_cluster() {
     let Some(lab) = MetalLab::start() else {
         return;
     };
@@ -323,7 +479,7 @@ fn pxe_booted_workers_and_reap_of_an_expired_cluster() {
     let file = format!(
         r#"[cluster]
 name = "large"
-blueprint = "central-services"
+blueprint = "large-scale"
 provider = "metal"
 
 {}
@@ -334,7 +490,7 @@ gateway = "10.10.0.1"
 [central]
 count = 3
 size = "c3.small.x86"
-first_address = "10.10.0.101"
+zones = ["da", "ch", "dc"]
 
 [workers]
 count = 6
@@ -349,14 +505,34 @@ always_pxe = true
     run(&w, &["apply", "large/cluster.toml", "--auto-approve"], 0);
     let devices = devices_of(&lab, "large");
     assert_eq!(devices.len(), 9);
+    let reserved: Vec<Value> = lab.ips().iter().map(|r| r["address"].clone()).collect();
+    assert_eq!(
+        reserved.len(),
+        3,
+        "one address reserved per central machine"
+    );
     for (address, d) in &devices {
-        let public = d["ip_addresses"]
+        // `public_ipv4 = false`: no public address but the central machines' reserved ones.
+        let public: Vec<&Value> = d["ip_addresses"]
             .as_array()
-            .is_some_and(|ips| ips.iter().any(|ip| ip["public"] == true));
-        assert!(
-            !public,
-            "`public_ipv4 = false`: {address} has a public address"
-        );
+            .map(|ips| {
+                ips.iter()
+                    .filter(|ip| ip["public"] == true)
+                    .map(|ip| &ip["address"])
+                    .collect()
+            })
+            .unwrap_or_default();
+        if address.starts_with("machine.central") {
+            assert!(
+                public.len() == 1 && reserved.contains(public[0]),
+                "{address}: {public:?}"
+            );
+        } else {
+            assert!(
+                public.is_empty(),
+                "{address} has a public address: {public:?}"
+            );
+        }
         if address.starts_with("machine.workers") {
             assert_eq!(d["operating_system"]["slug"], "custom_ipxe", "{address}");
             assert_eq!(d["ipxe_script_url"], "http://boot.example.net/flatcar.ipxe");
@@ -371,8 +547,9 @@ always_pxe = true
         0,
     );
     let r = run(&w, &["destroy", "large/cluster.toml", "--auto-approve"], 0);
-    assert!(r.stdout.contains("10 destroyed"), "{}", r.stdout);
+    assert!(r.stdout.contains("13 destroyed"), "{}", r.stdout);
     assert!(lab.devices().is_empty(), "{}", brief(&lab.devices()));
+    assert!(lab.ips().is_empty(), "{:?}", lab.ips());
 
     // An expired test cluster whose state is lost: reap finds it by its tags and deletes
     // it, and leaves the live cluster beside it alone.
@@ -561,14 +738,39 @@ fn kill_9_during_a_metal_apply_never_loses_or_duplicates() {
     };
     let w = World::new();
     const WORKERS: usize = 10;
-    w.write("cluster.toml", &dev_test(&lab, "k9", WORKERS as u32, ""));
-    let mut rng = clusterform_tests::TestRng::new(0x3E7A1);
+    w.write("k9/cluster.toml", &dev_test(&lab, "k9", WORKERS as u32, ""));
+    kill_9_rounds(&lab, &w, "k9", WORKERS + 1, 0, 0x3E7A1);
+    // Over metros: the reservations are made first and the configs rendered during the
+    // apply; a run killed between the two finds the addresses in the state.
+    let spread = central_services(&lab, "k9m")
+        .replace("vxlan = 1234\n", "")
+        .replace("first_address = \"10.10.0.101\"\n", "")
+        .replacen("zones = [\"dc\"]", "zones = [\"da\", \"ch\", \"dc\"]", 1);
+    w.write("k9m/cluster.toml", &spread);
+    kill_9_rounds(&lab, &w, "k9m", 7, 3, 0x5EED);
+    lab.assert_spec_clean();
+}
+
+/// Apply and destroy cluster `name` (`name/cluster.toml`) in turn, each run killed at a
+/// random moment (at least 3 kills land) and followed by a run to the end: then exactly
+/// `devices_wanted` devices and `reservations` IP reservations (none after a destroy),
+/// each in the state, no duplicate.
+fn kill_9_rounds(
+    lab: &MetalLab,
+    w: &World,
+    name: &str,
+    devices_wanted: usize,
+    reservations: usize,
+    seed: u64,
+) {
+    let file = format!("{name}/cluster.toml");
+    let mut rng = clusterform_tests::TestRng::new(seed);
     let (mut kills, mut rounds) = (0, 0);
     while kills < 5 && rounds < 14 {
         let args: [&str; 3] = if rounds % 2 == 0 {
-            ["apply", "cluster.toml", "--auto-approve"]
+            ["apply", &file, "--auto-approve"]
         } else {
-            ["destroy", "cluster.toml", "--auto-approve"]
+            ["destroy", &file, "--auto-approve"]
         };
         rounds += 1;
         let mut child = w
@@ -584,16 +786,17 @@ fn kill_9_during_a_metal_apply_never_loses_or_duplicates() {
             kills += 1;
         }
         let _ = child.wait();
-        let r = run(&w, &args, 0);
+        let r = run(w, &args, 0);
         // A device whose delete was sent before the kill may still be deprovisioning: it
         // is going away on its own (the next run saw that, and sent no second delete).
-        let mut devices = devices_of(&lab, "k9");
+        let mut devices = devices_of(lab, name);
         devices.retain(|_, d| d["state"] != "deprovisioning");
-        let expected = if args[0] == "apply" { WORKERS + 1 } else { 0 };
+        let applied = args[0] == "apply";
+        let expected = if applied { devices_wanted } else { 0 };
         assert_eq!(
             devices.len(),
             expected,
-            "round {rounds}: {}\n{}",
+            "{name} round {rounds}: {}\n{}",
             brief(&lab.devices()),
             r.stdout
         );
@@ -602,18 +805,40 @@ fn kill_9_during_a_metal_apply_never_loses_or_duplicates() {
             .devices()
             .into_iter()
             .filter(|d| d["state"] != "deprovisioning")
-            .collect();
-        assert_eq!(all.len(), expected, "round {rounds}: {}", brief(&all));
-        let state = w.run_ok(&["show", "cluster.toml", "--json"], 0).stdout;
-        for d in devices.values() {
-            assert!(
-                state.contains(d["id"].as_str().expect("id")),
-                "round {rounds}: orphan {}",
+            .filter(|d| {
                 d["hostname"]
-            );
+                    .as_str()
+                    .is_some_and(|h| h.starts_with(&format!("{name}-")))
+            })
+            .collect();
+        assert_eq!(
+            all.len(),
+            expected,
+            "{name} round {rounds}: {}",
+            brief(&all)
+        );
+        let cluster_tag = format!("clusterform:cluster={name}");
+        let ips: Vec<Value> = lab
+            .ips()
+            .into_iter()
+            .filter(|r| {
+                r["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!(cluster_tag)))
+            })
+            .collect();
+        let expected_ips = if applied { reservations } else { 0 };
+        assert_eq!(ips.len(), expected_ips, "{name} round {rounds}: {ips:?}");
+        let state = w.run_ok(&["show", &file, "--json"], 0).stdout;
+        for id in devices
+            .values()
+            .map(|d| &d["id"])
+            .chain(ips.iter().map(|r| &r["id"]))
+        {
+            let id = id.as_str().expect("id");
+            assert!(state.contains(id), "{name} round {rounds}: orphan {id}");
         }
     }
-    println!("metal kill -9: {kills} kills in {rounds} rounds, 0 duplicates, 0 orphans");
+    println!("metal kill -9 ({name}): {kills} kills in {rounds} rounds, 0 duplicates, 0 orphans");
     assert!(kills >= 3, "only {kills} kills landed in {rounds} rounds");
-    lab.assert_spec_clean();
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use clusterform_config::{Model, StateSettings};
+use clusterform_core::Address;
 use clusterform_engine::{ClusterInfo, Providers, Readers};
 use clusterform_plugin::PluginFactory;
 use clusterform_provider::{ProviderConfig, Registry};
@@ -140,6 +141,7 @@ pub fn load_model_and_registry(file: &Path) -> Result<(Model, Registry)> {
     let options = clusterform_config::LoadOptions {
         files_dir: FILES_DIR.get().cloned().flatten(),
         etcd_ca: Some(ca_source(file)),
+        reserved_addresses: Some(reserved_source(file)),
     };
     let source = clusterform_config::read_source(file).map_err(errors::config)?;
     let wanted = clusterform_config::wanted_providers(&source);
@@ -471,20 +473,113 @@ pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
     let file = file.to_path_buf();
     Arc::new(
         move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
-            let StateSettings::Local { path } = state else {
-                return Err("the etcd state backend is not available in this build yet".into());
-            };
-            let location = StateLocation::Local {
-                path: path.clone(),
-                encryption: encryption.map(Path::to_path_buf),
-            };
-            let store = open_location(&location, identity(cluster, &file));
-            let snap = store.load().map_err(|e| e.to_string())?;
+            let snap = snapshot_for(&file, cluster, state, encryption)?;
             let ca = match (snap.secrets.get(CA_CERT), snap.secrets.get(CA_KEY)) {
                 (Some(cert), Some(key)) => clusterform_pki::Ca::load(cert, &key.clone().into()),
                 _ => clusterform_pki::Ca::generate(cluster, clusterform_pki::DEFAULT_VALIDITY),
             };
             ca.map(Arc::new).map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// The state of cluster `cluster` of `file`, read (unlocked) while the file loads.
+fn snapshot_for(
+    file: &Path,
+    cluster: &str,
+    state: &StateSettings,
+    encryption: Option<&Path>,
+) -> std::result::Result<clusterform_state::Snapshot, String> {
+    let StateSettings::Local { path } = state else {
+        return Err("the etcd state backend is not available in this build yet".into());
+    };
+    let location = StateLocation::Local {
+        path: path.clone(),
+        encryption: encryption.map(Path::to_path_buf),
+    };
+    open_location(&location, identity(cluster, file))
+        .load()
+        .map_err(|e| e.to_string())
+}
+
+/// The addresses the state's `ip_reservation`s hold (a Metal cluster over metros).
+pub fn reserved_source(file: &Path) -> clusterform_config::ReservedSource {
+    let file = file.to_path_buf();
+    Arc::new(
+        move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
+            let snap = snapshot_for(&file, cluster, state, encryption)?;
+            Ok(reserved_in(
+                snap.resources.iter().map(|(a, r)| (a, &r.attrs)),
+            ))
+        },
+    )
+}
+
+/// The reserved addresses among `objects`: each `ip_reservation`'s `address`.
+fn reserved_in<'a>(
+    objects: impl Iterator<Item = (&'a Address, &'a clusterform_core::Attrs)>,
+) -> BTreeMap<Address, std::net::Ipv4Addr> {
+    objects
+        .filter(|(a, _)| a.kind == "ip_reservation")
+        .filter_map(|(a, attrs)| {
+            let ip = attrs.get("address")?.as_str()?.parse().ok()?;
+            Some((a.clone(), ip))
+        })
+        .collect()
+}
+
+/// Renders a plan's deferred attributes during its apply: the cluster file read and
+/// expanded again with the addresses reserved by then (once per set of addresses), with
+/// the schemas of the providers the apply has (no plugin is started for it).
+pub fn deferred_render(file: &Path, providers: &Providers) -> clusterform_engine::Render {
+    let file = file.to_path_buf();
+    let schemas: Vec<clusterform_core::ProviderSchema> = providers
+        .names()
+        .filter_map(|n| providers.get(n).ok().map(|p| p.schema().clone()))
+        .collect();
+    type Rendered = (BTreeMap<Address, std::net::Ipv4Addr>, Arc<Model>);
+    let cache: Arc<std::sync::Mutex<Option<Rendered>>> = Arc::default();
+    Arc::new(
+        move |address: &Address, objects: &BTreeMap<Address, clusterform_core::Attrs>| {
+            let reserved = reserved_in(objects.iter());
+            let mut cached = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let model = match cached.as_ref() {
+                Some((r, m)) if *r == reserved => m.clone(),
+                _ => {
+                    let given = reserved.clone();
+                    let options = clusterform_config::LoadOptions {
+                        files_dir: FILES_DIR.get().cloned().flatten(),
+                        etcd_ca: Some(ca_source(&file)),
+                        reserved_addresses: Some(Arc::new(
+                            move |_: &str, _: &StateSettings, _: Option<&Path>| Ok(given.clone()),
+                        )),
+                    };
+                    let model = clusterform_config::load_with(&file, &schemas, &options)
+                    .map(Arc::new)
+                    .map_err(|d| {
+                        let first = d.0.first().map_or_else(String::new, |x| format!(": {}", x.message));
+                        format!("the cluster file `{}` no longer loads{first}; fix it and plan again", file.display())
+                    })?;
+                    *cached = Some((reserved, model.clone()));
+                    model
+                }
+            };
+            let r = model
+                .resources
+                .iter()
+                .find(|r| &r.address == address)
+                .ok_or_else(|| {
+                    format!(
+                        "the cluster file `{}` no longer has it; plan again",
+                        file.display()
+                    )
+                })?;
+            if let Some(d) = r.deferred.first() {
+                return Err(format!(
+                    "`{d}` is still not known (what it is made from was not made); run apply again"
+                ));
+            }
+            Ok(r.attrs.clone())
         },
     )
 }

@@ -228,6 +228,37 @@ pub(crate) struct Inputs<'a> {
     pub(crate) vm: &'a Group,
     /// The CA the etcd certificates are issued from, when `[central] etcd_tls` is on.
     pub(crate) ca: Option<&'a clusterform_pki::Ca>,
+    /// A Metal cluster over 2 or more metros (see [`spans_metros`]).
+    pub(crate) spread: bool,
+    /// The addresses of the `ip_reservation`s the state records, by address.
+    pub(crate) reserved: &'a BTreeMap<Address, Ipv4Addr>,
+}
+
+/// True for a Metal cluster whose `[central]` and `[workers]` zones (metros) name 2 or
+/// more metros: no Metal VLAN spans metros, so its central machines take reserved public
+/// addresses (`ip_reservation.central[i]`) and etcd runs over them, with TLS.
+pub(crate) fn spans_metros(cluster: &Cluster, central: &Group, workers: &Group) -> bool {
+    let central_bp = cluster
+        .settings
+        .blueprint
+        .as_deref()
+        .is_some_and(|b| Blueprint::from_name(b).is_some_and(|bp| bp.central_rule().is_some()));
+    if cluster.settings.provider.as_deref() != Some("metal") || !central_bp {
+        return false;
+    }
+    let mut metros: Vec<&str> = [central, workers]
+        .iter()
+        .flat_map(|g| g.zones.iter().flatten().map(String::as_str))
+        .collect();
+    metros.sort_unstable();
+    metros.dedup();
+    metros.len() >= 2
+}
+
+/// The stand-in address of central machine `i` whose reserved address is not known yet
+/// (TEST-NET-1, never routed): only in values the plan shows as `(known after apply)`.
+fn stand_in(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, u8::try_from(i + 1).unwrap_or(254))
 }
 
 impl<'a> Inputs<'a> {
@@ -543,6 +574,7 @@ impl Shared {
             attrs,
             refs: self.net_refs.clone(),
             depends_on,
+            deferred: Vec::new(),
         }
     }
 }
@@ -632,6 +664,7 @@ pub(crate) fn expand(
             attrs,
             refs: Default::default(),
             depends_on: Vec::new(),
+            deferred: Vec::new(),
         },
         net_span,
     ));
@@ -646,6 +679,11 @@ pub(crate) fn expand(
     net_refs.insert("network".to_string(), net_addr);
     let zones = zone_layout(cx, bp, &provider, inputs, net_span);
     let metal = metal_vlan(cx, bp, &provider, inputs);
+    if inputs.spread
+        && let Some((net, _)) = resources.first_mut()
+    {
+        net.attrs.insert("vlan".into(), Value::Bool(false));
+    }
     if let Some(m) = &metal
         && let Some((net, _)) = resources.first_mut()
     {
@@ -675,7 +713,8 @@ pub(crate) fn expand(
         net_refs,
         zones,
         ignition_checked: Default::default(),
-        network: network.ok.then(|| NetTemplate {
+        // A cluster over metros has no VLAN: Metal configures the machines' addresses.
+        network: (network.ok && !inputs.spread).then(|| NetTemplate {
             prefix: network.cidr.prefix_len(),
             gateway: network.gateway,
             // IPv6 servers do not fit the IPv4-only static network file.
@@ -779,6 +818,34 @@ fn metal_vlan(
                 format!("workers get their addresses by DHCP on provider `{provider}`; `first_address` in `[workers]` is for Metal, whose VLAN has no DHCP"),
                 "Metal only",
                 Some("remove it (the central machines' addresses are `[central] first_address`)".to_string()),
+            );
+        }
+        return None;
+    }
+    if inputs.spread {
+        let why = "the machines are in 2 or more metros, and a Metal VLAN lives in one: the cluster has no VLAN";
+        if let Some((_, at)) = network.vxlan {
+            cx.error(
+                Some(at),
+                format!("`vxlan` is the number of the cluster VLAN; {why}"),
+                "no VLAN",
+                Some("remove it (the machines talk over their public addresses), or keep every machine in one metro".to_string()),
+            );
+        }
+        if let Some((_, at)) = workers.first_address {
+            cx.error(
+                Some(at),
+                format!("`first_address` in `[workers]` is the workers' first address on the cluster VLAN; {why}"),
+                "no VLAN",
+                Some("remove it: the workers use the addresses Metal gives them".to_string()),
+            );
+        }
+        if let Some((_, at)) = inputs.central.first_address {
+            cx.error(
+                Some(at),
+                format!("`first_address` in `[central]` is the central machines' first address on the cluster VLAN; {why}: each central machine takes a public address reserved for it (`ip_reservation.central[N]`)"),
+                "no VLAN",
+                Some("remove it, or keep every machine in one metro".to_string()),
             );
         }
         return None;
@@ -906,6 +973,7 @@ fn add_zone_subnets(
                 attrs,
                 refs: BTreeMap::from([("network".to_string(), net_addr.clone())]),
                 depends_on: Vec::new(),
+                deferred: Vec::new(),
             },
             at,
         ));
@@ -1173,12 +1241,53 @@ fn etcd_cluster(
         missing_size(cx, workers, bp, fallback);
     }
 
-    // Central machines: etcd members with static addresses.
-    let addrs = match &shared.zones {
-        Some(layout) => zone_addresses(cx, layout, network, central, n_central, central_span),
-        None => static_addresses(cx, network, central, "central", n_central, central_span),
+    // Central machines: etcd members with static addresses; on a Metal cluster over
+    // metros, the public addresses reserved for them (known once reserved).
+    let reservations: Vec<Address> = if inputs.spread {
+        (0..n_central)
+            .map(|i| Address::indexed("ip_reservation", "central", i))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (addrs, known) = if inputs.spread {
+        reserved_addresses(cx, central, &reservations, inputs.reserved, central_span)
+    } else {
+        let addrs = match &shared.zones {
+            Some(layout) => zone_addresses(cx, layout, network, central, n_central, central_span),
+            None => static_addresses(cx, network, central, "central", n_central, central_span),
+        }
+        .unwrap_or_default();
+        let known = vec![true; addrs.len()];
+        (addrs, known)
+    };
+    // Every member's config names every member's address.
+    let deferred = known.contains(&false);
+    if inputs.spread {
+        decls.push(BlueprintDecl {
+            kind: "ip_reservation",
+            name: "central".into(),
+            count: central_count,
+            table: "central",
+        });
+        for (i, a) in (0u32..).zip(&reservations) {
+            let mut attrs = Attrs::new();
+            if let Some(z) = zone(&central.zones, i) {
+                attrs.insert("zone".into(), z);
+            }
+            resources.push((
+                Resource {
+                    address: a.clone(),
+                    provider: shared.provider.clone(),
+                    attrs,
+                    refs: BTreeMap::new(),
+                    depends_on: Vec::new(),
+                    deferred: Vec::new(),
+                },
+                central_span,
+            ));
+        }
     }
-    .unwrap_or_default();
     let names: Vec<String> = (0..addrs.len())
         .map(|i| format!("{cname}-central-{i}"))
         .collect();
@@ -1214,7 +1323,18 @@ fn etcd_cluster(
             user_data(cx, shared, central, &address, &spec),
         );
         central_addresses.push(address.clone());
-        resources.push((shared.resource(address, attrs, Vec::new()), central_span));
+        let mut r = shared.resource(address, attrs, Vec::new());
+        if let Some(own) = reservations.get(i as usize) {
+            r.refs.insert("ip_reservation".into(), own.clone());
+            r.depends_on.clone_from(&reservations);
+            if !known.get(i as usize).copied().unwrap_or(false) {
+                r.deferred.push("address".into());
+            }
+            if deferred {
+                r.deferred.push("user_data".into());
+            }
+        }
+        resources.push((r, central_span));
     }
 
     if !bp.has_workers() {
@@ -1233,7 +1353,12 @@ fn etcd_cluster(
     // `user_data` either way.
     let mut spec = shared.spec(String::new());
     if bp.workers_proxy() {
-        let slots = central_slots(shared, network, central, &addrs, rule.max);
+        // Reserved addresses are not known ahead: the proxies list the members there are.
+        let slots = if inputs.spread {
+            addrs.clone()
+        } else {
+            central_slots(shared, network, central, &addrs, rule.max)
+        };
         spec.etcd_proxy = Some(
             slots
                 .iter()
@@ -1347,9 +1472,39 @@ fn etcd_cluster(
             "user_data".into(),
             user_data(cx, shared, workers, &address, &spec),
         );
-        resources.push((
-            shared.resource(address, attrs, central_addresses.clone()),
-            workers_span,
-        ));
+        let mut r = shared.resource(address, attrs, central_addresses.clone());
+        if deferred {
+            r.deferred.push("user_data".into());
+            if !bp.workers_proxy() {
+                r.deferred.push("etcd_endpoints".into());
+            }
+        }
+        resources.push((r, workers_span));
     }
+}
+
+/// The central machines' reserved addresses: those the state records for
+/// `reservations`, stand-ins for the others (the second list says which are known).
+fn reserved_addresses(
+    cx: &mut Cx<'_>,
+    central: &Group,
+    reservations: &[Address],
+    reserved: &BTreeMap<Address, Ipv4Addr>,
+    at: Span,
+) -> (Vec<Ipv4Addr>, Vec<bool>) {
+    if central.zones.is_none() {
+        cx.error(
+            central.span.or(Some(at)),
+            "the machines are in 2 or more metros, but `[central]` has no `zones`: each central machine's address is reserved in its metro",
+            "no `zones`",
+            Some("add `zones = [\"...\", ...]` to `[central]`: the metros to spread the central machines over".to_string()),
+        );
+    }
+    (0u32..)
+        .zip(reservations)
+        .map(|(i, r)| match reserved.get(r) {
+            Some(ip) => (*ip, true),
+            None => (stand_in(i), false),
+        })
+        .unzip()
 }

@@ -104,7 +104,8 @@ pub(crate) fn check(cx: &mut Cx<'_>, resources: &[Resource], spans: &BTreeMap<Ad
                 );
             }
         }
-        if r.address.kind != "machine" {
+        // A reserved public address is the provider's, not one of the network's.
+        if r.address.kind != "machine" || r.refs.contains_key("ip_reservation") {
             continue;
         }
         let Some(text) = str_attr(r, "address") else {

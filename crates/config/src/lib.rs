@@ -233,13 +233,30 @@ pub struct LoadOptions {
     /// The cluster's etcd CA, asked for only when `[central] etcd_tls` is on; without
     /// it a throwaway CA is made (enough to validate and show a file, never to apply).
     pub etcd_ca: Option<CaSource>,
+    /// The addresses reserved for the cluster (the state's `ip_reservation`s), asked for
+    /// only by a Metal cluster over metros, which renders its central machines' addresses
+    /// from them (those not reserved yet are `(known after apply)`); none without it.
+    pub reserved_addresses: Option<ReservedSource>,
 }
+
+/// Where the addresses reserved for a cluster come from: called like [`CaSource`];
+/// the addresses by the address of the resource that reserved them.
+pub type ReservedSource = Arc<
+    dyn Fn(
+            &str,
+            &StateSettings,
+            Option<&Path>,
+        ) -> Result<BTreeMap<Address, std::net::Ipv4Addr>, String>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for LoadOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadOptions")
             .field("files_dir", &self.files_dir)
             .field("etcd_ca", &self.etcd_ca.is_some())
+            .field("reserved_addresses", &self.reserved_addresses.is_some())
             .finish()
     }
 }
@@ -442,9 +459,35 @@ fn parse_absolute(
     let state_encryption = settings::state_encryption(&mut cx, doc, &path);
     let providers = settings::providers(&mut cx, doc, schemas);
     let network = settings::network(&mut cx, doc);
-    let central = settings::group(&mut cx, doc, "central", &dirs);
+    let mut central = settings::group(&mut cx, doc, "central", &dirs);
     let workers = settings::group(&mut cx, doc, "workers", &dirs);
     let vm = settings::group(&mut cx, doc, "vm", &dirs);
+
+    // A Metal cluster over metros: etcd runs over public addresses, so with TLS.
+    let spread = blueprint::spans_metros(&cluster, &central, &workers);
+    let mut reserved = BTreeMap::new();
+    if spread {
+        if let Some(source) = &options.reserved_addresses {
+            match source(&cluster.settings.name, &state, state_encryption.as_deref()) {
+                Ok(r) => reserved = r,
+                Err(why) => cx.error(
+                    central.span,
+                    format!("cannot read the addresses reserved for the central machines: {why}"),
+                    "needs the reserved addresses",
+                    Some("they are kept in the state: fix what the message says about the state or its key".to_string()),
+                ),
+            }
+        }
+        match central.etcd_tls_span {
+            Some(at) if !central.etcd.tls => cx.error(
+                Some(at),
+                "the central machines are in 2 or more metros: etcd talks over public addresses there and needs TLS",
+                "needs TLS",
+                Some("remove `etcd_tls = false` (TLS is on for a cluster over metros), or keep every machine in one metro".to_string()),
+            ),
+            _ => central.etcd.tls = true,
+        }
+    }
 
     // The cluster's etcd CA, when its members run TLS.
     let etcd_ca = if central.etcd.tls {
@@ -485,6 +528,8 @@ fn parse_absolute(
                     workers: &workers,
                     vm: &vm,
                     ca: etcd_ca.as_deref(),
+                    spread,
+                    reserved: &reserved,
                 },
                 schemas,
             )

@@ -343,6 +343,7 @@ pub(crate) fn link(
                 attrs,
                 refs,
                 depends_on: deps.clone(),
+                deferred: Vec::new(),
             }
         };
         match p.count {

@@ -624,6 +624,7 @@ fn butane_files_are_read_only_from_inside_the_folder() {
     let wide = crate::LoadOptions {
         files_dir: Some(dir.path().to_path_buf()),
         etcd_ca: None,
+        ..Default::default()
     };
     assert!(butane_entry_errors(dir.path(), "../outside.bu", &wide).is_empty());
     assert!(butane_entry_errors(dir.path(), "l.bu", &wide).is_empty());
@@ -652,6 +653,7 @@ fn butane_files_must_be_small_regular_utf8_files() {
     let dev = crate::LoadOptions {
         files_dir: Some(PathBuf::from("/")),
         etcd_ca: None,
+        ..Default::default()
     };
     assert_refused(
         &butane_entry_errors(dir.path(), "/dev/zero", &dev),

@@ -92,6 +92,7 @@ pub fn diff_resource_with(
             after: None,
             after_unknown: Vec::new(),
             refs: desired.refs.clone(),
+            deferred: Vec::new(),
             depends_on: desired.dependencies(),
             old_dependencies: cur.dependencies.clone(),
             replace_because,
@@ -142,6 +143,7 @@ pub fn diff_resource_with(
         after: Some(after),
         after_unknown: unknown,
         refs: desired.refs.clone(),
+        deferred: desired.deferred.clone(),
         depends_on: desired.dependencies(),
         old_dependencies: cur.dependencies.clone(),
         replace_because: Vec::new(),
@@ -158,10 +160,14 @@ pub fn diff_resource_with(
 }
 
 /// The desired attributes with references resolved where their id is known, and the
-/// names of those known only after apply.
+/// names of those known only after apply (unknown references and deferred attributes).
 fn resolved(desired: &Resource, refs: &BTreeMap<String, RefValue>) -> (Attrs, Vec<String>) {
     let mut known: Attrs = desired.attrs.clone();
     let mut unknown: Vec<String> = Vec::new();
+    for d in &desired.deferred {
+        known.remove(d);
+        unknown.push(d.clone());
+    }
     for (attr, v) in refs {
         match v {
             RefValue::Known(id) => {
@@ -237,6 +243,7 @@ fn create_change(
         after: Some(known),
         after_unknown: unknown,
         refs: desired.refs.clone(),
+        deferred: desired.deferred.clone(),
         depends_on: desired.dependencies(),
         old_dependencies: Vec::new(),
         replace_because: Vec::new(),
@@ -258,6 +265,7 @@ pub fn diff_delete(current: &ResourceState) -> Change {
         after: None,
         after_unknown: Vec::new(),
         refs: BTreeMap::new(),
+        deferred: Vec::new(),
         depends_on: Vec::new(),
         old_dependencies: current.dependencies.clone(),
         replace_because: Vec::new(),
@@ -300,6 +308,7 @@ mod tests {
             attrs,
             refs,
             depends_on: vec![],
+            deferred: Vec::new(),
         }
     }
 

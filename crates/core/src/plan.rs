@@ -83,6 +83,10 @@ pub struct Change {
     /// Attributes that take the id of another resource, resolved during apply.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refs: BTreeMap<String, Address>,
+    /// Attributes (of `after_unknown`) the apply renders again from the configuration
+    /// once what they are made from exists (see `Resource::deferred`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
     /// What the new object depends on (create, update, replace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,

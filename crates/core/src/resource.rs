@@ -30,6 +30,11 @@ pub struct Resource {
     /// expanded to instance addresses. References are edges too; they are not repeated here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
+    /// Attributes rendered from values known only after apply (the address a provider
+    /// reserves for a machine): their values here are stand-ins, the plan shows them
+    /// `(known after apply)` and the apply renders them again once the values exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
 }
 
 impl Resource {

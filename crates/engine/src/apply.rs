@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use clusterform_core::{
-    Action, Address, Change, EtcdPlan, MemberStep, Plan, ResourceState, StepKind, Value,
+    Action, Address, Attrs, Change, EtcdPlan, MemberStep, Plan, ResourceState, StepKind, Value,
 };
 use clusterform_etcd::EtcdAdmin;
 use clusterform_provider::{CreateRequest, DeleteRequest, Ownership, ProviderError, UpdateRequest};
@@ -38,7 +38,16 @@ pub struct ApplyOptions {
     pub etcd: Option<Arc<dyn EtcdAdmin>>,
     /// How long membership steps wait for members to join and the cluster to heal.
     pub waits: MemberWaits,
+    /// Renders the deferred attributes of a change (`Change::deferred`) once what they
+    /// are made from exists; needed when the plan has any.
+    pub render: Option<Render>,
 }
+
+/// Renders resource `address` again from the configuration, given the attributes of
+/// every object there is now (the state's and those this apply made): its attributes,
+/// or what is still missing.
+pub type Render =
+    Arc<dyn Fn(&Address, &BTreeMap<Address, Attrs>) -> Result<Attrs, String> + Send + Sync>;
 
 impl std::fmt::Debug for ApplyOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,6 +57,7 @@ impl std::fmt::Debug for ApplyOptions {
             .field("stop", &self.stop)
             .field("etcd", &self.etcd.as_ref().map(|e| e.endpoints()))
             .field("waits", &self.waits)
+            .field("render", &self.render.is_some())
             .finish()
     }
 }
@@ -60,6 +70,7 @@ impl Default for ApplyOptions {
             stop: Arc::new(AtomicBool::new(false)),
             etcd: None,
             waits: MemberWaits::default(),
+            render: None,
         }
     }
 }
@@ -369,6 +380,9 @@ struct Ctx {
     cluster: ClusterInfo,
     committer: Committer,
     ids: Mutex<HashMap<Address, String>>,
+    /// The attributes of every object: the state's, then those this apply made.
+    objects: Mutex<BTreeMap<Address, Attrs>>,
+    render: Option<Render>,
     observer: Observer,
     retry: RetryPolicy,
     retries: AtomicU64,
@@ -470,6 +484,13 @@ pub async fn apply(
         cluster: cluster.clone(),
         committer,
         ids: Mutex::new(ids),
+        objects: Mutex::new(
+            current
+                .iter()
+                .map(|(a, r)| (a.clone(), r.attrs.clone()))
+                .collect(),
+        ),
+        render: options.render.clone(),
         observer,
         retry: options.retry,
         retries: AtomicU64::new(0),
@@ -773,7 +794,7 @@ async fn run_provider(ctx: &Ctx, n: usize, ci: usize) -> Result<(), String> {
                 .map(|()| (vec![Mutation::Remove(c.address.clone())], None))
         }
         Action::Update => {
-            let mut attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let mut attrs = ctx.resolve(c)?;
             // The request carries inputs only; computed values are the provider's.
             if let Some(kind) = provider.schema().kind(&c.address.kind) {
                 attrs.retain(|k, _| kind.attr(k).is_some_and(|a| a.input));
@@ -792,7 +813,7 @@ async fn run_provider(ctx: &Ctx, n: usize, ci: usize) -> Result<(), String> {
                 .map(|obj| ctx.record(c, obj))
         }
         _ => {
-            let mut attrs = ctx.resolve(c).map_err(|e| e.to_string())?;
+            let mut attrs = ctx.resolve(c)?;
             ctx.join_config(n, c, &mut attrs)?;
             let now = SystemTime::now();
             let expires_at = ctx
@@ -919,9 +940,11 @@ impl Ctx {
         Ok(())
     }
 
-    /// The planned attributes with references resolved to the ids they have now.
+    /// The planned attributes with references resolved to the ids they have now and
+    /// deferred attributes rendered.
     fn resolve(&self, c: &Change) -> Result<BTreeMap<String, Value>, String> {
         let mut attrs = c.after.clone().unwrap_or_default();
+        self.render_deferred(c, &mut attrs)?;
         if c.refs.is_empty() {
             return Ok(attrs);
         }
@@ -935,11 +958,64 @@ impl Ctx {
         Ok(attrs)
     }
 
+    /// Fill in `c`'s deferred attributes, rendered now from the configuration. The
+    /// render must agree with every attribute the plan knew: a configuration edited
+    /// since the plan is refused, never applied half old, half new.
+    fn render_deferred(&self, c: &Change, attrs: &mut Attrs) -> Result<(), String> {
+        if c.deferred.is_empty() {
+            return Ok(());
+        }
+        let Some(render) = &self.render else {
+            return Err(format!(
+                "`{}`: {} known only after apply, and this apply cannot render them",
+                c.address,
+                c.deferred.join(", ")
+            ));
+        };
+        let objects = self
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let fresh = render(&c.address, &objects).map_err(|e| format!("`{}`: {e}", c.address))?;
+        for (k, v) in attrs.iter() {
+            if c.refs.contains_key(k) || c.deferred.contains(k) {
+                continue;
+            }
+            if let Some(now) = fresh.get(k)
+                && now != v
+            {
+                return Err(format!(
+                    "`{}`: `{k}` is not what the plan says: the configuration changed since the plan was made; plan again",
+                    c.address
+                ));
+            }
+        }
+        for d in &c.deferred {
+            match fresh.get(d) {
+                Some(v) => {
+                    attrs.insert(d.clone(), v.clone());
+                }
+                None => {
+                    return Err(format!(
+                        "`{}`: `{d}` is still not known; run apply again",
+                        c.address
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn record(
         &self,
         c: &Change,
         obj: clusterform_provider::Object,
     ) -> (Vec<Mutation>, Option<String>) {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.address.clone(), obj.attrs.clone());
         let id = obj.id.clone();
         let record = ResourceState {
             address: c.address.clone(),

@@ -26,7 +26,9 @@ use std::time::Duration;
 use clusterform_provider::{Provider, Reader};
 
 pub use adopt::{Adoption, adopt_tagged};
-pub use apply::{ApplyOptions, ApplyReport, Event, Observer, Outcome, apply, critical_path};
+pub use apply::{
+    ApplyOptions, ApplyReport, Event, Observer, Outcome, Render, apply, critical_path,
+};
 pub use duplicates::{Duplicate, duplicates};
 pub use error::EngineError;
 pub use import::{Imported, import};

@@ -74,6 +74,7 @@ fn member(i: u32, n: u32, marker: &str) -> Resource {
         ]),
         refs: BTreeMap::new(),
         depends_on: vec![],
+        deferred: Vec::new(),
     }
 }
 

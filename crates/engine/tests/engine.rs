@@ -25,6 +25,7 @@ fn cluster(workers: u32, size: &str) -> Vec<Resource> {
         attrs: Attrs::from([("cidr".to_string(), json!("10.0.0.0/16"))]),
         refs: BTreeMap::new(),
         depends_on: vec![],
+        deferred: Vec::new(),
     }];
     let machine = |addr: Address, deps: Vec<Address>, size: &str| Resource {
         address: addr,
@@ -32,6 +33,7 @@ fn cluster(workers: u32, size: &str) -> Vec<Resource> {
         attrs: Attrs::from([("size".to_string(), json!(size))]),
         refs: BTreeMap::from([("network".to_string(), a("network.main"))]),
         depends_on: deps,
+        deferred: Vec::new(),
     };
     out.push(machine(a("machine.central[0]"), vec![], "small"));
     for i in 0..workers {
@@ -101,14 +103,27 @@ impl World {
     }
 
     async fn apply(&self, p: &clusterform_core::Plan) -> clusterform_engine::ApplyReport {
+        self.apply_with(p, None).await
+    }
+
+    /// Apply `p` with `render` for its deferred attributes.
+    async fn apply_with(
+        &self,
+        p: &clusterform_core::Plan,
+        render: Option<clusterform_engine::Render>,
+    ) -> clusterform_engine::ApplyReport {
         let snap = self.store.load().expect("load");
+        let options = ApplyOptions {
+            render,
+            ..ApplyOptions::default()
+        };
         apply(
             p,
             &snap.resources,
             &self.providers,
             self.store.clone(),
             &self.info,
-            &ApplyOptions::default(),
+            &options,
             Arc::new(|_| {}),
         )
         .await
@@ -175,6 +190,7 @@ async fn a_failure_skips_dependents_and_independents_finish() {
         attrs: Attrs::from([("cidr".to_string(), json!("10.1.0.0/16"))]),
         refs: BTreeMap::new(),
         depends_on: vec![],
+        deferred: Vec::new(),
     });
     w.fake.fail_on(a("machine.central[0]"));
     let p = w.plan(&desired).await;
@@ -483,5 +499,101 @@ async fn destroy_targets_take_their_dependents_and_protected_machines_are_named(
     assert_eq!(
         clusterform_engine::protected(&guarded),
         [guarded.changes[0].address.clone()]
+    );
+}
+
+#[tokio::test]
+async fn deferred_attributes_are_rendered_during_apply_from_what_it_made() {
+    let w = world();
+    let mut desired = cluster(1, "small");
+    desired[2]
+        .attrs
+        .insert("user_data".into(), json!("stand-in"));
+    desired[2].deferred = vec!["user_data".into()];
+    let p = w.plan(&desired).await;
+    let c = p
+        .changes
+        .iter()
+        .find(|c| c.address == a("machine.workers[0]"))
+        .expect("worker");
+    assert_eq!(c.deferred, vec!["user_data".to_string()]);
+    assert!(c.after_unknown.contains(&"user_data".to_string()));
+    assert!(!c.after.as_ref().expect("after").contains_key("user_data"));
+
+    // Rendered from the network this apply made.
+    let render: clusterform_engine::Render = Arc::new(|address, objects| {
+        let cidr = objects
+            .get(&a("network.main"))
+            .and_then(|n| n.get("cidr"))
+            .and_then(|v| v.as_str())
+            .ok_or("no network yet")?;
+        Ok(Attrs::from([
+            ("size".to_string(), json!("small")),
+            (
+                "user_data".to_string(),
+                json!(format!("{address} on {cidr}")),
+            ),
+        ]))
+    });
+    let r = w.apply_with(&p, Some(render)).await;
+    assert!(r.success(), "{r:?}");
+    let made = w
+        .fake
+        .objects()
+        .into_iter()
+        .find(|o| o.attrs.contains_key("user_data"))
+        .expect("worker");
+    assert_eq!(
+        made.attrs["user_data"],
+        json!("machine.workers[0] on 10.0.0.0/16")
+    );
+    // Its next plan has nothing deferred and nothing to do.
+    let mut concrete = cluster(1, "small");
+    concrete[2].attrs.insert(
+        "user_data".into(),
+        json!("machine.workers[0] on 10.0.0.0/16"),
+    );
+    assert!(w.plan(&concrete).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_deferred_attribute_without_a_renderer_or_against_a_changed_file_fails() {
+    let w = world();
+    let mut desired = cluster(1, "small");
+    desired[2].deferred = vec!["user_data".into()];
+    let p = w.plan(&desired).await;
+    let failure = |r: &clusterform_engine::ApplyReport| {
+        r.outcomes
+            .iter()
+            .find_map(|(addr, _, o)| match o {
+                Outcome::Failed(m) if *addr == a("machine.workers[0]") => Some(m.clone()),
+                _ => None,
+            })
+            .expect("the worker failed")
+    };
+    let r = w.apply(&p).await;
+    assert!(
+        failure(&r).contains("user_data known only after apply, and this apply cannot render them"),
+        "{r:?}"
+    );
+    // The file now says another size than the plan: refused, nothing made.
+    let w2 = world();
+    let p2 = w2.plan(&desired).await;
+    let changed: clusterform_engine::Render = Arc::new(|_, _| {
+        Ok(Attrs::from([
+            ("size".to_string(), json!("huge")),
+            ("user_data".to_string(), json!("x")),
+        ]))
+    });
+    let r = w2.apply_with(&p2, Some(changed)).await;
+    assert!(
+        failure(&r).contains("`size` is not what the plan says: the configuration changed since the plan was made; plan again"),
+        "{r:?}"
+    );
+    assert!(
+        w2.fake
+            .objects()
+            .iter()
+            .all(|o| o.attrs.get("size") != Some(&json!("huge")))
     );
 }

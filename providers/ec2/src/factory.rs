@@ -59,6 +59,7 @@ mod tests {
             attrs,
             refs: Default::default(),
             depends_on: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 

@@ -15,6 +15,21 @@ use crate::settings::{Settings, TOKEN_ENV};
 /// Items per page of a list (the API's largest page is 1000; 100 keeps answers small).
 pub const PER_PAGE: usize = 100;
 
+/// What a 422 error says to do, unless the caller knows better (see [`advise`]).
+pub const FIX_SETTING: &str = "fix the setting it names in the cluster file and run again";
+
+/// A 422 error of [`Api::call`] with `advice` in place of [`FIX_SETTING`], for calls
+/// whose refusals no setting causes; other errors unchanged.
+pub fn advise(e: ProviderError, advice: &str) -> ProviderError {
+    match e {
+        ProviderError::Permanent(m) => match m.strip_suffix(FIX_SETTING) {
+            Some(head) => ProviderError::Permanent(format!("{head}{advice}")),
+            None => ProviderError::Permanent(m),
+        },
+        other => other,
+    }
+}
+
 /// Whether a request may be sent again when its outcome is unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replay {
@@ -195,7 +210,7 @@ impl Api {
                 )),
                 StatusCode::NOT_FOUND => ProviderError::NotFound(format!("{what} ({errors})")),
                 StatusCode::UNPROCESSABLE_ENTITY => ProviderError::Permanent(format!(
-                    "{what}: the Metal API rejected the request (422: {errors}); fix the setting it names in the cluster file and run again"
+                    "{what}: the Metal API rejected the request (422: {errors}); {FIX_SETTING}"
                 )),
                 _ => ProviderError::Permanent(format!(
                     "{what}: the Metal API answered {status}: {errors}"
@@ -213,12 +228,42 @@ impl Api {
         filter: &[(&str, String)],
         what: &str,
     ) -> Result<Vec<Value>, ProviderError> {
+        self.list_pages(path, key, filter, PER_PAGE, true, what)
+            .await
+    }
+
+    /// Every item of a paginated list whose operation documents `per_page` only (the
+    /// project's IP reservations): pages of `per_page`, the first without `page`, later
+    /// ones (rare: `per_page` is the API's largest page) with it, as `meta.next` does.
+    pub async fn list_sized(
+        &self,
+        path: &str,
+        key: &str,
+        filter: &[(&str, String)],
+        per_page: usize,
+        what: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
+        self.list_pages(path, key, filter, per_page, false, what)
+            .await
+    }
+
+    async fn list_pages(
+        &self,
+        path: &str,
+        key: &str,
+        filter: &[(&str, String)],
+        per_page: usize,
+        first_page_param: bool,
+        what: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
         let mut out = Vec::new();
         let mut page = 1u64;
         loop {
             let mut query: Vec<(&str, String)> = filter.to_vec();
-            query.push(("page", page.to_string()));
-            query.push(("per_page", PER_PAGE.to_string()));
+            if page > 1 || first_page_param {
+                query.push(("page", page.to_string()));
+            }
+            query.push(("per_page", per_page.to_string()));
             let body = self
                 .call(Method::GET, path, &query, None, Replay::Safe, what)
                 .await?
@@ -239,7 +284,7 @@ impl Api {
                 .is_some_and(|n| !n.is_null());
             let more = match last_page {
                 Some(last) => page < last,
-                None => has_next || (meta.is_some() && got == PER_PAGE),
+                None => has_next || (meta.is_some() && got == per_page),
             };
             if !more || got == 0 {
                 return Ok(out);
@@ -259,6 +304,18 @@ mod tests {
         assert_eq!(error_text(r#"{"error":"x"}"#), "x");
         assert_eq!(error_text(""), "no details");
         assert_eq!(error_text("<html>"), "<html>");
+    }
+
+    #[test]
+    fn advice_replaces_only_the_422_default() {
+        let e = ProviderError::Permanent(format!("x: rejected (422: y); {FIX_SETTING}"));
+        assert_eq!(advise(e, "do z").to_string(), "x: rejected (422: y); do z");
+        let e = ProviderError::Permanent("answered 400: bad".into());
+        assert_eq!(advise(e, "do z").to_string(), "answered 400: bad");
+        assert!(matches!(
+            advise(ProviderError::NotFound("n".into()), "do z"),
+            ProviderError::NotFound(_)
+        ));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The metal provider: machines are Metal devices (made, waited on until `active`,
 //! updated, locked, deleted and waited on until gone), the cluster network is a VLAN
-//! whose metro's machines get their bond0 port assigned to it. Reads list the project's
-//! devices by the cluster tag, a page of 100 at a time, never one request per device.
+//! whose metro's machines get their bond0 port assigned to it (or a record only, for a
+//! cluster spread over metros), and an `ip_reservation` is a public IPv4 address reserved
+//! in a metro (an elastic /32) that a device takes as its public address. Reads list the
+//! project's devices by the cluster tag, a page of 100 at a time, and its reservations in
+//! one listing, never one request per object.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -15,7 +18,7 @@ use clusterform_provider::{
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::api::{Api, Replay};
+use crate::api::{Api, Replay, advise};
 use crate::settings::Settings;
 
 /// Attributes Metal does not report, kept in the device's `customdata` under this key
@@ -29,13 +32,19 @@ const MACHINE_INPUTS: &[&str] = &[
     "address",
     "etcd_endpoints",
     "ssh_authorized_keys",
+    "ip_reservation",
 ];
 /// The network attributes kept in the VLAN's inputs tag (a VLAN has no `customdata`).
-const NETWORK_INPUTS: &[&str] = &["cidr", "gateway", "dns"];
+const NETWORK_INPUTS: &[&str] = &["cidr", "gateway", "dns", "vlan"];
 /// The tag prefix of the network's inputs (`clusterform:inputs=<json>`).
 const INPUTS_TAG: &str = "clusterform:inputs=";
 /// The id of the cluster network when `vlan = false`: a record, nothing at Metal.
 const NO_VLAN: &str = "no-vlan";
+/// The reservation type of an `ip_reservation`.
+const PUBLIC_IPV4: &str = "public_ipv4";
+/// Reservations a page when listing a project's (the spec's largest `per_page`; the
+/// operation documents no `page`, so one page is the rule).
+const IPS_PER_PAGE: usize = 1000;
 
 /// The Metal provider.
 pub struct Metal {
@@ -218,9 +227,138 @@ fn no_vlan_object(attrs: &Attrs, owner: Option<Ownership>) -> Object {
     }
 }
 
+/// The `ip_reservation` object of an IP reservation (`prior`: the state's record, empty
+/// when adopting): its metro, its address (a /32) and the user's tags.
+pub fn reservation_object(r: &Value, prior: &Attrs) -> Object {
+    let (owner, user) = split_tags(r);
+    let mut attrs = Attrs::new();
+    put(&mut attrs, "zone", str_at(r, &["metro", "code"]));
+    put(&mut attrs, "address", str_at(r, &["address"]));
+    if !user.is_empty() || prior.contains_key("tags") {
+        attrs.insert("tags".into(), json!(user));
+    }
+    Object {
+        kind: "ip_reservation".into(),
+        id: str_at(r, &["id"]).unwrap_or_default().to_string(),
+        attrs,
+        owner,
+    }
+}
+
+/// The body of the request for an `ip_reservation` (`POST /projects/{id}/ips`): one
+/// public IPv4 address in its metro, with the ownership and the user's tags. A request
+/// beyond the project's quota fails (422) instead of waiting for Equinix's approval.
+pub fn reservation_body(attrs: &Attrs, owner: &Ownership) -> Result<Value> {
+    let zone = attrs
+        .get("zone")
+        .and_then(Value::as_str)
+        .filter(|z| !z.trim().is_empty())
+        .ok_or_else(|| {
+            ProviderError::Config(format!(
+                "`{}` needs `zone`, the metro to reserve the address in",
+                owner.address
+            ))
+        })?;
+    Ok(json!({
+        "type": PUBLIC_IPV4,
+        "quantity": 1,
+        "metro": zone,
+        "tags": tag_strings(Some(owner), attrs.get("tags")),
+        "details": format!("clusterform {} {}", owner.cluster, owner.address),
+        "fail_on_approval_required": true,
+    }))
+}
+
+/// A reservation no device may take yet: one `pending` Equinix's approval.
+fn pending_error(r: &Value, what: &str) -> Option<ProviderError> {
+    (str_at(r, &["state"]) == Some("pending")).then(|| {
+        let id = str_at(r, &["id"]).unwrap_or_default();
+        let metro = str_at(r, &["metro", "code"]).unwrap_or("its metro");
+        ProviderError::Ambiguous(format!(
+            "{what}: IP reservation {id} in {metro} is `pending`: it waits for Equinix's approval (the project's public IPv4 quota is used up) and no device can take its address until then; ask Equinix to approve it (or to raise the quota) and run again, which finds it by its op tag and asks for no other, or delete it to give up"
+        ))
+    })
+}
+
+/// True for an IP reservation (an IP assignment, which `GET /ips/{id}` also answers,
+/// has no `type`).
+fn is_reservation(r: &Value) -> bool {
+    r.get("type").and_then(Value::as_str).is_some()
+}
+
+/// The ip address entries of a device's create request: the private IPv4 every device
+/// needs; as its public IPv4 the reservation's address when it takes one (an elastic
+/// /32), else one of Metal's when `public_ipv4` is on; public IPv6 when it is on.
+fn device_ip_addresses(reservation: Option<&str>, public_ipv4: bool) -> Vec<Value> {
+    let mut ips = vec![json!({"address_family": 4, "public": false})];
+    match reservation {
+        Some(id) => ips.push(json!({
+            "address_family": 4,
+            "public": true,
+            "cidr": 32,
+            "ip_reservations": [id],
+        })),
+        None if public_ipv4 => ips.push(json!({"address_family": 4, "public": true})),
+        None => {}
+    }
+    if public_ipv4 {
+        ips.push(json!({"address_family": 6, "public": true}));
+    }
+    ips
+}
+
+/// The body of a device's create request (`POST /projects/{id}/devices`) for a machine's
+/// inputs `a` (references resolved to ids: `ip_reservation` is the reservation's id);
+/// `metro` is the settings' metro, for a machine without a zone.
+pub fn device_body(a: &Attrs, owner: &Ownership, metro: &str, public_ipv4: bool) -> Result<Value> {
+    let s = |k: &str| a.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let hostname = s("name").unwrap_or_default();
+    let os = match s("operating_system") {
+        Some("custom_ipxe") => "custom_ipxe".to_string(),
+        Some(other) => {
+            return Err(ProviderError::Config(format!(
+                "machine `{hostname}`: `operating_system = \"{other}\"` is not one clusterform installs; leave it out for `flatcar_<channel>`, or write \"custom_ipxe\" with `ipxe_script_url`"
+            )));
+        }
+        None => format!("flatcar_{}", s("channel").unwrap_or("stable")),
+    };
+    if os == "custom_ipxe" && s("ipxe_script_url").is_none() {
+        return Err(ProviderError::Config(format!(
+            "machine `{hostname}`: `custom_ipxe` needs `ipxe_script_url`, the iPXE script it boots"
+        )));
+    }
+    let mut body = json!({
+        "metro": s("zone").unwrap_or(metro),
+        "plan": s("size").unwrap_or_default(),
+        "operating_system": os,
+        "hostname": hostname,
+        "billing_cycle": "hourly",
+        "tags": tag_strings(Some(owner), a.get("tags")),
+        "customdata": { INPUTS: Value::Object(pick(a, MACHINE_INPUTS)) },
+        "ip_addresses": device_ip_addresses(s("ip_reservation"), public_ipv4),
+    });
+    if let Some(u) = s("user_data") {
+        body["userdata"] = json!(u);
+    }
+    if let Some(url) = s("ipxe_script_url") {
+        body["ipxe_script_url"] = json!(url);
+    }
+    for (attr, api) in [("always_pxe", "always_pxe"), ("protect", "locked")] {
+        if a.get(attr).and_then(Value::as_bool) == Some(true) {
+            body[api] = json!(true);
+        }
+    }
+    Ok(body)
+}
+
+/// True when the network `attrs` asks for no VLAN (`vlan = false`).
+fn no_vlan_asked(attrs: &Attrs) -> bool {
+    attrs.get("vlan").and_then(Value::as_bool) == Some(false)
+}
+
 fn kind_error(kind: &str) -> ProviderError {
     ProviderError::Permanent(format!(
-        "the metal provider has no kind `{kind}`; it has: network, machine"
+        "the metal provider has no kind `{kind}`; it has: network, machine, ip_reservation"
     ))
 }
 
@@ -414,48 +552,12 @@ impl Metal {
         let a = &req.attrs;
         let s = |k: &str| a.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
         let hostname = s("name").unwrap_or_default().to_string();
-        let metro = s("zone").unwrap_or(&self.settings.metro).to_string();
-        let os = match s("operating_system") {
-            Some("custom_ipxe") => "custom_ipxe".to_string(),
-            Some(other) => {
-                return Err(ProviderError::Config(format!(
-                    "machine `{hostname}`: `operating_system = \"{other}\"` is not one clusterform installs; leave it out for `flatcar_<channel>`, or write \"custom_ipxe\" with `ipxe_script_url`"
-                )));
-            }
-            None => format!("flatcar_{}", s("channel").unwrap_or("stable")),
-        };
-        if os == "custom_ipxe" && s("ipxe_script_url").is_none() {
-            return Err(ProviderError::Config(format!(
-                "machine `{hostname}`: `custom_ipxe` needs `ipxe_script_url`, the iPXE script it boots"
-            )));
-        }
-        let mut body = json!({
-            "metro": metro,
-            "plan": s("size").unwrap_or_default(),
-            "operating_system": os,
-            "hostname": hostname,
-            "billing_cycle": "hourly",
-            "tags": tag_strings(Some(&req.owner), a.get("tags")),
-            "customdata": { INPUTS: Value::Object(pick(a, MACHINE_INPUTS)) },
-        });
-        if let Some(u) = s("user_data") {
-            body["userdata"] = json!(u);
-        }
-        // The private IPv4 address every device needs; public ones unless turned off.
-        let mut ips = vec![json!({"address_family": 4, "public": false})];
-        if self.settings.public_ipv4 {
-            ips.push(json!({"address_family": 4, "public": true}));
-            ips.push(json!({"address_family": 6, "public": true}));
-        }
-        body["ip_addresses"] = json!(ips);
-        if let Some(url) = s("ipxe_script_url") {
-            body["ipxe_script_url"] = json!(url);
-        }
-        for (attr, api) in [("always_pxe", "always_pxe"), ("protect", "locked")] {
-            if a.get(attr).and_then(Value::as_bool) == Some(true) {
-                body[api] = json!(true);
-            }
-        }
+        let body = device_body(
+            a,
+            &req.owner,
+            &self.settings.metro,
+            self.settings.public_ipv4,
+        )?;
         // Idempotent through the op tag: a device this operation already made (an earlier
         // attempt, or a run that crashed) is found and waited on, never made twice.
         let mut device = None;
@@ -486,7 +588,7 @@ impl Metal {
                     )));
                 }
                 Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
-                    note_retry(&m);
+                    note_retry("device", &m);
                     tokio::time::sleep(self.settings.poll_interval).await;
                 }
                 Err(e) => return Err(e),
@@ -510,7 +612,7 @@ impl Metal {
     }
 
     async fn create_network(&self, req: &CreateRequest) -> Result<Object> {
-        if !self.settings.vlan {
+        if !self.settings.vlan || no_vlan_asked(&req.attrs) {
             return Ok(no_vlan_object(&req.attrs, Some(req.owner.clone())));
         }
         let op_tag = format!("{}={}", tags::OP, req.owner.op);
@@ -562,6 +664,116 @@ impl Metal {
         Ok(vlan_object(&v, &req.attrs))
     }
 
+    /// The project's public IPv4 reservations carrying `tag` (every one when None), in one
+    /// listing (the API filters reservations by type, not by tag).
+    async fn reservations(&self, tag: Option<&str>) -> Result<Vec<Value>> {
+        let mut all = self
+            .api
+            .list_sized(
+                &self.project("ips"),
+                "ip_addresses",
+                &[("types", PUBLIC_IPV4.to_string())],
+                IPS_PER_PAGE,
+                "list the project's IP reservations",
+            )
+            .await?;
+        all.retain(is_reservation);
+        if let Some(t) = tag {
+            all.retain(|r| {
+                r.get("tags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+            });
+        }
+        Ok(all)
+    }
+
+    /// The IP reservation `id`; None when the API no longer has it. An IP assignment's id
+    /// (which the same call answers) is an error.
+    async fn reservation(&self, id: &str) -> Result<Option<Value>> {
+        let what = format!("read IP reservation {id}");
+        match self
+            .api
+            .call(
+                Method::GET,
+                &format!("/ips/{id}"),
+                &[],
+                None,
+                Replay::Safe,
+                &what,
+            )
+            .await
+        {
+            Ok(Some(r)) if !is_reservation(&r) => Err(ProviderError::Permanent(format!(
+                "{what}: {id} is an IP assignment (an address given to a device), not a reservation; use the reservation's id, listed under the project's IPs"
+            ))),
+            Ok(r) => Ok(r),
+            Err(ProviderError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reserve a public IPv4 address in the metro `zone`. Idempotent through the op tag:
+    /// a reservation this operation already made (an earlier attempt, or a run that
+    /// crashed) is found in the project's listing and adopted, never requested twice.
+    async fn create_reservation(&self, req: &CreateRequest) -> Result<Object> {
+        let body = reservation_body(&req.attrs, &req.owner)?;
+        let metro = body["metro"].as_str().unwrap_or_default().to_string();
+        let what = format!(
+            "reserve a public IPv4 address in metro {metro} for `{}`",
+            req.owner.address
+        );
+        let op_tag = format!("{}={}", tags::OP, req.owner.op);
+        let mut reservation = None;
+        for attempt in 0..3 {
+            if let Some(found) = self.reservations(Some(&op_tag)).await?.into_iter().next() {
+                reservation = Some(found);
+                break;
+            }
+            match self
+                .api
+                .call(
+                    Method::POST,
+                    &self.project("ips"),
+                    &[],
+                    Some(&body),
+                    Replay::Unsafe,
+                    &what,
+                )
+                .await
+            {
+                Ok(Some(r)) => {
+                    reservation = Some(r);
+                    break;
+                }
+                Ok(None) => {
+                    return Err(ProviderError::Ambiguous(format!(
+                        "{what}: the Metal API answered without the reservation"
+                    )));
+                }
+                Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
+                    note_retry("IP reservation", &m);
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(e) => {
+                    return Err(advise(
+                        e,
+                        "a request beyond the project's public IPv4 quota, which would need Equinix's approval, is refused rather than left pending: ask Equinix to raise the quota or delete unused reservations; else fix the `zone` of the reservation (a metro code) and run again",
+                    ));
+                }
+            }
+        }
+        let Some(r) = reservation else {
+            return Err(ProviderError::Ambiguous(format!(
+                "{what}: no answer from the Metal API; the next run looks for it by its op tag"
+            )));
+        };
+        if let Some(e) = pending_error(&r, &what) {
+            return Err(e);
+        }
+        Ok(reservation_object(&r, &req.attrs))
+    }
+
     /// Wait until the API no longer has the device (404, or state `deleted`).
     async fn wait_gone(&self, id: &str) -> Result<()> {
         let started = Instant::now();
@@ -602,8 +814,8 @@ impl Metal {
 }
 
 /// Where a retried create's first failure goes: stderr, which clusterform keeps in its log.
-fn note_retry(message: &str) {
-    eprintln!("metal: {message}; looking for the device by its op tag before creating again");
+fn note_retry(what: &str, message: &str) {
+    eprintln!("metal: {message}; looking for the {what} by its op tag before creating again");
 }
 
 #[async_trait]
@@ -635,13 +847,19 @@ impl Reader for Metal {
                 .vlan(&req.id)
                 .await?
                 .map(|v| vlan_object(&v, &req.prior))),
+            "ip_reservation" => Ok(self
+                .reservation(&req.id)
+                .await?
+                .map(|r| reservation_object(&r, &req.prior))),
             other => Err(kind_error(other)),
         }
     }
 
     /// Machines in one listing of the project's devices by the cluster tag (the cluster is
     /// learnt from the first machine found); a machine missing from it (deleted, or its
-    /// tags changed out of band) is then read by id. Networks one by one (one a cluster).
+    /// tags changed out of band) is then read by id. IP reservations in one listing of the
+    /// project's (one missing from it is then read by id). Networks one by one (one a
+    /// cluster).
     async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<Option<Object>>> {
         let machines: Vec<&ReadRequest> = reqs.iter().filter(|r| r.kind == "machine").collect();
         let mut listed: HashMap<String, Value> = HashMap::new();
@@ -674,10 +892,31 @@ impl Reader for Metal {
                 }
             }
         }
+        // One listing for every reservation of the batch; when it fails, only the
+        // reservations' reads fail.
+        let reserved: Result<HashMap<String, Value>> =
+            if reqs.iter().any(|r| r.kind == "ip_reservation") {
+                self.reservations(None).await.map(|all| {
+                    all.into_iter()
+                        .filter_map(|r| {
+                            let id = str_at(&r, &["id"])?.to_string();
+                            Some((id, r))
+                        })
+                        .collect()
+                })
+            } else {
+                Ok(HashMap::new())
+            };
         let mut out = Vec::with_capacity(reqs.len());
         for r in reqs {
-            out.push(match listed.get(&r.id) {
-                Some(d) if r.kind == "machine" => Ok(Some(device_object(d, &r.prior))),
+            out.push(match (r.kind.as_str(), &reserved) {
+                ("machine", _) if listed.contains_key(&r.id) => {
+                    Ok(listed.get(&r.id).map(|d| device_object(d, &r.prior)))
+                }
+                ("ip_reservation", Err(e)) => Err(e.clone()),
+                ("ip_reservation", Ok(all)) if all.contains_key(&r.id) => {
+                    Ok(all.get(&r.id).map(|x| reservation_object(x, &r.prior)))
+                }
                 _ => self.read(r).await,
             });
         }
@@ -699,6 +938,14 @@ impl Reader for Metal {
                     .first()
                     .map(|v| vlan_object(v, &Attrs::new())))
             }
+            "ip_reservation" => {
+                let tag = format!("{}={key}", tags::OP);
+                Ok(self
+                    .reservations(Some(&tag))
+                    .await?
+                    .first()
+                    .map(|r| reservation_object(r, &Attrs::new())))
+            }
             other => Err(kind_error(other)),
         }
     }
@@ -719,6 +966,12 @@ impl Reader for Metal {
                     .map(|v| vlan_object(v, &Attrs::new())),
             );
         }
+        out.extend(
+            self.reservations(Some(&tag))
+                .await?
+                .iter()
+                .map(|r| reservation_object(r, &Attrs::new())),
+        );
         Ok(out)
     }
 
@@ -739,6 +992,13 @@ impl Reader for Metal {
                     .filter(|o| o.owner.is_some()),
             );
         }
+        out.extend(
+            self.reservations(None)
+                .await?
+                .iter()
+                .map(|r| reservation_object(r, &Attrs::new()))
+                .filter(|o| o.owner.is_some()),
+        );
         Ok(out)
     }
 }
@@ -749,6 +1009,7 @@ impl Provider for Metal {
         match req.kind.as_str() {
             "machine" => self.create_machine(req).await,
             "network" => self.create_network(req).await,
+            "ip_reservation" => self.create_reservation(req).await,
             other => Err(kind_error(other)),
         }
     }
@@ -834,6 +1095,39 @@ impl Provider for Metal {
                 }
                 Ok(Object { attrs, ..current })
             }
+            "ip_reservation" => {
+                let what = format!("update IP reservation {} of `{}`", req.id, req.address);
+                if let Some(other) = req.changed.iter().find(|c| c.as_str() != "tags") {
+                    return Err(ProviderError::Permanent(format!(
+                        "{what}: `{other}` cannot be changed in place at Metal; the plan should replace the reservation"
+                    )));
+                }
+                let current = self.reservation(&req.id).await?.ok_or_else(|| {
+                    ProviderError::NotFound(format!(
+                        "IP reservation {} of `{}`",
+                        req.id, req.address
+                    ))
+                })?;
+                let (owner, _) = split_tags(&current);
+                let body = json!({ "tags": tag_strings(owner.as_ref(), req.attrs.get("tags")) });
+                let r = self
+                    .api
+                    .call(
+                        Method::PATCH,
+                        &format!("/ips/{}", req.id),
+                        &[],
+                        Some(&body),
+                        Replay::Safe,
+                        &what,
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        ProviderError::Permanent(format!(
+                            "{what}: the Metal API answered without the reservation"
+                        ))
+                    })?;
+                Ok(reservation_object(&r, &req.attrs))
+            }
             other => Err(kind_error(other)),
         }
     }
@@ -892,6 +1186,24 @@ impl Provider for Metal {
                 Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
                 Err(e) => Err(e),
             },
+            "ip_reservation" => match self
+                .api
+                .call(
+                    Method::DELETE,
+                    &format!("/ips/{}", req.id),
+                    &[],
+                    None,
+                    Replay::Safe,
+                    &format!("delete IP reservation {} of `{}`", req.id, req.address),
+                )
+                .await
+            {
+                Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+                Err(e) => Err(advise(
+                    e,
+                    "Metal keeps a reservation whose address a device still has: delete or replace the machine that takes it (`ip_reservation`) first, then run again",
+                )),
+            },
             other => Err(kind_error(other)),
         }
     }
@@ -905,6 +1217,18 @@ impl Provider for Metal {
             id: id.to_string(),
             prior: Attrs::new(),
         };
+        if kind == "ip_reservation" {
+            let r = self.reservation(id).await?.ok_or_else(|| {
+                ProviderError::NotFound(format!("IP reservation {id} in the Metal project"))
+            })?;
+            let ty = str_at(&r, &["type"]).unwrap_or_default();
+            if ty != PUBLIC_IPV4 {
+                return Err(ProviderError::Permanent(format!(
+                    "IP reservation {id} is of type `{ty}`; an `ip_reservation` is a {PUBLIC_IPV4} reservation"
+                )));
+            }
+            return Ok(reservation_object(&r, &Attrs::new()));
+        }
         self.read(&req)
             .await?
             .ok_or_else(|| ProviderError::NotFound(format!("{kind} {id} in the Metal project")))
@@ -955,6 +1279,216 @@ mod tests {
         assert_eq!(o.attrs["role"], json!("etcd"));
         assert!(o.owner.is_some());
         assert!(!o.attrs.contains_key("tags"));
+    }
+
+    fn owner(address: &str) -> Ownership {
+        Ownership {
+            cluster: "prod".into(),
+            address: address.parse().expect("address"),
+            op: "op-7".into(),
+            expires_at: None,
+            created_by: None,
+            created_at: None,
+        }
+    }
+
+    fn attrs(v: Value) -> Attrs {
+        serde_json::from_value(v).expect("attrs")
+    }
+
+    #[test]
+    fn a_reservation_reports_its_metro_address_and_user_tags() {
+        let r = json!({
+            "id": "5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c", "type": "public_ipv4",
+            "address": "147.28.2.7", "network": "147.28.2.7", "cidr": 32, "public": true,
+            "address_family": 4, "state": "created", "details": "clusterform prod ip_reservation.central[0]",
+            "metro": {"id": "0a1b2c3d-0000-0000-0000-000000000000", "code": "sv", "name": "Silicon Valley"},
+            "assignments": [],
+            "tags": ["clusterform:cluster=prod", "clusterform:address=ip_reservation.central[0]",
+                     "clusterform:op=op-7", "team=infra"]
+        });
+        let o = reservation_object(&r, &Attrs::new());
+        assert_eq!(o.kind, "ip_reservation");
+        assert_eq!(o.id, "5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c");
+        assert_eq!(o.attrs["zone"], json!("sv"));
+        assert_eq!(o.attrs["address"], json!("147.28.2.7"));
+        assert_eq!(o.attrs["tags"], json!({"team": "infra"}));
+        assert_eq!(o.attrs.len(), 3, "{:?}", o.attrs);
+        let owner = o.owner.expect("owned");
+        assert_eq!(
+            (owner.cluster.as_str(), owner.op.as_str()),
+            ("prod", "op-7")
+        );
+        // Without user tags: none reported, unless the state records an empty map.
+        let bare = json!({"id": "x", "type": "public_ipv4", "address": "147.28.0.2", "metro": {"code": "da"}});
+        let o = reservation_object(&bare, &Attrs::new());
+        assert!(!o.attrs.contains_key("tags"));
+        assert!(o.owner.is_none());
+        let o = reservation_object(&bare, &attrs(json!({"tags": {}})));
+        assert_eq!(o.attrs["tags"], json!({}));
+        assert!(is_reservation(&bare));
+        assert!(!is_reservation(
+            &json!({"id": "a", "address": "147.28.0.2", "assigned_to": {"href": "/d"}})
+        ));
+    }
+
+    #[test]
+    fn a_reservation_request_has_only_the_specs_fields() {
+        let body = reservation_body(
+            &attrs(json!({"zone": "ny", "tags": {"team": "infra"}})),
+            &owner("ip_reservation.central[1]"),
+        )
+        .expect("body");
+        assert_eq!(
+            body,
+            json!({
+                "type": "public_ipv4",
+                "quantity": 1,
+                "metro": "ny",
+                "tags": ["clusterform:cluster=prod", "clusterform:address=ip_reservation.central[1]",
+                         "clusterform:op=op-7", "team=infra"],
+                "details": "clusterform prod ip_reservation.central[1]",
+                "fail_on_approval_required": true,
+            })
+        );
+        let e = reservation_body(&Attrs::new(), &owner("ip_reservation.central[1]"))
+            .expect_err("no zone");
+        assert!(e.to_string().contains("`zone`"), "{e}");
+    }
+
+    #[test]
+    fn a_pending_reservation_says_what_to_do() {
+        let r =
+            json!({"id": "r1", "type": "public_ipv4", "state": "pending", "metro": {"code": "am"}});
+        let e = pending_error(&r, "reserve").expect("pending");
+        let m = e.to_string();
+        assert!(
+            m.contains("`pending`") && m.contains("approv") && m.contains("quota"),
+            "{m}"
+        );
+        assert!(pending_error(&json!({"state": "created"}), "reserve").is_none());
+    }
+
+    #[test]
+    fn a_device_takes_its_reservation_as_its_public_ipv4() {
+        let a = attrs(json!({
+            "name": "prod-central-1", "size": "c3.small.x86", "zone": "ny", "role": "etcd",
+            "network": "no-vlan", "ip_reservation": "5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c",
+        }));
+        let body = device_body(&a, &owner("machine.central[1]"), "da", true).expect("body");
+        assert_eq!(
+            body["ip_addresses"],
+            json!([
+                {"address_family": 4, "public": false},
+                {"address_family": 4, "public": true, "cidr": 32,
+                 "ip_reservations": ["5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c"]},
+                {"address_family": 6, "public": true},
+            ])
+        );
+        assert_eq!(body["metro"], json!("ny"));
+        assert_eq!(body["operating_system"], json!("flatcar_stable"));
+        let inputs = &body["customdata"][INPUTS];
+        assert_eq!(
+            inputs["ip_reservation"],
+            json!("5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c")
+        );
+        // Without public addresses from Metal the reserved one is still asked for.
+        let body = device_body(&a, &owner("machine.central[1]"), "da", false).expect("body");
+        assert_eq!(body["ip_addresses"].as_array().map(Vec::len), Some(2));
+        // Without a reservation: Metal's public addresses, or none.
+        let plain = attrs(json!({"name": "w", "size": "m3.large.x86"}));
+        let body = device_body(&plain, &owner("machine.workers[0]"), "da", true).expect("body");
+        assert_eq!(
+            body["ip_addresses"],
+            json!([
+                {"address_family": 4, "public": false},
+                {"address_family": 4, "public": true},
+                {"address_family": 6, "public": true},
+            ])
+        );
+        assert_eq!(body["metro"], json!("da"));
+        let body = device_body(&plain, &owner("machine.workers[0]"), "da", false).expect("body");
+        assert_eq!(
+            body["ip_addresses"],
+            json!([{"address_family": 4, "public": false}])
+        );
+        // The device reports the reservation back from its customdata: plans stay no-op.
+        let d = json!({
+            "id": "d1", "hostname": "prod-central-1", "state": "active",
+            "plan": {"slug": "c3.small.x86"}, "metro": {"code": "ny"},
+            "customdata": body_customdata(&a),
+        });
+        let o = device_object(&d, &Attrs::new());
+        assert_eq!(
+            o.attrs["ip_reservation"],
+            json!("5b1e0a57-7d4c-4c2e-9d0e-0c1f3e2a4b6c")
+        );
+        let e = device_body(
+            &attrs(json!({"name": "x", "operating_system": "ubuntu"})),
+            &owner("machine.x"),
+            "da",
+            true,
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("custom_ipxe"), "{e}");
+    }
+
+    fn body_customdata(a: &Attrs) -> Value {
+        device_body(a, &owner("machine.central[1]"), "da", true).expect("body")["customdata"]
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_network_without_a_vlan_is_a_record_that_reads_back_as_made() {
+        let settings = Settings::parse(
+            &serde_json::from_value(json!({
+                "project_id": "00000000-0000-0000-0000-000000000001",
+                "api_url": "http://127.0.0.1:9",
+            }))
+            .expect("settings"),
+            |_| None,
+        )
+        .expect("settings");
+        assert!(settings.vlan);
+        let metal = Metal::new(settings).expect("provider");
+        let inputs = attrs(json!({
+            "name": "prod", "cidr": "10.10.0.0/22", "vlan": false, "dns": ["1.1.1.1"],
+        }));
+        // No token: any API call would fail, so none is made.
+        let made = metal
+            .create(&CreateRequest {
+                kind: "network".into(),
+                attrs: inputs.clone(),
+                owner: owner("network.cluster"),
+            })
+            .await
+            .expect("made");
+        assert_eq!(made.id, NO_VLAN);
+        assert_eq!(made.attrs, inputs);
+        let read = metal
+            .read(&ReadRequest {
+                address: "network.cluster".parse().expect("address"),
+                kind: "network".into(),
+                id: made.id.clone(),
+                prior: made.attrs.clone(),
+            })
+            .await
+            .expect("read")
+            .expect("there");
+        assert_eq!(read.attrs, inputs);
+        assert_eq!(read.attrs["vlan"], json!(false));
+        // A VLAN keeps `vlan` among the inputs of its tag, so an explicit `true` reads back.
+        let v = json!({
+            "id": "v1", "description": "prod", "metro_code": "da", "vxlan": 1234,
+            "tags": [format!("{INPUTS_TAG}{}", json!({"cidr": "10.10.0.0/22", "vlan": true}))],
+        });
+        assert_eq!(vlan_object(&v, &Attrs::new()).attrs["vlan"], json!(true));
+        let e = metal
+            .reader()
+            .find_by_key("disk", "k")
+            .await
+            .expect_err("no such kind");
+        assert!(e.to_string().contains("ip_reservation"), "{e}");
     }
 
     #[test]

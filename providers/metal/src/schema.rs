@@ -1,5 +1,7 @@
-//! The metal provider's schema: the kinds it manages (`network`: a VLAN; `machine`: a
-//! device), their attributes, and which changes are applied in place. Pure.
+//! The metal provider's schema: the kinds it manages (`network`: a VLAN, or a record only
+//! when `vlan = false`; `machine`: a device; `ip_reservation`: a public IPv4 address
+//! reserved in a metro, an elastic /32), their attributes, and which changes are applied
+//! in place. Pure.
 
 use clusterform_core::{AttrSchema, AttrType, KindSchema, ProviderSchema};
 
@@ -35,6 +37,12 @@ pub fn schema() -> ProviderSchema {
                 "the VLAN's number (2 to 3999), which the machines' configs name (`bond0.<vxlan>`); Metal picks one when left out",
             )
             .force_new(),
+            AttrSchema::optional(
+                "vlan",
+                Bool,
+                "false: no VLAN is made (a cluster spread over metros, whose machines talk over their public addresses); a record only",
+            )
+            .force_new(),
         ],
     };
     let machine = KindSchema {
@@ -58,6 +66,12 @@ pub fn schema() -> ProviderSchema {
             )
             .force_new(),
             AttrSchema::computed("private_ipv4", String, "the private IPv4 address Metal gave it"),
+            AttrSchema::optional(
+                "ip_reservation",
+                Reference,
+                "the `ip_reservation` whose address the device takes as its public IPv4",
+            )
+            .force_new(),
             AttrSchema::optional("etcd_endpoints", StringList, "etcd client URLs it uses").force_new(),
             AttrSchema::optional("ssh_authorized_keys", StringList, "SSH public keys for `core`").force_new(),
             AttrSchema::optional(
@@ -80,8 +94,21 @@ pub fn schema() -> ProviderSchema {
             AttrSchema::computed("state", String, "the device's state: `active` once provisioned"),
         ],
     };
+    let ip_reservation = KindSchema {
+        kind: "ip_reservation".into(),
+        doc: "a public IPv4 address reserved in a metro (an elastic /32); a central machine of a cluster spread over metros takes it as its public address (`ip_reservation` of the machine) and its etcd member advertises it".into(),
+        attrs: vec![
+            AttrSchema::required("zone", String, "the metro code").force_new(),
+            AttrSchema::computed(
+                "address",
+                String,
+                "the reserved address (the reservation's `address`; a /32)",
+            ),
+            AttrSchema::optional("tags", Map, "extra tags on the reservation (`key=value`; changed in place)"),
+        ],
+    };
     ProviderSchema {
         provider: PROVIDER_NAME.into(),
-        kinds: vec![network, machine],
+        kinds: vec![network, machine, ip_reservation],
     }
 }

@@ -132,6 +132,7 @@ async fn plan_confirm_run(
     if !destroy {
         context::keep_ca(&ctx.store, ctx.model.etcd_ca.as_deref(), &p.snapshot)?;
     }
+    let render = deferred_render(&p.plan, &ctx.model.path, &ctx.providers);
     run(
         &p.plan,
         &p.snapshot,
@@ -141,8 +142,21 @@ async fn plan_confirm_run(
         run_args,
         destroy,
         p.etcd.as_ref(),
+        render,
     )
     .await
+}
+
+/// What renders the plan's deferred attributes, when it has any.
+fn deferred_render(
+    plan: &Plan,
+    file: &Path,
+    providers: &Providers,
+) -> Option<clusterform_engine::Render> {
+    plan.changes
+        .iter()
+        .any(|c| !c.deferred.is_empty())
+        .then(|| context::deferred_render(file, providers))
 }
 
 async fn apply_saved(
@@ -248,6 +262,7 @@ async fn apply_saved(
         }
         _ => None,
     };
+    let render = deferred_render(plan, &pf.cluster_file, &providers);
     let code = run(
         plan,
         &snapshot,
@@ -257,6 +272,7 @@ async fn apply_saved(
         run_args,
         plan.destroy,
         access.as_ref(),
+        render,
     )
     .await;
     drop(guard);
@@ -275,6 +291,7 @@ fn saved_plan_members(plan: &Plan, snapshot: &Snapshot) -> clusterform_engine::d
                 attrs: attrs.clone(),
                 refs: Default::default(),
                 depends_on: Vec::new(),
+                deferred: Vec::new(),
             })
         })
         .collect();
@@ -291,6 +308,7 @@ async fn run(
     run_args: &RunArgs,
     destroy: bool,
     etcd: Option<&crate::etcd::EtcdAccess>,
+    render: Option<clusterform_engine::Render>,
 ) -> Result<u8> {
     let stop = Arc::new(AtomicBool::new(false));
     let interrupts = {
@@ -318,6 +336,7 @@ async fn run(
         parallelism: run_args.parallelism as usize,
         stop: stop.clone(),
         etcd: etcd.map(|a| a.client.clone() as Arc<dyn clusterform_etcd::EtcdAdmin>),
+        render,
         ..ApplyOptions::default()
     };
     let report = clusterform_engine::apply(

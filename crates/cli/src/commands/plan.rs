@@ -230,6 +230,27 @@ pub async fn prepare(
         started.elapsed().as_secs_f64()
     );
     let mut replace = replace_requests(&intent.replace, &refreshed.resources)?;
+    // A running cluster over metros changes its members with their addresses known.
+    let held = if intent.destroy {
+        None
+    } else {
+        hold_back(&ctx.model.resources, &snapshot.resources)
+    };
+    let (resources, graph) = match &held {
+        Some((r, g, addresses)) => {
+            errln!(
+                "note: {} wait for the addresses this apply reserves: {}; run `clusterform apply` again after it for them",
+                addresses.len(),
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            (r.as_slice(), g)
+        }
+        None => (ctx.model.resources.as_slice(), &ctx.model.graph),
+    };
     let make_plan = |replace: &std::collections::BTreeMap<Address, String>| -> Result<Plan> {
         if intent.destroy {
             let all = clusterform_engine::plan_destroy(
@@ -248,8 +269,8 @@ pub async fn prepare(
         } else {
             clusterform_engine::plan_replacing(
                 &ctx.cluster.name,
-                &ctx.model.resources,
-                &ctx.model.graph,
+                resources,
+                graph,
                 &refreshed,
                 &readers,
                 snapshot.lineage.clone(),
@@ -262,11 +283,7 @@ pub async fn prepare(
     let mut plan = make_plan(&replace)?;
 
     // Day 2: changes of etcd members are made one at a time through etcd.
-    let desired: &[clusterform_core::Resource] = if intent.destroy {
-        &[]
-    } else {
-        &ctx.model.resources
-    };
+    let desired: &[clusterform_core::Resource] = if intent.destroy { &[] } else { resources };
     let set = MemberSet::new(desired, &refreshed.resources);
     let mut access = None;
     if day2::involves_members(&plan, &set, &snapshot.journal) {
@@ -316,6 +333,54 @@ pub async fn prepare(
         recovered,
         refreshed,
     })
+}
+
+/// When a cluster over metros is running (a central machine with a reserved address is
+/// in the state) and the configuration has values known only once addresses are
+/// reserved, the resources to plan now: those made from them keep their current values
+/// (new ones wait), so that etcd members are added and replaced with known addresses.
+/// With what waits, by address.
+fn hold_back(
+    resources: &[clusterform_core::Resource],
+    state: &std::collections::BTreeMap<Address, clusterform_core::ResourceState>,
+) -> Option<(
+    Vec<clusterform_core::Resource>,
+    clusterform_core::ResourceGraph,
+    Vec<Address>,
+)> {
+    let running = resources
+        .iter()
+        .any(|r| r.refs.contains_key("ip_reservation") && state.contains_key(&r.address));
+    if !running || resources.iter().all(|r| r.deferred.is_empty()) {
+        return None;
+    }
+    let mut waiting = Vec::new();
+    let mut kept = Vec::with_capacity(resources.len());
+    for r in resources {
+        if r.deferred.is_empty() {
+            kept.push(r.clone());
+            continue;
+        }
+        waiting.push(r.address.clone());
+        if let Some(now) = state.get(&r.address) {
+            let mut k = r.clone();
+            for d in std::mem::take(&mut k.deferred) {
+                match now.attrs.get(&d) {
+                    Some(v) => k.attrs.insert(d, v.clone()),
+                    None => k.attrs.remove(&d),
+                };
+            }
+            kept.push(k);
+        }
+    }
+    let dropped: std::collections::BTreeSet<&Address> =
+        waiting.iter().filter(|a| !state.contains_key(a)).collect();
+    for r in &mut kept {
+        r.depends_on.retain(|d| !dropped.contains(d));
+        r.refs.retain(|_, t| !dropped.contains(t));
+    }
+    let graph = clusterform_core::ResourceGraph::build(&kept).ok()?;
+    Some((kept, graph, waiting))
 }
 
 /// `clusterform plan`.

@@ -2,7 +2,10 @@
 //! rendered Ignition in every machine's `user_data`, Butane extras, and every count and
 //! zone rule reported at its line and column.
 
-use clusterform_core::Resource;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use clusterform_core::{Address, Resource};
 use serde_json::Value;
 
 use super::*;
@@ -883,8 +886,10 @@ fn metal_schema() -> ProviderSchema {
             "network" => k.attrs.extend([
                 AttrSchema::optional_computed("vxlan", AttrType::Int, ""),
                 AttrSchema::optional_computed("zone", AttrType::String, ""),
+                AttrSchema::optional("vlan", AttrType::Bool, ""),
             ]),
             "machine" => k.attrs.extend([
+                AttrSchema::optional("ip_reservation", AttrType::Reference, ""),
                 AttrSchema::optional("operating_system", AttrType::String, ""),
                 AttrSchema::optional("ipxe_script_url", AttrType::String, ""),
                 AttrSchema::optional("always_pxe", AttrType::Bool, ""),
@@ -892,6 +897,14 @@ fn metal_schema() -> ProviderSchema {
             _ => {}
         }
     }
+    schema.kinds.push(clusterform_core::KindSchema {
+        kind: "ip_reservation".into(),
+        doc: String::new(),
+        attrs: vec![
+            AttrSchema::required("zone", AttrType::String, "").force_new(),
+            AttrSchema::computed("address", AttrType::String, ""),
+        ],
+    });
     schema
 }
 
@@ -976,36 +989,44 @@ fn metal_machines_get_their_static_addresses_on_the_cluster_vlan() {
 
 #[test]
 fn metal_rules_are_reported_where_they_are_written() {
-    // A second metro: one VLAN cannot join them.
-    let src = CENTRAL.replace("provider = \"sim\"", "provider = \"metal\"");
-    let e = metal_errors(&src);
+    // Over metros there is no VLAN: `[central] first_address`, `vxlan` and
+    // `[workers] first_address` are reported where written, as is TLS turned off.
+    let spread = CENTRAL.replace("provider = \"sim\"", "provider = \"metal\"");
+    let e = metal_errors(&spread);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_diag(
         &e[0],
-        "on metal the cluster network is one VLAN, and a Metal VLAN lives in one metro: `[central] zones` names `z2` besides `z1`",
-        12,
-        9,
+        "`first_address` in `[central]` is the central machines' first address on the cluster VLAN; the machines are in 2 or more metros, and a Metal VLAN lives in one: the cluster has no VLAN: each central machine takes a public address reserved for it (`ip_reservation.central[N]`)",
+        13,
+        17,
     );
-    assert!(e[0].help.as_deref().unwrap().contains("zones = [\"z1\"]"));
-    let src = metal_central(CENTRAL).replacen("[\"da\"]", "[\"ch\"]", 1);
-    let e = metal_errors(&src);
+    let spread = spread.replace("first_address = \"10.0.1.101\"\n", "");
+    let e = metal_errors(&spread.replace(
+        "cidr = \"10.0.0.0/16\"",
+        "cidr = \"10.0.0.0/16\"\nvxlan = 1234",
+    ));
     assert_eq!(e.len(), 1, "{e:?}");
-    assert_eq!(
-        e[0].message,
-        "on metal the cluster network is one VLAN, and a Metal VLAN lives in one metro: `[workers] zones` names `da` besides `ch`"
-    );
-    // large-scale needs 2 zones: the help says to use central-services on Metal.
-    let src = src
-        .replace("central-services", "large-scale")
-        .replace("[\"ch\"]", "[\"da\", \"ch\"]");
-    let e = metal_errors(&src);
     assert!(
-        e.iter().any(|d| d
-            .help
-            .as_deref()
-            .is_some_and(|h| h.contains("on Metal use blueprint `central-services`"))),
+        e[0].message.starts_with(
+            "`vxlan` is the number of the cluster VLAN; the machines are in 2 or more metros"
+        ),
         "{e:?}"
     );
+    assert_eq!((e[0].line, e[0].column), (8, 9));
+    let e =
+        metal_errors(&spread.replace("size = \"w\"", "size = \"w\"\nfirst_address = \"10.0.9.1\""));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].line, e[0].column), (18, 17));
+    let e = metal_errors(&spread.replace("protect = true", "protect = true\netcd_tls = false"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_diag(
+        &e[0],
+        "the central machines are in 2 or more metros: etcd talks over public addresses there and needs TLS",
+        14,
+        12,
+    );
+    let e = metal_errors(&spread.replace("zones = [\"z1\", \"z2\", \"z3\"]\n", ""));
+    assert!(e[0].message.contains("`[central]` has no `zones`"), "{e:?}");
 
     // vxlan out of range; vxlan and workers' first_address elsewhere.
     let src = metal_central(&CENTRAL.replace(
@@ -1066,6 +1087,88 @@ fn metal_rules_are_reported_where_they_are_written() {
 }
 
 #[test]
+fn metal_clusters_over_metros_reserve_the_central_machines_addresses() {
+    let src = CENTRAL
+        .replace("provider = \"sim\"", "provider = \"metal\"")
+        .replace("first_address = \"10.0.1.101\"\n", "");
+    // Nothing reserved yet: the reservations are planned; the addresses, and every
+    // config that names them, are known after apply.
+    let m = parse(Path::new(PATH), &src, &[metal_schema()]).unwrap();
+    assert!(m.etcd.tls, "etcd over public addresses runs TLS");
+    assert_eq!(attr(&m, "network.main", "vlan"), &Value::Bool(false));
+    assert!(!find(&m, "network.main").attrs.contains_key("vxlan"));
+    let reservations: Vec<Address> = (0..5)
+        .map(|i| Address::indexed("ip_reservation", "central", i))
+        .collect();
+    for (i, a) in reservations.iter().enumerate() {
+        let r = find(&m, &a.to_string());
+        assert_eq!(r.attrs["zone"], ["z1", "z2", "z3"][i % 3]);
+        assert!(r.deferred.is_empty());
+        let c = find(&m, &format!("machine.central[{i}]"));
+        assert_eq!(&c.refs["ip_reservation"], a);
+        assert_eq!(c.deferred, vec!["address", "user_data"]);
+        // Its config names every member: it waits for every reservation.
+        assert!(reservations.iter().all(|r| c.dependencies().contains(r)));
+    }
+    assert_eq!(find(&m, "machine.workers[2]").deferred, vec!["user_data"]);
+
+    // Reserved: concrete configs over the reserved addresses, https, no VLAN file.
+    let reserved: BTreeMap<Address, Ipv4Addr> = (0u8..)
+        .zip(&reservations)
+        .map(|(i, a)| (a.clone(), Ipv4Addr::new(147, 28, i, 10)))
+        .collect();
+    let options = crate::LoadOptions {
+        reserved_addresses: Some(std::sync::Arc::new(
+            move |cluster: &str, _: &_, _: Option<&Path>| {
+                assert_eq!(cluster, "prod");
+                Ok(reserved.clone())
+            },
+        )),
+        ..Default::default()
+    };
+    let m = crate::parse_with(Path::new(PATH), &src, &[metal_schema()], &options).unwrap();
+    let c = find(&m, "machine.central[1]");
+    assert!(c.deferred.is_empty());
+    assert_eq!(c.attrs["address"], "147.28.1.10");
+    let ud = c.attrs["user_data"].as_str().unwrap();
+    assert!(
+        ud.contains("prod-central-4=https://147.28.4.10:2380"),
+        "{ud}"
+    );
+    assert!(ud.contains("https://147.28.1.10:2379"), "{ud}");
+    assert!(!ud.contains("192.0.2."), "no stand-in is left: {ud}");
+    let ign = ignition(c);
+    assert!(file_text(&ign, "/etc/systemd/network/30-clusterform-vlan.network").is_none());
+    assert!(!units(&ign).contains(&"clusterform-vlan.service".to_string()));
+    let w = find(&m, "machine.workers[3]");
+    assert!(w.deferred.is_empty());
+    let wud = w.attrs["user_data"].as_str().unwrap();
+    for i in 0..5 {
+        assert!(
+            wud.contains(&format!("https://147.28.{i}.10:2379")),
+            "{wud}"
+        );
+    }
+    assert!(!w.attrs.contains_key("address"));
+
+    // large-scale (central machines over 2 or more metros) is a Metal cluster over metros.
+    let ls = src.replace("central-services", "large-scale");
+    let m = parse(Path::new(PATH), &ls, &[metal_schema()]).unwrap();
+    assert!(
+        m.resources
+            .iter()
+            .any(|r| r.address.kind == "ip_reservation")
+    );
+    // One metro: the VLAN as before, no reservations.
+    let m = parse(Path::new(PATH), &metal_central(CENTRAL), &[metal_schema()]).unwrap();
+    assert!(
+        m.resources
+            .iter()
+            .all(|r| r.address.kind != "ip_reservation" && r.deferred.is_empty())
+    );
+}
+
+#[test]
 fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
     use std::sync::Arc;
     let ca =
@@ -1081,6 +1184,7 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
                 Ok(given.clone())
             },
         )),
+        ..Default::default()
     };
     // Without etcd_tls the CA is never asked for.
     crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
@@ -1159,6 +1263,7 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
                 Err("the state at `x` is locked".to_string())
             },
         )),
+        ..Default::default()
     };
     let e = match crate::parse_with(Path::new(PATH), &src, &[sim()], &failing) {
         Ok(_) => panic!("expected an error"),

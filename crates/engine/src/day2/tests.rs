@@ -62,6 +62,7 @@ fn set(
             attrs: attrs(member_config(i, want, extra)),
             refs: Default::default(),
             depends_on: vec![],
+            deferred: Vec::new(),
         })
         .collect();
     let current: BTreeMap<Address, ResourceState> = (0..state)
