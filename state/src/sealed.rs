@@ -5,7 +5,7 @@
 //! key file, made 0600 the first time something is sealed. A state without sealed values
 //! needs no key at all.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -100,6 +100,17 @@ impl KeySource {
     }
 }
 
+/// The key file beside `path` (the user's key folder) whose key has id `id`.
+fn key_file_with_id(path: &Path, id: &str) -> Option<StateKey> {
+    std::fs::read_dir(path.parent()?)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .filter_map(|p| StateKey::read_file(&p).ok())
+        .find(|k| k.id() == id)
+}
+
 /// A state store whose secrets and sensitive values are sealed before they are stored.
 pub struct SealedStore {
     inner: Arc<dyn StateStore>,
@@ -192,6 +203,15 @@ impl SealedStore {
                 "its secrets were sealed with the key whose id is {}, a key file, not a passphrase: unset {KEY_ENV}, and use the key file this state was written with (`[state] encryption = \"PATH\"`, or the one clusterform made on the workstation that first wrote it)",
                 sealed_with.unwrap_or("unknown")
             )));
+        }
+        // A state folder moved or copied elsewhere on this workstation: its key file is
+        // still among the user's keys, found by the id the sealed values name.
+        if let (KeySource::Default(path), Some(id)) = (&self.source, sealed_with)
+            && !path.exists()
+            && let Some(key) = key_file_with_id(path, id)
+        {
+            *lock(&self.key) = Some(key.clone());
+            return Ok(key);
         }
         let (key, _) = self
             .source
@@ -513,6 +533,39 @@ mod tests {
         let raw = mem.load().expect("raw");
         assert!(raw.secrets.contains_key(SALT));
         assert!(!format!("{raw:?}").contains("correct horse"));
+    }
+
+    #[test]
+    fn a_moved_state_finds_its_key_file_by_the_id_it_was_sealed_with() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mem: Arc<dyn StateStore> = Arc::new(MemStore::new());
+        sealed(
+            mem.clone(),
+            KeySource::Default(dir.path().join("keys/old.key")),
+        )
+        .commit(&[Mutation::Put(record("a"))])
+        .expect("commit");
+        // Another folder's key file name (its hash differs): the key is found by its id,
+        // and no new key file is made.
+        let moved = sealed(
+            mem.clone(),
+            KeySource::Default(dir.path().join("keys/new.key")),
+        );
+        let snap = moved.load().expect("found by id");
+        assert!(
+            snap.resources[&Address::indexed("machine", "a", 0)].attrs["user_data"]
+                .as_str()
+                .is_some_and(|u| u.contains(CANARY))
+        );
+        assert!(!dir.path().join("keys/new.key").exists());
+        // Not among the keys: the clear error, as before.
+        let other = tempfile::tempdir().expect("dir");
+        sealed(
+            mem.clone(),
+            KeySource::Default(other.path().join("keys/x.key")),
+        )
+        .load()
+        .expect_err("not this key");
     }
 
     #[test]

@@ -591,7 +591,8 @@ impl Drop for Monitor {
 }
 
 /// A central-services (or large-scale) cluster file on the live sim: `count` central
-/// machines at 10.0.1.101 and up over three zones, `workers` workers, the central
+/// machines at 10.0.1.101 and up over three zones, `workers` workers, etcd over plain
+/// HTTP (`etcd_tls = false`; [`live_cluster_tls`] for TLS), the central
 /// machines' Butane in `central.bu` (see [`central_butane`]).
 pub fn live_cluster(blueprint: &str, count: u32, workers: u32) -> String {
     format!(
@@ -613,6 +614,7 @@ size = "m"
 zones = ["zone-a", "zone-b", "zone-c"]
 first_address = "10.0.1.101"
 butane = ["central.bu"]
+etcd_tls = false
 
 [workers]
 count = {workers}
@@ -624,10 +626,7 @@ zones = ["zone-a", "zone-b", "zone-c"]
 
 /// [`live_cluster`] with the members on TLS (`[central] etcd_tls = true`).
 pub fn live_cluster_tls(blueprint: &str, count: u32, workers: u32) -> String {
-    live_cluster(blueprint, count, workers).replace(
-        "butane = [\"central.bu\"]",
-        "butane = [\"central.bu\"]\netcd_tls = true",
-    )
+    live_cluster(blueprint, count, workers).replace("etcd_tls = false", "etcd_tls = true")
 }
 
 /// The central machines' Butane: a file whose contents are `marker`; a new marker is a

@@ -535,6 +535,7 @@ fn a_read_only_state_folder_says_what_to_do() {
         }
         c.current_dir(w.path())
             .env("CLUSTERFORM_SIM_DIR", w.sim_dir())
+            .env("XDG_CONFIG_HOME", w.path().join(".config"))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         let r: Run = c.output().expect("run").into();

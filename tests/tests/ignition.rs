@@ -157,16 +157,33 @@ fn render_gives_what_the_provider_received() {
         .iter()
         .find(|r| r["address"] == "machine.central[1]")
         .expect("central[1] in state");
-    assert_eq!(
-        record["attrs"]["user_data"].as_str(),
-        Some(rendered.as_str())
-    );
+    // The config carries the member's TLS key: the state's JSON masks it.
+    assert_eq!(record["attrs"]["user_data"].as_str(), Some("(sensitive)"));
+    assert!(rendered.contains("/etc/ssl/etcd/server.key"), "{rendered}");
     let cloud = w.objects();
     let obj = cloud
         .iter()
         .find(|o| o.id == record["id"].as_str().expect("id"))
         .expect("object");
-    assert_eq!(obj.attrs["user_data"].as_str(), Some(rendered.as_str()));
+    // The same config, its private key read `(sensitive)` on the terminal.
+    let received = obj.attrs["user_data"].as_str().expect("user_data");
+    let mut want: serde_json::Value = serde_json::from_str(received).expect("JSON");
+    for f in want["storage"]["files"].as_array_mut().expect("files") {
+        if f["path"] == "/etc/ssl/etcd/server.key" {
+            f["contents"]["source"] = serde_json::json!("(sensitive)");
+        }
+    }
+    let shown: serde_json::Value = serde_json::from_str(&rendered).expect("JSON");
+    assert_eq!(shown, want);
+    assert!(!rendered.contains("PRIVATE"), "{rendered}");
+    // `--out`: byte for byte what the provider received, readable by the user only.
+    w.run_ok(&["render", "cluster.toml", "--out", "ign"], 0);
+    let file = w.path().join("ign/machine.central[1].ign");
+    assert_eq!(std::fs::read_to_string(&file).expect("ign"), received);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 
     let r = w.run(&["render", "cluster.toml", "--machine", "machine.nope"]);
     assert_eq!(r.code, 1);

@@ -33,6 +33,8 @@ vxlan = 1234
 count = 3
 size = "c3.small.x86"
 first_address = "10.77.0.11"
+# The VLAN is the subject here; etcd with TLS runs in the live_etcd_tls scenario.
+etcd_tls = false
 
 [workers]
 count = 1

@@ -370,3 +370,127 @@ fn racing_first_applies_never_mix_two_cas() {
     assert!(r.stdout.contains("No changes"), "{}", r.stdout);
     assert_eq!(w.state_ids("cluster.toml").len(), 3);
 }
+
+#[test]
+fn etcd_runs_tls_by_default_and_plain_http_is_announced() {
+    let w = World::new();
+    // The default: members on https, no warning.
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    let r = w.run_ok(&["plan", "cluster.toml"], 0);
+    assert!(!r.stderr.contains("plain HTTP"), "{}", r.stderr);
+    let ud = w.run_ok(
+        &["render", "cluster.toml", "--machine", "machine.central[0]"],
+        0,
+    );
+    assert!(
+        ud.stdout.contains("https://10.0.0.101:2380"),
+        "{}",
+        ud.stdout
+    );
+    // Turned off: every plan and apply says what that means.
+    w.write(
+        "plain.toml",
+        &dev_test("plain", 1, "s", "").replace(
+            "size = \"2cpu-4gb\"",
+            "size = \"2cpu-4gb\"\netcd_tls = false",
+        ),
+    );
+    for args in [
+        &["plan", "plain.toml"][..],
+        &["apply", "plain.toml", "--auto-approve"],
+    ] {
+        let r = w.run_ok(args, 0);
+        assert!(
+            r.stderr.contains("warning: etcd runs over plain HTTP without authentication (`[central] etcd_tls = false`)"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn etcd_renew_keeps_the_key_and_the_next_apply_rolls_onto_new_certificates() {
+    let w = World::new();
+    w.write(
+        "cluster.toml",
+        r#"[cluster]
+name = "demo"
+blueprint = "central-services"
+provider = "sim"
+
+[network]
+cidr = "10.0.0.0/16"
+
+[central]
+count = 3
+size = "m"
+
+[workers]
+count = 2
+size = "s"
+"#,
+    );
+    // Nothing to renew before the first apply.
+    let r = w.run(&["etcd", "renew", "cluster.toml"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("keeps no etcd CA: nothing to renew"),
+        "{}",
+        r.stderr
+    );
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    let ca_of = |w: &World| {
+        w.run_ok(&["etcd", "env", "cluster.toml"], 0);
+        std::fs::read_to_string(w.path().join(".clusterform/etcd-client/ca.crt")).expect("ca")
+    };
+    let before = ca_of(&w);
+    let r = w.run_ok(&["etcd", "renew", "cluster.toml"], 0);
+    assert!(
+        r.stdout.contains("Renewed the etcd CA of `demo`"),
+        "{}",
+        r.stdout
+    );
+    let after = ca_of(&w);
+    assert_ne!(before, after, "a new CA certificate");
+    // Every machine gets certificates of the renewed CA: replaced, the members in turn.
+    let r = w.run_ok(&["plan", "cluster.toml"], 0);
+    assert!(r.stdout.contains("rolling 1 of 3"), "{}", r.stdout);
+    for a in [
+        "machine.central[2]",
+        "machine.central[0]",
+        "machine.workers[0]",
+        "machine.workers[1]",
+    ] {
+        assert!(
+            r.stdout.contains(&format!("# {a} must be replaced")),
+            "{a}: {}",
+            r.stdout
+        );
+    }
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    w.run_ok(&["plan", "cluster.toml", "--detailed-exitcode"], 0);
+    // The machines' configs carry the renewed CA certificate.
+    let r = w.run_ok(&["render", "cluster.toml", "--out", "ign"], 0);
+    assert!(
+        r.stdout.contains("Wrote 5 Ignition config(s)"),
+        "{}",
+        r.stdout
+    );
+    let ign = std::fs::read_to_string(w.path().join("ign/machine.central[0].ign")).expect("ign");
+    let ign: serde_json::Value = serde_json::from_str(&ign).expect("JSON");
+    let file = ign["storage"]["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == "/etc/ssl/etcd/ca.crt")
+        .expect("ca.crt");
+    let ca_in_config = clusterform_ignition::decode_data_url(
+        file["contents"]["source"].as_str().expect("source"),
+        file["contents"]["compression"]
+            .as_str()
+            .filter(|c| !c.is_empty()),
+    )
+    .map(|(bytes, _)| String::from_utf8_lossy(&bytes).to_string())
+    .expect("decoded");
+    assert_eq!(ca_in_config.trim(), after.trim());
+}

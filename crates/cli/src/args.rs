@@ -164,6 +164,17 @@ pub enum EtcdCommand {
         #[arg(default_value = "cluster.toml")]
         file: PathBuf,
     },
+    /// Renew the cluster's etcd CA before its certificates expire: the same key and name,
+    /// valid 5 years from now. The next `apply` then replaces every machine onto new
+    /// certificates, the members one at a time (rolling), each trusting the other's.
+    #[command(
+        after_help = "Example: clusterform etcd renew cluster.toml && clusterform apply cluster.toml"
+    )]
+    Renew {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
 }
 
 /// `drift`.

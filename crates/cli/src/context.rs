@@ -473,7 +473,19 @@ pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
     let file = file.to_path_buf();
     Arc::new(
         move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
-            let snap = snapshot_for(&file, cluster, state, encryption)?;
+            // A state that cannot be read (damaged, its key missing) is reported, with
+            // what to do, by the command that uses it (`state restore` needs no CA): the
+            // file loads with a throwaway CA, which no apply ever keeps (the state is read
+            // again under the lock before anything changes).
+            let snap = match snapshot_for(&file, cluster, state, encryption) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(
+                        "the cluster's etcd CA is not readable from the state ({e}); a throwaway one stands in"
+                    );
+                    clusterform_state::Snapshot::default()
+                }
+            };
             let ca = match (snap.secrets.get(CA_CERT), snap.secrets.get(CA_KEY)) {
                 (Some(cert), Some(key)) => clusterform_pki::Ca::load(cert, &key.clone().into()),
                 _ => clusterform_pki::Ca::generate(cluster, clusterform_pki::DEFAULT_VALIDITY),
@@ -507,7 +519,8 @@ pub fn reserved_source(file: &Path) -> clusterform_config::ReservedSource {
     let file = file.to_path_buf();
     Arc::new(
         move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
-            let snap = snapshot_for(&file, cluster, state, encryption)?;
+            // Unreadable: nothing reserved yet, as far as this load knows (see ca_source).
+            let snap = snapshot_for(&file, cluster, state, encryption).unwrap_or_default();
             Ok(reserved_in(
                 snap.resources.iter().map(|(a, r)| (a, &r.attrs)),
             ))

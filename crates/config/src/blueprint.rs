@@ -238,12 +238,7 @@ pub(crate) struct Inputs<'a> {
 /// more metros: no Metal VLAN spans metros, so its central machines take reserved public
 /// addresses (`ip_reservation.central[i]`) and etcd runs over them, with TLS.
 pub(crate) fn spans_metros(cluster: &Cluster, central: &Group, workers: &Group) -> bool {
-    let central_bp = cluster
-        .settings
-        .blueprint
-        .as_deref()
-        .is_some_and(|b| Blueprint::from_name(b).is_some_and(|bp| bp.central_rule().is_some()));
-    if cluster.settings.provider.as_deref() != Some("metal") || !central_bp {
+    if cluster.settings.provider.as_deref() != Some("metal") || !runs_etcd(cluster) {
         return false;
     }
     let mut metros: Vec<&str> = [central, workers]
@@ -253,6 +248,16 @@ pub(crate) fn spans_metros(cluster: &Cluster, central: &Group, workers: &Group) 
     metros.sort_unstable();
     metros.dedup();
     metros.len() >= 2
+}
+
+/// True when the cluster's blueprint runs etcd on central machines (every blueprint but
+/// `dev-vm`).
+pub(crate) fn runs_etcd(cluster: &Cluster) -> bool {
+    cluster
+        .settings
+        .blueprint
+        .as_deref()
+        .is_some_and(|b| Blueprint::from_name(b).is_some_and(|bp| bp.central_rule().is_some()))
 }
 
 /// The stand-in address of central machine `i` whose reserved address is not known yet

@@ -123,8 +123,9 @@ pub struct EtcdSettings {
     pub endpoints: Option<Vec<String>>,
     /// `etcd_via`: `ssh://USER@HOST[:PORT]`, a machine to tunnel the calls through.
     pub via: Option<String>,
-    /// `etcd_tls`: the members serve https with client-certificate auth on their peer
-    /// and client URLs, with certificates of the cluster's CA.
+    /// `etcd_tls` (on unless the file turns it off): the members serve https with
+    /// client-certificate auth on their peer and client URLs, with certificates of the
+    /// cluster's CA.
     pub tls: bool,
 }
 
@@ -165,6 +166,9 @@ pub struct Model {
     pub providers: BTreeMap<String, ProviderBlock>,
     /// `[central]`'s day-2 settings (defaults when there is no `[central]`).
     pub etcd: EtcdSettings,
+    /// The blueprint runs etcd, and `[central] etcd_tls = false` turned TLS off: plain
+    /// HTTP without authentication (plans say so).
+    pub etcd_plain_http: bool,
     /// The CA the etcd certificates of the machines' configs were issued from, when
     /// `[central] etcd_tls` is on.
     pub etcd_ca: Option<Arc<clusterform_pki::Ca>>,
@@ -463,6 +467,11 @@ fn parse_absolute(
     let workers = settings::group(&mut cx, doc, "workers", &dirs);
     let vm = settings::group(&mut cx, doc, "vm", &dirs);
 
+    // etcd runs with TLS and client certificates unless `etcd_tls = false` says otherwise.
+    let runs_etcd = blueprint::runs_etcd(&cluster);
+    if runs_etcd && central.etcd_tls_span.is_none() {
+        central.etcd.tls = true;
+    }
     // A Metal cluster over metros: etcd runs over public addresses, so with TLS.
     let spread = blueprint::spans_metros(&cluster, &central, &workers);
     let mut reserved = BTreeMap::new();
@@ -504,7 +513,7 @@ fn parse_absolute(
             Ok(ca) => Some(ca),
             Err(why) => {
                 cx.error(
-                    central.etcd_tls_span,
+                    central.etcd_tls_span.or(central.span),
                     format!("cannot get the cluster's etcd CA: {why}"),
                     "needs the CA",
                     Some("the CA is kept, sealed, in the state: fix what the message says about the state or its key, or set `etcd_tls = false`".to_string()),
@@ -605,6 +614,7 @@ fn parse_absolute(
         state,
         state_encryption,
         providers,
+        etcd_plain_http: runs_etcd && !central.etcd.tls,
         etcd: central.etcd,
         etcd_ca,
         resources,

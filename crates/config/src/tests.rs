@@ -209,7 +209,7 @@ fn dev_test_expands_into_plain_resources() {
         json!(without_user_data(w)),
         json!({
             "name": "demo-workers-2", "role": "worker", "size": "medium", "zone": "a",
-            "etcd_endpoints": ["http://10.0.0.101:2379"], "channel": "stable",
+            "etcd_endpoints": ["https://10.0.0.101:2379"], "channel": "stable",
             "ssh_authorized_keys": ["ssh-ed25519 AAAA me@laptop"],
         })
     );
@@ -306,7 +306,7 @@ size = "s"
     );
     assert_eq!(
         find(&m, "machine.workers[0]").attrs["etcd_endpoints"],
-        json!(["http://172.16.0.101:2379"])
+        json!(["https://172.16.0.101:2379"])
     );
 }
 
@@ -498,13 +498,19 @@ fn central_day2_settings() {
                 "https://etcd.example.com:2379/".to_string()
             ]),
             via: Some("ssh://core@bastion.example.com:2222".to_string()),
-            tls: false,
+            tls: true,
         }
     );
     let defaults = ok(
         "[cluster]\nname = \"p\"\nblueprint = \"central-services\"\nprovider = \"sim\"\n[central]\nsize = \"m\"\n",
     );
-    assert_eq!(defaults.etcd, crate::EtcdSettings::default());
+    assert_eq!(
+        defaults.etcd,
+        crate::EtcdSettings {
+            tls: true,
+            ..Default::default()
+        }
+    );
     assert_eq!(
         defaults.etcd.update,
         clusterform_core::UpdatePolicy::Rolling

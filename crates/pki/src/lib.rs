@@ -135,19 +135,26 @@ fn name(cn: &str, org: &str) -> DistinguishedName {
     dn
 }
 
+/// The CA certificate of cluster `cluster`, valid for `valid_for` from now (a random
+/// serial number).
+fn ca_params(cluster: &str, valid_for: Duration) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA parameters"))?;
+    p.distinguished_name = name(&format!("{cluster} etcd CA"), "clusterform");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    (p.not_before, p.not_after) = window(valid_for)?;
+    Ok(p)
+}
+
 impl Ca {
     /// A new CA for `cluster`, valid for `valid_for`, with a fresh random Ed25519 key.
     pub fn generate(cluster: &str, valid_for: Duration) -> Result<Ca, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rc("generate the CA key"))?;
-        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA parameters"))?;
-        p.distinguished_name = name(&format!("{cluster} etcd CA"), "clusterform");
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        (p.not_before, p.not_after) = window(valid_for)?;
+        let p = ca_params(cluster, valid_for)?;
         let cert = p.self_signed(&key).map_err(rc("sign the CA certificate"))?;
         let key_pem = SecretPem(key.serialize_pem());
         Ok(Ca {
@@ -173,6 +180,26 @@ impl Ca {
             seed,
             not_before,
         })
+    }
+
+    /// The same CA (its key, its name: cluster `cluster`'s) with a new validity window
+    /// from now and a new serial number: a certificate issued by either verifies under the other (same
+    /// issuer name, same key), so members move to certificates of the renewed CA one at a
+    /// time while the others still trust the old certificate. The issued keys stay the
+    /// same (they derive from the CA's key); their certificates start anew.
+    pub fn renewed(&self, cluster: &str, valid_for: Duration) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(self.key_pem.expose()).map_err(rc("read the CA key"))?;
+        let mut p = ca_params(cluster, valid_for)?;
+        // Not the key's hash (rcgen's default, the first certificate's serial): the
+        // renewed certificate gets its own, from the key and its start.
+        let mut input = key.public_key_pem().into_bytes();
+        input.extend_from_slice(&p.not_before.unix_timestamp().to_be_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        let mut serial = digest.as_ref()[..20].to_vec();
+        serial[0] &= 0x7f;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let cert = p.self_signed(&key).map_err(rc("sign the CA certificate"))?;
+        Ca::load(&cert.pem(), &self.key_pem)
     }
 
     /// The CA certificate, PEM (what every member and client trusts).

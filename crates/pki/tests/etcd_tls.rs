@@ -164,4 +164,33 @@ fn a_tls_member_takes_its_cas_clients_and_refuses_others() {
         &["get", "k"],
     );
     assert!(!o.status.success(), "plain HTTP answered");
+
+    // The renewed CA (same key and name, a new window): a member still on the old
+    // certificates and the old CA takes a client of the renewed one, which trusts the
+    // member's old certificate in turn (how a rolling renewal keeps the cluster whole).
+    let renewed = ca.renewed("tls", DEFAULT_VALIDITY).expect("renewed");
+    assert_eq!(renewed.key_pem().expose(), ca.key_pem().expose());
+    assert_ne!(renewed.cert_pem(), ca.cert_pem());
+    assert!(
+        clusterform_pki::not_after(renewed.cert_pem()).expect("not after")
+            >= clusterform_pki::not_after(ca.cert_pem()).expect("not after")
+    );
+    let renewed_file = write(d, "renewed-ca.crt", renewed.cert_pem());
+    let fresh = renewed
+        .client("clusterform", DEFAULT_VALIDITY)
+        .expect("client");
+    assert_ne!(fresh.cert_pem, client.cert_pem, "a new certificate");
+    let (f_cert, f_key) = files(d, "fresh", &fresh);
+    let o = etcdctl(
+        &client_url,
+        &renewed_file,
+        Some((&f_cert, &f_key)),
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "v",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -130,7 +130,7 @@ async fn plan_confirm_run(
         return Ok(1);
     }
     if !destroy {
-        context::keep_ca(&ctx.store, ctx.model.etcd_ca.as_deref(), &p.snapshot)?;
+        context::keep_ca(&ctx.store, p.etcd_ca.as_deref(), &p.snapshot)?;
     }
     let render = deferred_render(&p.plan, &ctx.model.path, &ctx.providers);
     run(

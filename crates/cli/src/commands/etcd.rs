@@ -221,6 +221,52 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// `clusterform etcd renew`: the state's CA, renewed (same key and name, a new validity
+/// window), kept under the lock; the next apply rolls every machine onto it.
+pub fn renew(file: &Path) -> Result<u8> {
+    let ctx = context::load(file)?;
+    let _guard = ctx
+        .store
+        .lock("etcd renew", std::time::Duration::from_secs(60))
+        .map_err(errors::state)?;
+    let snapshot = ctx.store.load().map_err(errors::state)?;
+    let (Some(cert), Some(key)) = (
+        snapshot.secrets.get(context::CA_CERT),
+        snapshot.secrets.get(context::CA_KEY),
+    ) else {
+        return Err(errors::hint(
+            format!(
+                "the state of `{}` keeps no etcd CA: nothing to renew",
+                ctx.model.cluster.name
+            ),
+            "the CA is made by the first apply of a cluster whose etcd runs TLS (the default)",
+        ));
+    };
+    let ca = clusterform_pki::Ca::load(cert, &key.clone().into()).map_err(|e| {
+        errors::hint(
+            format!("the etcd CA in the state cannot be read: {e}"),
+            "restore the state from a backup (`clusterform state restore`)",
+        )
+    })?;
+    let renewed = ca
+        .renewed(&ctx.model.cluster.name, clusterform_pki::DEFAULT_VALIDITY)
+        .map_err(errors::bug)?;
+    ctx.store
+        .commit(&[clusterform_state::Mutation::SetSecret {
+            name: context::CA_CERT.into(),
+            value: renewed.cert_pem().to_string(),
+        }])
+        .map_err(errors::state)?;
+    let until = clusterform_pki::not_after(renewed.cert_pem())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    outln!(
+        "Renewed the etcd CA of `{}` (same key and name): valid until {until}.\nThe next `clusterform apply` replaces every machine onto new certificates: the etcd members one at a time, as `[central] update` says, each trusting the others' old and new certificates.",
+        ctx.model.cluster.name
+    );
+    Ok(0)
+}
+
 /// `clusterform etcd env`: `export` lines for `etcdctl`; with TLS the client files are
 /// written 0600 into `<state folder>/etcd-client/` (0700).
 pub fn env(file: &Path) -> Result<u8> {

@@ -39,5 +39,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
             etcd::status(&file, json).await
         }
         Command::Etcd(crate::args::EtcdCommand::Env { file }) => etcd::env(&file),
+        Command::Etcd(crate::args::EtcdCommand::Renew { file }) => etcd::renew(&file),
     }
 }

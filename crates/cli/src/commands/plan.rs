@@ -19,6 +19,8 @@ const REFRESH_CONCURRENCY: usize = 16;
 
 /// Everything a run holds after planning.
 pub struct Prepared {
+    /// The CA the plan's configs were issued from (TLS on).
+    pub etcd_ca: Option<std::sync::Arc<clusterform_pki::Ca>>,
     /// The connection to the cluster's etcd, when the plan changes its members.
     pub etcd: Option<crate::etcd::EtcdAccess>,
     /// The state lock; released when dropped.
@@ -194,8 +196,20 @@ pub async fn prepare(
     if let Some(note) = guard.note() {
         errln!("note: {note}");
     }
+    if ctx.model.etcd_plain_http && !intent.destroy {
+        errln!("{PLAIN_HTTP_WARNING}");
+    }
     let mut snapshot = ctx.store.load().map_err(errors::state)?;
-    context::check_ca(ctx.model.etcd_ca.as_deref(), &snapshot)?;
+    // Another run kept the cluster's etcd CA while this one waited for the lock: the
+    // configs are issued again from the CA the state keeps.
+    let reloaded = if context::check_ca(ctx.model.etcd_ca.as_deref(), &snapshot).is_err() {
+        let m = context::load_model(&ctx.model.path)?;
+        context::check_ca(m.etcd_ca.as_deref(), &snapshot)?;
+        Some(m)
+    } else {
+        None
+    };
+    let model = reloaded.as_ref().unwrap_or(&ctx.model);
     let mut recovered = Vec::new();
     if !snapshot.journal.is_empty() {
         recovered = clusterform_engine::recover(
@@ -234,7 +248,7 @@ pub async fn prepare(
     let held = if intent.destroy {
         None
     } else {
-        hold_back(&ctx.model.resources, &snapshot.resources)
+        hold_back(&model.resources, &snapshot.resources)
     };
     let (resources, graph) = match &held {
         Some((r, g, addresses)) => {
@@ -249,7 +263,7 @@ pub async fn prepare(
             );
             (r.as_slice(), g)
         }
-        None => (ctx.model.resources.as_slice(), &ctx.model.graph),
+        None => (model.resources.as_slice(), &model.graph),
     };
     let make_plan = |replace: &std::collections::BTreeMap<Address, String>| -> Result<Plan> {
         if intent.destroy {
@@ -288,18 +302,18 @@ pub async fn prepare(
     let mut access = None;
     if day2::involves_members(&plan, &set, &snapshot.journal) {
         let settings = Day2Settings {
-            update: ctx.model.etcd.update,
+            update: model.etcd.update,
             allow_data_loss: intent.allow_data_loss,
-            endpoints: crate::etcd::endpoints(&ctx.model.etcd, &set),
-            via: ctx.model.etcd.via.clone(),
+            endpoints: crate::etcd::endpoints(&model.etcd, &set),
+            via: model.etcd.via.clone(),
         };
-        let live = crate::etcd::live(&ctx.model.etcd, &set, &readers);
+        let live = crate::etcd::live(&model.etcd, &set, &readers);
         let (membership, acc) = crate::etcd::membership(
             live,
             &settings.endpoints,
             settings.via.as_deref(),
             &set,
-            ctx.model.etcd_ca.as_deref(),
+            model.etcd_ca.as_deref(),
         )
         .await;
         access = acc;
@@ -326,6 +340,7 @@ pub async fn prepare(
     refuse_duplicates(ctx, &readers, &snapshot, &plan).await?;
     tracing::info!("planned ({:.3}s)", started.elapsed().as_secs_f64());
     Ok(Prepared {
+        etcd_ca: model.etcd_ca.clone(),
         etcd: access,
         _guard: guard,
         snapshot,
@@ -334,6 +349,9 @@ pub async fn prepare(
         refreshed,
     })
 }
+
+/// What plans and applies of a cluster whose etcd runs without TLS say.
+pub const PLAIN_HTTP_WARNING: &str = "warning: etcd runs over plain HTTP without authentication (`[central] etcd_tls = false`): anyone who reaches the cluster network can read and write every key; remove `etcd_tls = false` for TLS with client certificates";
 
 /// When a cluster over metros is running (a central machine with a reserved address is
 /// in the state) and the configuration has values known only once addresses are
@@ -440,7 +458,7 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
         out!("{}", render::plan(&p.plan));
     }
     if let Some(out) = &a.out {
-        save(&ctx, p.plan.clone(), out)?;
+        save(&ctx, p.plan.clone(), p.etcd_ca.as_deref(), out)?;
         if !a.json {
             outln!(
                 "\nSaved the plan to {}. Apply exactly these actions with:\n    clusterform apply {}",
@@ -456,7 +474,12 @@ pub async fn plan(a: PlanArgs) -> Result<u8> {
     })
 }
 
-fn save(ctx: &Context, plan: Plan, out: &Path) -> Result<()> {
+fn save(
+    ctx: &Context,
+    plan: Plan,
+    etcd_ca: Option<&clusterform_pki::Ca>,
+    out: &Path,
+) -> Result<()> {
     let base_dir = ctx
         .model
         .path
@@ -471,14 +494,10 @@ fn save(ctx: &Context, plan: Plan, out: &Path) -> Result<()> {
         ctx.state_location.clone(),
         ctx.provider_configs.clone(),
     );
-    pf.etcd_ca = ctx
-        .model
-        .etcd_ca
-        .as_ref()
-        .map(|ca| crate::planfile::CaPems {
-            cert_pem: ca.cert_pem().to_string(),
-            key_pem: ca.key_pem().expose().to_string(),
-        });
+    pf.etcd_ca = etcd_ca.map(|ca| crate::planfile::CaPems {
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem().expose().to_string(),
+    });
     pf.write(out)
 }
 

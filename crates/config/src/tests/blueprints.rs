@@ -243,7 +243,7 @@ fn small_runs_etcd_on_every_machine() {
         ]
     );
     let expected_cluster = (0..5)
-        .map(|i| format!("demo-central-{i}=http://10.0.0.{}:2380", 11 + i))
+        .map(|i| format!("demo-central-{i}=https://10.0.0.{}:2380", 11 + i))
         .collect::<Vec<_>>()
         .join(",");
     for i in 0..5 {
@@ -262,7 +262,7 @@ fn small_runs_etcd_on_every_machine() {
             "{dropin}"
         );
         assert!(dropin.contains(&format!(
-            "--advertise-client-urls=\"http://10.0.0.{}:2379\"",
+            "--advertise-client-urls=\"https://10.0.0.{}:2379\"",
             11 + i
         )));
         assert_eq!(
@@ -288,7 +288,7 @@ fn small_defaults_to_three_machines_at_the_101st_host() {
     assert_eq!(attr(&m, "machine.central[2]", "address"), "10.0.0.103");
     assert_eq!(
         initial_cluster(&ignition(find(&m, "machine.central[0]"))),
-        "demo-central-0=http://10.0.0.101:2380,demo-central-1=http://10.0.0.102:2380,demo-central-2=http://10.0.0.103:2380"
+        "demo-central-0=https://10.0.0.101:2380,demo-central-1=https://10.0.0.102:2380,demo-central-2=https://10.0.0.103:2380"
     );
 }
 
@@ -351,7 +351,10 @@ fn error_small_addresses_must_fit_the_network() {
 fn dev_test_user_data_one_member_and_workers_talking_to_it() {
     let m = ok(DEV_TEST);
     let c = ignition(find(&m, "machine.central[0]"));
-    assert_eq!(initial_cluster(&c), "demo-central-0=http://10.0.0.101:2380");
+    assert_eq!(
+        initial_cluster(&c),
+        "demo-central-0=https://10.0.0.101:2380"
+    );
     assert_eq!(
         file_text(&c, "/etc/systemd/network/00-eth0.network"),
         Some("[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.101/16\nGateway=10.0.0.1\n".into())
@@ -361,7 +364,9 @@ fn dev_test_user_data_one_member_and_workers_talking_to_it() {
         assert_eq!(units(&w), Vec::<String>::new(), "no proxy, no etcd");
         assert_eq!(
             file_text(&w, "/etc/etcd-endpoints.env").as_deref(),
-            Some("ETCDCTL_ENDPOINTS=http://10.0.0.101:2379\n")
+            Some(
+                "ETCDCTL_ENDPOINTS=https://10.0.0.101:2379\nETCDCTL_CACERT=/etc/ssl/etcd/ca.crt\nETCDCTL_CERT=/etc/ssl/etcd/client.crt\nETCDCTL_KEY=/etc/ssl/etcd/client.key\n"
+            )
         );
         assert_eq!(file_text(&w, "/etc/systemd/network/00-eth0.network"), None);
         assert_eq!(
@@ -403,7 +408,7 @@ fn central_services_expansion() {
         .map(|i| Address::indexed("machine", "central", i))
         .collect();
     let urls: Vec<String> = (0..5)
-        .map(|i| format!("http://10.0.1.{}:2379", 101 + i))
+        .map(|i| format!("https://10.0.1.{}:2379", 101 + i))
         .collect();
     for i in 0..5u32 {
         let r = find(&m, &format!("machine.central[{i}]"));
@@ -412,8 +417,8 @@ fn central_services_expansion() {
         assert_eq!(r.attrs["protect"], json!(true));
         assert_eq!(r.attrs["role"], json!("etcd"));
         let ign = ignition(r);
-        assert_eq!(initial_cluster(&ign).matches("=http://").count(), 5);
-        assert!(initial_cluster(&ign).contains("prod-central-4=http://10.0.1.105:2380"));
+        assert_eq!(initial_cluster(&ign).matches("=https://").count(), 5);
+        assert!(initial_cluster(&ign).contains("prod-central-4=https://10.0.1.105:2380"));
         assert!(
             unit_text(&ign, "etcd-member.service").contains("--initial-cluster-token=\"prod\"")
         );
@@ -456,10 +461,30 @@ fn central_services_expansion() {
     assert!(last_central < first_worker, "{order:?}");
 }
 
+/// Load `src` with one CA for every load (`ok` makes a new one each time).
+fn ok_with_one_ca(src: &str) -> Model {
+    static CA: std::sync::OnceLock<std::sync::Arc<clusterform_pki::Ca>> =
+        std::sync::OnceLock::new();
+    let ca = CA
+        .get_or_init(|| {
+            std::sync::Arc::new(
+                clusterform_pki::Ca::generate("prod", clusterform_pki::DEFAULT_VALIDITY).unwrap(),
+            )
+        })
+        .clone();
+    let options = crate::LoadOptions {
+        etcd_ca: Some(std::sync::Arc::new(
+            move |_: &str, _: &_, _: Option<&Path>| Ok(ca.clone()),
+        )),
+        ..Default::default()
+    };
+    crate::parse_with(Path::new(PATH), src, &[sim()], &options).unwrap()
+}
+
 #[test]
 fn a_change_of_the_member_set_changes_no_running_machine() {
-    let five = ok(CENTRAL);
-    let three = ok(&CENTRAL.replace("count = 5", "count = 3"));
+    let five = ok_with_one_ca(CENTRAL);
+    let three = ok_with_one_ca(&CENTRAL.replace("count = 5", "count = 3"));
     assert_eq!(three.resources.len(), 1 + 3 + 4);
     // The workers' proxies list every address a central machine can have (5 slots), so
     // their config is the same whatever the member count.
@@ -473,7 +498,7 @@ fn a_change_of_the_member_set_changes_no_running_machine() {
         assert!(
             w3.as_str()
                 .unwrap()
-                .contains(&format!("http://10.0.1.{}:2379", 101 + i)),
+                .contains(&format!("https://10.0.1.{}:2379", 101 + i)),
             "slot {i} is listed: {w3}"
         );
     }
@@ -492,7 +517,7 @@ fn a_change_of_the_member_set_changes_no_running_machine() {
         "only --initial-cluster differs"
     );
     // More workers change no existing machine.
-    let more = ok(&CENTRAL.replace("count = 4", "count = 6"));
+    let more = ok_with_one_ca(&CENTRAL.replace("count = 4", "count = 6"));
     for a in ["machine.central[0]", "machine.workers[3]"] {
         assert_eq!(
             attr(&five, a, "user_data"),
@@ -516,7 +541,7 @@ fn proxy_slots_stop_at_the_end_of_the_network() {
     let w = attr(&m, "machine.workers[0]", "user_data");
     let w = w.as_str().unwrap();
     assert!(
-        w.contains("--endpoints=http://10.0.1.99:2379,http://10.0.1.100:2379,http://10.0.1.101:2379,http://10.0.1.102:2379 "),
+        w.contains("--endpoints=https://10.0.1.99:2379,https://10.0.1.100:2379,https://10.0.1.101:2379,https://10.0.1.102:2379 "),
         "{w}"
     );
 }
@@ -771,7 +796,7 @@ fn ec2_gets_a_subnet_per_zone_and_addresses_in_them() {
     let peers: Vec<String> = want
         .iter()
         .enumerate()
-        .map(|(i, ip)| format!("prod-central-{i}=http://{ip}:2380"))
+        .map(|(i, ip)| format!("prod-central-{i}=https://{ip}:2380"))
         .collect();
     assert_eq!(
         initial_cluster(&ignition(find(&m, "machine.central[2]"))),
@@ -950,7 +975,7 @@ fn metal_machines_get_their_static_addresses_on_the_cluster_vlan() {
     );
     let etcd = unit_text(&ign, "etcd-member.service");
     assert!(etcd.contains("Requires=clusterform-vlan.service"), "{etcd}");
-    assert!(etcd.contains("--listen-peer-urls=\"http://10.0.1.103:2380\""));
+    assert!(etcd.contains("--listen-peer-urls=\"https://10.0.1.103:2380\""));
 
     // Workers: the VLAN has no DHCP, so static addresses from the 201st host.
     for i in 0..4u8 {
@@ -1186,12 +1211,19 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         )),
         ..Default::default()
     };
-    // Without etcd_tls the CA is never asked for.
-    crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
+    // With `etcd_tls = false` the CA is never asked for, and the plan will say so.
+    let plain = CENTRAL.replace("protect = true", "protect = true\netcd_tls = false");
+    let m = crate::parse_with(Path::new(PATH), &plain, &[sim()], &options).unwrap();
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(m.etcd_plain_http && !m.etcd.tls);
+    let ud = attr(&m, "machine.central[0]", "user_data")
+        .as_str()
+        .unwrap();
+    assert!(ud.contains("http://10.0.1.101:2380") && !ud.contains("https://"));
 
-    let src = CENTRAL.replace("protect = true", "protect = true\netcd_tls = true");
-    let m = crate::parse_with(Path::new(PATH), &src, &[sim()], &options).unwrap();
+    // TLS is the default.
+    let m = crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
+    assert!(m.etcd.tls && !m.etcd_plain_http);
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(
         m.etcd_ca.as_ref().map(|c| c.cert_pem()),
@@ -1235,7 +1267,7 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         "each worker its own key"
     );
     // The same CA renders the very same configs again.
-    let again = crate::parse_with(Path::new(PATH), &src, &[sim()], &options).unwrap();
+    let again = crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
     assert_eq!(m.resources, again.resources);
 
     // dev-test workers reach the member directly: https, with their certificate.
@@ -1265,7 +1297,7 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         )),
         ..Default::default()
     };
-    let e = match crate::parse_with(Path::new(PATH), &src, &[sim()], &failing) {
+    let e = match crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &failing) {
         Ok(_) => panic!("expected an error"),
         Err(d) => d.0,
     };
@@ -1275,7 +1307,8 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         "{}",
         e[0]
     );
-    assert_eq!(e[0].line, 15, "{}", e[0]);
+    // `etcd_tls` is not written: the error points at `[central]`.
+    assert_eq!(e[0].line, 9, "{}", e[0]);
 }
 
 const DEV_TEST_TLS: &str = r#"[cluster]
