@@ -495,6 +495,14 @@ pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
     )
 }
 
+/// A CA source that gives `ca`, the one a plan's configs were issued from.
+fn fixed_ca(ca: Option<Arc<clusterform_pki::Ca>>) -> clusterform_config::CaSource {
+    Arc::new(move |_: &str, _: &StateSettings, _: Option<&Path>| {
+        ca.clone()
+            .ok_or_else(|| "this apply has no etcd CA to issue the configs from".to_string())
+    })
+}
+
 /// The state of cluster `cluster` of `file`, read (unlocked) while the file loads.
 fn snapshot_for(
     file: &Path,
@@ -543,8 +551,13 @@ fn reserved_in<'a>(
 
 /// Renders a plan's deferred attributes during its apply: the cluster file read and
 /// expanded again with the addresses reserved by then (once per set of addresses), with
-/// the schemas of the providers the apply has (no plugin is started for it).
-pub fn deferred_render(file: &Path, providers: &Providers) -> clusterform_engine::Render {
+/// the schemas of the providers the apply has (no plugin is started for it) and `ca`,
+/// the etcd CA the plan's configs were issued from (never another one).
+pub fn deferred_render(
+    file: &Path,
+    providers: &Providers,
+    ca: Option<Arc<clusterform_pki::Ca>>,
+) -> clusterform_engine::Render {
     let file = file.to_path_buf();
     let schemas: Vec<clusterform_core::ProviderSchema> = providers
         .names()
@@ -562,7 +575,7 @@ pub fn deferred_render(file: &Path, providers: &Providers) -> clusterform_engine
                     let given = reserved.clone();
                     let options = clusterform_config::LoadOptions {
                         files_dir: FILES_DIR.get().cloned().flatten(),
-                        etcd_ca: Some(ca_source(&file)),
+                        etcd_ca: Some(fixed_ca(ca.clone())),
                         reserved_addresses: Some(Arc::new(
                             move |_: &str, _: &StateSettings, _: Option<&Path>| Ok(given.clone()),
                         )),

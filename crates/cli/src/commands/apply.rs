@@ -132,7 +132,7 @@ async fn plan_confirm_run(
     if !destroy {
         context::keep_ca(&ctx.store, p.etcd_ca.as_deref(), &p.snapshot)?;
     }
-    let render = deferred_render(&p.plan, &ctx.model.path, &ctx.providers);
+    let render = deferred_render(&p.plan, &ctx.model.path, &ctx.providers, p.etcd_ca.clone());
     run(
         &p.plan,
         &p.snapshot,
@@ -147,16 +147,18 @@ async fn plan_confirm_run(
     .await
 }
 
-/// What renders the plan's deferred attributes, when it has any.
+/// What renders the plan's deferred attributes (with `ca`, the etcd CA the plan's configs
+/// were issued from), when it has any.
 fn deferred_render(
     plan: &Plan,
     file: &Path,
     providers: &Providers,
+    ca: Option<Arc<clusterform_pki::Ca>>,
 ) -> Option<clusterform_engine::Render> {
     plan.changes
         .iter()
         .any(|c| !c.deferred.is_empty())
-        .then(|| context::deferred_render(file, providers))
+        .then(|| context::deferred_render(file, providers, ca))
 }
 
 async fn apply_saved(
@@ -262,7 +264,12 @@ async fn apply_saved(
         }
         _ => None,
     };
-    let render = deferred_render(plan, &pf.cluster_file, &providers);
+    let render = if plan.changes.iter().any(|c| !c.deferred.is_empty()) {
+        let ca = saved_plan_ca(&pf, &snapshot, file)?.map(Arc::new);
+        deferred_render(plan, &pf.cluster_file, &providers, ca)
+    } else {
+        None
+    };
     let code = run(
         plan,
         &snapshot,
