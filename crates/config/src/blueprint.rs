@@ -1448,6 +1448,25 @@ fn etcd_cluster(
         }
         _ => None,
     };
+    // One client certificate for every worker's proxy, issued once: the proxies present
+    // no identity of their own to etcd (no CN, no per-client role), and issuing one per
+    // worker made a no-op plan of 10,000 workers take 1.5 s instead of 0.3 s.
+    let worker_tls = match tls {
+        Some(ca) if n_workers > 0 => {
+            let issued = ca.client(
+                &format!("{cname}-workers"),
+                clusterform_pki::DEFAULT_VALIDITY,
+            );
+            tls_of(
+                cx,
+                ca,
+                issued,
+                &Address::new("machine", "workers"),
+                workers_span,
+            )
+        }
+        _ => None,
+    };
     for i in 0..n_workers {
         let name = format!("{cname}-workers-{i}");
         spec.hostname.clone_from(&name);
@@ -1469,10 +1488,7 @@ fn etcd_cluster(
             attrs.insert("protect".into(), Value::Bool(true));
         }
         let address = Address::indexed("machine", "workers", i);
-        if let Some(ca) = tls {
-            let issued = ca.client(&spec.hostname, clusterform_pki::DEFAULT_VALIDITY);
-            spec.tls = tls_of(cx, ca, issued, &address, workers_span);
-        }
+        spec.tls.clone_from(&worker_tls);
         attrs.insert(
             "user_data".into(),
             user_data(cx, shared, workers, &address, &spec),

@@ -1252,7 +1252,7 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         )
         .unwrap();
     assert_eq!(cert, again.cert_pem);
-    // Workers: a client certificate each, the proxy on https to every slot.
+    // Workers: one client certificate for all their proxies, on https to every slot.
     let w0 = ignition(find(&m, "machine.workers[0]"));
     let w1 = ignition(find(&m, "machine.workers[1]"));
     let proxy = unit_text(&w0, "etcd-grpc-proxy.service");
@@ -1261,10 +1261,27 @@ fn etcd_tls_issues_every_machine_its_certificate_from_the_clusters_ca() {
         "{proxy}"
     );
     assert!(proxy.contains("--cert=/etc/ssl/etcd/client.crt"), "{proxy}");
-    assert_ne!(
+    assert_eq!(
         file_text(&w0, "/etc/ssl/etcd/client.key"),
         file_text(&w1, "/etc/ssl/etcd/client.key"),
-        "each worker its own key"
+        "the workers' certificate, issued once"
+    );
+    assert_eq!(
+        file_text(&w0, "/etc/ssl/etcd/client.key"),
+        Some(
+            ca.client("prod-workers", clusterform_pki::DEFAULT_VALIDITY)
+                .unwrap()
+                .key_pem
+                .expose()
+                .to_string()
+        )
+    );
+    assert_ne!(
+        file_text(&w0, "/etc/ssl/etcd/client.key"),
+        file_text(
+            &ignition(find(&m, "machine.central[0]")),
+            "/etc/ssl/etcd/server.key"
+        ),
     );
     // The same CA renders the very same configs again.
     let again = crate::parse_with(Path::new(PATH), CENTRAL, &[sim()], &options).unwrap();
