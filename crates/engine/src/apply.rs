@@ -972,12 +972,13 @@ impl Ctx {
                 c.deferred.join(", ")
             ));
         };
-        let objects = self
-            .objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let fresh = render(&c.address, &objects).map_err(|e| format!("`{}`: {e}", c.address))?;
+        // Rendered under the lock (not a copy of every object's attributes per render:
+        // a cluster of 10,000 workers would copy them 10,000 times).
+        let fresh = {
+            let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+            render(&c.address, &objects)
+        }
+        .map_err(|e| format!("`{}`: {e}", c.address))?;
         for (k, v) in attrs.iter() {
             if c.refs.contains_key(k) || c.deferred.contains(k) {
                 continue;
