@@ -33,7 +33,10 @@ pub use duplicates::{Duplicate, duplicates};
 pub use error::EngineError;
 pub use import::{Imported, import};
 pub use members::{MemberWaits, preflight as etcd_preflight, unreachable as etcd_unreachable};
-pub use plan::{plan, plan_destroy, plan_replacing, protected, restrict_to_targets};
+pub use plan::{
+    HeldBack, hold_back_deferred, plan, plan_destroy, plan_replacing, protected,
+    restrict_to_targets,
+};
 pub use recover::{Recovery, Resolution, recover};
 pub use refresh::{Refreshed, refresh};
 pub use retry::RetryPolicy;

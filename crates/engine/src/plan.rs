@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use clusterform_core::diff::{RefValue, diff_delete, diff_resource_with, replacement};
-use clusterform_core::{Action, Address, Change, Plan, Resource, ResourceGraph};
+use clusterform_core::{Action, Address, Change, Plan, Resource, ResourceGraph, ResourceState};
 
 use crate::day2::BootstrapFlags;
 use crate::{EngineError, Readers, Refreshed};
@@ -131,6 +131,65 @@ fn delete_change(current: &clusterform_core::ResourceState, providers: &Readers)
             .collect();
     }
     c
+}
+
+/// What [`hold_back_deferred`] plans now: the resources, their graph, and the
+/// addresses of those that wait.
+#[derive(Debug)]
+pub struct HeldBack {
+    /// The resources to plan now.
+    pub resources: Vec<Resource>,
+    /// Their dependency graph.
+    pub graph: ResourceGraph,
+    /// What waits (new, left out) or keeps its current values (existing).
+    pub waiting: Vec<Address>,
+}
+
+/// When a cluster over metros is running (a central machine with a reserved address is
+/// in the state) and the configuration has values known only once addresses are
+/// reserved, the resources to plan now: those made from them keep their current values
+/// (new ones wait), so that etcd members are added and replaced with known addresses.
+pub fn hold_back_deferred(
+    resources: &[Resource],
+    state: &BTreeMap<Address, ResourceState>,
+) -> Option<HeldBack> {
+    let running = resources
+        .iter()
+        .any(|r| r.refs.contains_key("ip_reservation") && state.contains_key(&r.address));
+    if !running || resources.iter().all(|r| r.deferred.is_empty()) {
+        return None;
+    }
+    let mut waiting = Vec::new();
+    let mut kept = Vec::with_capacity(resources.len());
+    for r in resources {
+        if r.deferred.is_empty() {
+            kept.push(r.clone());
+            continue;
+        }
+        waiting.push(r.address.clone());
+        if let Some(now) = state.get(&r.address) {
+            let mut k = r.clone();
+            for d in std::mem::take(&mut k.deferred) {
+                match now.attrs.get(&d) {
+                    Some(v) => k.attrs.insert(d, v.clone()),
+                    None => k.attrs.remove(&d),
+                };
+            }
+            kept.push(k);
+        }
+    }
+    let dropped: std::collections::BTreeSet<&Address> =
+        waiting.iter().filter(|a| !state.contains_key(a)).collect();
+    for r in &mut kept {
+        r.depends_on.retain(|d| !dropped.contains(d));
+        r.refs.retain(|_, t| !dropped.contains(t));
+    }
+    let graph = ResourceGraph::build(&kept).ok()?;
+    Some(HeldBack {
+        resources: kept,
+        graph,
+        waiting,
+    })
 }
 
 /// Plan the deletion of everything the state records.

@@ -560,50 +560,63 @@ impl Metal {
         )?;
         // Idempotent through the op tag: a device this operation already made (an earlier
         // attempt, or a run that crashed) is found and waited on, never made twice.
-        let mut device = None;
-        for attempt in 0..3 {
-            if let Some(found) = self.find_device_by_key(&req.owner.op).await? {
-                device = Some(found);
-                break;
-            }
-            match self
-                .api
-                .call(
-                    Method::POST,
-                    &self.project("devices"),
-                    &[],
-                    Some(&body),
-                    Replay::Unsafe,
-                    &format!("create device `{hostname}`"),
-                )
-                .await
-            {
-                Ok(Some(d)) => {
-                    device = Some(d);
-                    break;
-                }
-                Ok(None) => {
-                    return Err(ProviderError::Ambiguous(format!(
-                        "create device `{hostname}`: the Metal API answered without the device"
-                    )));
-                }
-                Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
-                    note_retry("device", &m);
-                    tokio::time::sleep(self.settings.poll_interval).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(device) = device else {
-            return Err(ProviderError::Ambiguous(format!(
-                "create device `{hostname}`: no answer from the Metal API; the next run looks for it by its op tag"
-            )));
-        };
+        let device = self
+            .create_once(
+                "device",
+                &format!("create device `{hostname}`"),
+                &self.project("devices"),
+                &body,
+                || self.find_device_by_key(&req.owner.op),
+            )
+            .await?;
         let id = str_at(&device, &["id"]).unwrap_or_default().to_string();
         let active = self.wait_active(&id, &hostname).await?;
         self.assign_port(&active, s("network")).await?;
         let active = self.device(&id).await?.unwrap_or(active);
         Ok(device_object(&active, a))
+    }
+
+    /// POST `body` to `path` once, idempotently through the op tag: `find` looks for
+    /// what an earlier attempt (or a crashed run) made before every POST, and a POST
+    /// whose outcome is unknown is sent again (at most 3 attempts) only after `find`
+    /// found nothing. `noun` and `what` name it in messages.
+    async fn create_once<F, Fut>(
+        &self,
+        noun: &str,
+        what: &str,
+        path: &str,
+        body: &Value,
+        find: F,
+    ) -> Result<Value>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Value>>>,
+    {
+        for attempt in 0..3 {
+            if let Some(found) = find().await? {
+                return Ok(found);
+            }
+            match self
+                .api
+                .call(Method::POST, path, &[], Some(body), Replay::Unsafe, what)
+                .await
+            {
+                Ok(Some(made)) => return Ok(made),
+                Ok(None) => {
+                    return Err(ProviderError::Ambiguous(format!(
+                        "{what}: the Metal API answered without the {noun}"
+                    )));
+                }
+                Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
+                    note_retry(noun, &m);
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ProviderError::Ambiguous(format!(
+            "{what}: no answer from the Metal API; the next run looks for it by its op tag"
+        )))
     }
 
     async fn find_device_by_key(&self, key: &str) -> Result<Option<Value>> {
@@ -724,50 +737,17 @@ impl Metal {
             req.owner.address
         );
         let op_tag = format!("{}={}", tags::OP, req.owner.op);
-        let mut reservation = None;
-        for attempt in 0..3 {
-            if let Some(found) = self.reservations(Some(&op_tag)).await?.into_iter().next() {
-                reservation = Some(found);
-                break;
-            }
-            match self
-                .api
-                .call(
-                    Method::POST,
-                    &self.project("ips"),
-                    &[],
-                    Some(&body),
-                    Replay::Unsafe,
-                    &what,
+        let r = self
+            .create_once("IP reservation", &what, &self.project("ips"), &body, || async {
+                Ok(self.reservations(Some(&op_tag)).await?.into_iter().next())
+            })
+            .await
+            .map_err(|e| {
+                advise(
+                    e,
+                    "a request beyond the project's public IPv4 quota, which would need Equinix's approval, is refused rather than left pending: ask Equinix to raise the quota or delete unused reservations; else fix the `zone` of the reservation (a metro code) and run again",
                 )
-                .await
-            {
-                Ok(Some(r)) => {
-                    reservation = Some(r);
-                    break;
-                }
-                Ok(None) => {
-                    return Err(ProviderError::Ambiguous(format!(
-                        "{what}: the Metal API answered without the reservation"
-                    )));
-                }
-                Err(ProviderError::Ambiguous(m)) if attempt < 2 => {
-                    note_retry("IP reservation", &m);
-                    tokio::time::sleep(self.settings.poll_interval).await;
-                }
-                Err(e) => {
-                    return Err(advise(
-                        e,
-                        "a request beyond the project's public IPv4 quota, which would need Equinix's approval, is refused rather than left pending: ask Equinix to raise the quota or delete unused reservations; else fix the `zone` of the reservation (a metro code) and run again",
-                    ));
-                }
-            }
-        }
-        let Some(r) = reservation else {
-            return Err(ProviderError::Ambiguous(format!(
-                "{what}: no answer from the Metal API; the next run looks for it by its op tag"
-            )));
-        };
+            })?;
         if let Some(e) = pending_error(&r, &what) {
             return Err(e);
         }

@@ -248,20 +248,20 @@ pub async fn prepare(
     let held = if intent.destroy {
         None
     } else {
-        hold_back(&model.resources, &snapshot.resources)
+        clusterform_engine::hold_back_deferred(&model.resources, &snapshot.resources)
     };
     let (resources, graph) = match &held {
-        Some((r, g, addresses)) => {
+        Some(h) => {
             errln!(
                 "note: {} wait for the addresses this apply reserves: {}; run `clusterform apply` again after it for them",
-                addresses.len(),
-                addresses
+                h.waiting.len(),
+                h.waiting
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            (r.as_slice(), g)
+            (h.resources.as_slice(), &h.graph)
         }
         None => (model.resources.as_slice(), &model.graph),
     };
@@ -352,54 +352,6 @@ pub async fn prepare(
 
 /// What plans and applies of a cluster whose etcd runs without TLS say.
 pub const PLAIN_HTTP_WARNING: &str = "warning: etcd runs over plain HTTP without authentication (`[central] etcd_tls = false`): anyone who reaches the cluster network can read and write every key; remove `etcd_tls = false` for TLS with client certificates";
-
-/// When a cluster over metros is running (a central machine with a reserved address is
-/// in the state) and the configuration has values known only once addresses are
-/// reserved, the resources to plan now: those made from them keep their current values
-/// (new ones wait), so that etcd members are added and replaced with known addresses.
-/// With what waits, by address.
-fn hold_back(
-    resources: &[clusterform_core::Resource],
-    state: &std::collections::BTreeMap<Address, clusterform_core::ResourceState>,
-) -> Option<(
-    Vec<clusterform_core::Resource>,
-    clusterform_core::ResourceGraph,
-    Vec<Address>,
-)> {
-    let running = resources
-        .iter()
-        .any(|r| r.refs.contains_key("ip_reservation") && state.contains_key(&r.address));
-    if !running || resources.iter().all(|r| r.deferred.is_empty()) {
-        return None;
-    }
-    let mut waiting = Vec::new();
-    let mut kept = Vec::with_capacity(resources.len());
-    for r in resources {
-        if r.deferred.is_empty() {
-            kept.push(r.clone());
-            continue;
-        }
-        waiting.push(r.address.clone());
-        if let Some(now) = state.get(&r.address) {
-            let mut k = r.clone();
-            for d in std::mem::take(&mut k.deferred) {
-                match now.attrs.get(&d) {
-                    Some(v) => k.attrs.insert(d, v.clone()),
-                    None => k.attrs.remove(&d),
-                };
-            }
-            kept.push(k);
-        }
-    }
-    let dropped: std::collections::BTreeSet<&Address> =
-        waiting.iter().filter(|a| !state.contains_key(a)).collect();
-    for r in &mut kept {
-        r.depends_on.retain(|d| !dropped.contains(d));
-        r.refs.retain(|_, t| !dropped.contains(t));
-    }
-    let graph = clusterform_core::ResourceGraph::build(&kept).ok()?;
-    Some((kept, graph, waiting))
-}
 
 /// `clusterform plan`.
 pub async fn plan(a: PlanArgs) -> Result<u8> {
