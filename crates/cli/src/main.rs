@@ -11,6 +11,7 @@ mod context;
 mod errors;
 mod etcd;
 mod planfile;
+mod private;
 mod progress;
 mod render;
 mod style;

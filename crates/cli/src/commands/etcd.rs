@@ -297,13 +297,14 @@ pub fn env(file: &Path) -> Result<u8> {
         let tls = etcd::client_tls(ca)?;
         let context::StateLocation::Local { path, .. } = &ctx.state_location;
         let dir = path.join("etcd-client");
-        write_private_files(
+        crate::private::write_files(
             &dir,
             &[
                 ("ca.crt", &tls.ca_pem),
                 ("client.crt", &tls.cert_pem),
                 ("client.key", &tls.key_pem),
             ],
+            "check that the state folder is yours and writable",
         )?;
         for (var, name) in [
             ("ETCDCTL_CACERT", "ca.crt"),
@@ -319,37 +320,6 @@ pub fn env(file: &Path) -> Result<u8> {
     }
     out!("{out}");
     Ok(0)
-}
-
-/// Write `files` into `dir` (made 0700): each 0600 from the start, replaced atomically.
-fn write_private_files(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |p: &Path, e: std::io::Error| {
-        errors::hint(
-            format!("cannot write `{}`: {e}", p.display()),
-            "check that the state folder is yours and writable",
-        )
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io(dir, e))?;
-    for (name, text) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

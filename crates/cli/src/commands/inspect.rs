@@ -348,22 +348,14 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
     }
     match out {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                errors::hint(
-                    format!("cannot create `{}`: {e}", dir.display()),
-                    "pass a folder you can write to",
-                )
-            })?;
-            for (addr, json) in &configs {
-                let path = dir.join(format!("{addr}.ign"));
-                // The configs carry the machines' etcd keys: readable by the user only.
-                write_private(&path, json.as_bytes()).map_err(|e| {
-                    errors::hint(
-                        format!("cannot write `{}`: {e}", path.display()),
-                        "pass a folder you can write to",
-                    )
-                })?;
-            }
+            // The configs carry the machines' etcd keys: readable by the user only.
+            let names: Vec<String> = configs.iter().map(|(a, _)| format!("{a}.ign")).collect();
+            let files: Vec<(&str, &str)> = names
+                .iter()
+                .zip(&configs)
+                .map(|(n, (_, json))| (n.as_str(), *json))
+                .collect();
+            crate::private::write_files(dir, &files, "pass a folder you can write to")?;
             outln!(
                 "Wrote {} Ignition config(s) to {}.",
                 configs.len(),
@@ -576,19 +568,4 @@ fn rekey(file: &Path, new_key_file: Option<PathBuf>) -> Result<u8> {
             .count()
     );
     Ok(0)
-}
-
-/// Write `bytes` to `path` readable and writable by the user only (mode 0600, also when
-/// the file was there before).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)
 }
