@@ -2,6 +2,8 @@
 //!
 //! 1. no-op `plan` of a dev-test cluster with 10,000 workers against a warm state:
 //!    wall time and peak memory (target <= 1 s, <= 300 MB on 2 cores);
+//!    the same no-op plan with the state in etcd (a one-member etcd on 127.0.0.1, when
+//!    `etcd` is on PATH; target within 2x of the local store);
 //! 2. `apply` of 1,000 workers at 200 ms sim latency: wall time of the walk against the
 //!    critical-path bound (3 operations deep x 200 ms; target ratio <= 1.1);
 //! 3. with `--live-roll` (root, etcd, iproute2, util-linux): the wall time of a rolling
@@ -86,6 +88,78 @@ fn run(bin: &Path, dir: &Path, args: &[&str]) -> Measured {
             let lines: Vec<&str> = out.lines().collect();
             lines[lines.len().saturating_sub(40)..].join("\n")
         },
+    }
+}
+
+/// (median, max, peak RSS MB) of `runs` no-op plans in `dir`, after one to warm up.
+fn noop_plan(bin: &Path, dir: &Path, runs: u32) -> (f64, f64, f64) {
+    let _warm = run(bin, dir, &["plan", "cluster.toml"]);
+    let mut walls = Vec::new();
+    let mut peak: f64 = 0.0;
+    for _ in 0..runs {
+        let m = run(bin, dir, &["plan", "cluster.toml", "--detailed-exitcode"]);
+        assert_eq!(m.code, 0, "the plan was not a no-op: {}", m.said());
+        walls.push(m.wall.as_secs_f64());
+        peak = peak.max(m.max_rss_mb);
+    }
+    walls.sort_by(f64::total_cmp);
+    (walls[walls.len() / 2], walls[walls.len() - 1], peak)
+}
+
+/// A one-member etcd on 127.0.0.1 for the etcd backend's figure, killed when dropped.
+struct Etcd {
+    child: std::process::Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port()).ok();
+        let client = port(std::net::TcpListener::bind("127.0.0.1:0").ok()?)?;
+        let peer = port(std::net::TcpListener::bind("127.0.0.1:0").ok()?)?;
+        let dir = tempfile::tempdir().ok()?;
+        let url = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let etcd = Etcd {
+            child,
+            host: format!("127.0.0.1:{client}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&etcd.host).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -288,33 +362,58 @@ fn main() {
         workers + 2,
         setup.wall.as_secs_f64()
     );
-    let _warm = run(&bin, dir.path(), &["plan", "cluster.toml"]);
-    let mut walls = Vec::new();
-    let mut peak: f64 = 0.0;
-    for _ in 0..runs {
-        let m = run(
-            &bin,
-            dir.path(),
-            &["plan", "cluster.toml", "--detailed-exitcode"],
-        );
-        assert_eq!(m.code, 0, "the plan was not a no-op: {}", m.said());
-        walls.push(m.wall.as_secs_f64());
-        peak = peak.max(m.max_rss_mb);
-    }
-    walls.sort_by(f64::total_cmp);
-    let median = walls[walls.len() / 2];
+    let local = noop_plan(&bin, dir.path(), runs);
     println!(
         "no-op plan, {} workers: median {:.3}s, max {:.3}s over {runs} runs; peak RSS {:.0} MB (targets: <= 1 s, <= 300 MB) {}",
         workers,
-        median,
-        walls[walls.len() - 1],
-        peak,
-        if median <= 1.0 && peak <= 300.0 {
+        local.0,
+        local.1,
+        local.2,
+        if local.0 <= 1.0 && local.2 <= 300.0 {
             "OK"
         } else {
             "MISSED"
         }
     );
+
+    // 1b. The same no-op plan with the state in etcd (moved there by `state migrate`).
+    match Etcd::start() {
+        None => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: the etcd backend's figure needs `etcd` (apt-get install etcd-server)"
+            );
+            println!("no-op plan on the etcd state backend: skipped (no `etcd` on PATH)");
+        }
+        Some(etcd) => {
+            let to = format!("etcd://{}/clusterform/bench", etcd.host);
+            let m = run(
+                &bin,
+                dir.path(),
+                &["state", "migrate", "cluster.toml", "--to", &to],
+            );
+            assert_eq!(m.code, 0, "state migrate to etcd failed: {}", m.said());
+            println!(
+                "setup: state migrate of {} records to etcd took {:.2}s",
+                workers + 2,
+                m.wall.as_secs_f64()
+            );
+            let on_etcd = noop_plan(&bin, dir.path(), runs);
+            println!(
+                "no-op plan, {} workers, state in etcd: median {:.3}s, max {:.3}s over {runs} runs; peak RSS {:.0} MB; {:.2}x the local store (target: <= 2x) {}",
+                workers,
+                on_etcd.0,
+                on_etcd.1,
+                on_etcd.2,
+                on_etcd.0 / local.0,
+                if on_etcd.0 <= 2.0 * local.0 {
+                    "OK"
+                } else {
+                    "MISSED"
+                }
+            );
+        }
+    }
 
     // 2. Apply against the critical-path bound.
     let latency_ms = 200;

@@ -60,6 +60,12 @@ impl StateStore for Owned {
         Ok(snapshot)
     }
 
+    fn load_secrets(&self) -> Result<Snapshot, StateError> {
+        let snapshot = self.inner.load_secrets()?;
+        self.check(&snapshot)?;
+        Ok(snapshot)
+    }
+
     fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
         if mutations.is_empty() || self.recorded.load(Ordering::SeqCst) {
             return self.inner.commit(mutations);

@@ -4,6 +4,7 @@
 //! `.clusterform/` beside the cluster file. A shared backend (etcd) implements the same
 //! trait.
 
+mod etcd;
 mod identity;
 mod local;
 mod lock;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use clusterform_core::{Action, Address, ResourceState};
 use serde::{Deserialize, Serialize};
 
+pub use etcd::{DEFAULT_LOCK_TTL, EtcdStore};
 pub use identity::Owned;
 pub use local::LocalStore;
 pub use local::{BACKUP_FILE, LINEAGE_FILE};
@@ -81,6 +83,17 @@ pub struct Snapshot {
     /// The cluster's secrets by name (its etcd CA), as the store keeps them: sealed
     /// values, opened by [`SealedStore`].
     pub secrets: BTreeMap<String, String>,
+}
+
+/// Everything a store holds, for copying a state to another store (`state migrate`):
+/// the snapshot (secrets as sealed) and the history rows as stored (JSON of the entry
+/// and its undo log), by serial.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Export {
+    /// Records, journal, secrets, lineage, serial, cluster.
+    pub snapshot: Snapshot,
+    /// `(serial, row)`, oldest first.
+    pub history: Vec<(u64, Vec<u8>)>,
 }
 
 /// One change in a commit. A commit is all-or-nothing.
@@ -269,6 +282,16 @@ pub trait StateStore: Send + Sync {
     /// (nothing is created on disk).
     fn load(&self) -> Result<Snapshot, StateError>;
 
+    /// Lineage, serial, cluster and secrets, without the resource records and the
+    /// journal: what loading a cluster file needs (its etcd CA), cheaper than
+    /// [`load`](Self::load) on a large state.
+    fn load_secrets(&self) -> Result<Snapshot, StateError> {
+        let mut snapshot = self.load()?;
+        snapshot.resources.clear();
+        snapshot.journal.clear();
+        Ok(snapshot)
+    }
+
     /// Apply `mutations` atomically and durably. Increases the serial by one when any
     /// mutation touches a resource record (journal-only commits keep it); creates the
     /// store and its lineage on first use. Returns the serial after the commit.
@@ -287,4 +310,22 @@ pub trait StateStore: Send + Sync {
 
     /// The most recent commits, newest first.
     fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError>;
+
+    /// Everything the store holds, as stored (secrets sealed), in one consistent read.
+    fn export(&self) -> Result<Export, StateError> {
+        Err(StateError::Database {
+            path: self.describe(),
+            detail: "this store cannot be copied".into(),
+        })
+    }
+
+    /// Writes `export` into this store, which must hold no state yet: lineage, serial,
+    /// records, journal, secrets and history rows exactly as given, all or nothing.
+    fn import(&self, export: &Export) -> Result<(), StateError> {
+        let _ = export;
+        Err(StateError::Database {
+            path: self.describe(),
+            detail: "this store cannot be written by a copy".into(),
+        })
+    }
 }

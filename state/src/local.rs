@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lock::{self, LockPaths};
 use crate::{
-    ClusterIdentity, HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot,
+    ClusterIdentity, Export, HistoryEntry, JournalEntry, LockGuard, LockInfo, Mutation, Snapshot,
     StateError, StateStore,
 };
 
@@ -383,7 +383,10 @@ impl LocalStore {
                 self.prune_kept_backups();
             }
         }
-        let tmp = self.dir.join("state.redb.backup.tmp");
+        // A name of its own: another process's first commit may be copying right now.
+        let tmp = self
+            .dir
+            .join(format!("state.redb.backup.tmp-{}", uuid::Uuid::new_v4()));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
@@ -727,7 +730,43 @@ impl LocalStore {
         }
     }
 
+    /// Runs `f` in one read transaction; an absent state (that is not a lost one) is
+    /// the default value.
+    fn read<T: Default>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let _calls = self.serialize_calls();
+        self.guarded(|| {
+            let Some(reader) = self.open_reader()? else {
+                self.refuse_lost(self.absent_what())?;
+                return Ok(T::default());
+            };
+            let txn = reader
+                .begin_read()
+                .map_err(|e| self.redb_err("starting a read", e))?;
+            f(&txn)
+        })
+    }
+
+    /// Creates the state file if needed, opens it and starts a write transaction.
+    fn begin_write(&self) -> Result<(Database, redb::WriteTransaction), StateError> {
+        self.create_files()?;
+        let db = self
+            .open_retrying(|| Builder::new().create(&self.db_path))
+            .map_err(|e| self.redb_err("opening the state file", e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| self.redb_err("starting a write", e))?;
+        Ok((db, txn))
+    }
+
     fn read_snapshot(&self, txn: &ReadTransaction) -> Result<Snapshot, StateError> {
+        self.read_parts(txn, true)
+    }
+
+    /// The snapshot; without records and journal unless `records`.
+    fn read_parts(&self, txn: &ReadTransaction, records: bool) -> Result<Snapshot, StateError> {
         let meta = self.read_meta_txn(txn)?;
         let mut snapshot = Snapshot {
             lineage: meta.lineage,
@@ -735,7 +774,7 @@ impl LocalStore {
             identity: meta.identity,
             ..Snapshot::default()
         };
-        if let Some(table) = self.read_table(txn, RESOURCES)? {
+        if records && let Some(table) = self.read_table(txn, RESOURCES)? {
             let iter = table
                 .iter()
                 .map_err(|e| self.redb_err("reading table `resources`", e))?;
@@ -756,7 +795,7 @@ impl LocalStore {
                 snapshot.resources.insert(address, record);
             }
         }
-        if let Some(table) = self.read_table(txn, JOURNAL)? {
+        if records && let Some(table) = self.read_table(txn, JOURNAL)? {
             let iter = table
                 .iter()
                 .map_err(|e| self.redb_err("reading table `journal`", e))?;
@@ -928,18 +967,111 @@ impl StateStore for LocalStore {
         self.store.clone()
     }
 
-    fn load(&self) -> Result<Snapshot, StateError> {
+    fn export(&self) -> Result<Export, StateError> {
+        self.read(|txn| {
+            let snapshot = self.read_snapshot(txn)?;
+            let mut history = Vec::new();
+            if let Some(table) = self.read_table(txn, HISTORY)? {
+                let iter = table
+                    .iter()
+                    .map_err(|e| self.redb_err("reading table `history`", e))?;
+                for item in iter {
+                    let (k, v) = item.map_err(|e| self.redb_err("reading table `history`", e))?;
+                    history.push((k.value(), v.value().to_vec()));
+                }
+            }
+            Ok(Export { snapshot, history })
+        })
+    }
+
+    fn import(&self, export: &Export) -> Result<(), StateError> {
         let _calls = self.serialize_calls();
         self.guarded(|| {
-            let Some(reader) = self.open_reader()? else {
+            if let Some(reader) = self.open_reader()? {
+                let txn = reader
+                    .begin_read()
+                    .map_err(|e| self.redb_err("starting a read", e))?;
+                let meta = self.read_meta_txn(&txn)?;
+                if meta.lineage.is_some() {
+                    return Err(StateError::Database {
+                        path: self.store.clone(),
+                        detail: format!(
+                            "there is a state here already (lineage {}, serial {}); a state is copied only into an empty folder",
+                            meta.lineage.as_deref().unwrap_or_default(),
+                            meta.serial
+                        ),
+                    });
+                }
+            } else {
                 self.refuse_lost(self.absent_what())?;
-                return Ok(Snapshot::default());
+            }
+            let (db, txn) = self.begin_write()?;
+            let s = &export.snapshot;
+            let werr = |t: &str| {
+                let t = t.to_string();
+                move |e: redb::StorageError| self.redb_err(&format!("writing table `{t}`"), e)
             };
-            let txn = reader
-                .begin_read()
-                .map_err(|e| self.redb_err("starting a read", e))?;
-            self.read_snapshot(&txn)
+            let oerr = |t: &str| {
+                let t = t.to_string();
+                move |e: TableError| self.redb_err(&format!("opening table `{t}`"), e)
+            };
+            {
+                let mut meta = txn.open_table(META).map_err(oerr("meta"))?;
+                meta.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()[..])
+                    .map_err(werr("meta"))?;
+                if let Some(l) = &s.lineage {
+                    meta.insert(KEY_LINEAGE, l.as_bytes()).map_err(werr("meta"))?;
+                }
+                meta.insert(KEY_SERIAL, &s.serial.to_le_bytes()[..])
+                    .map_err(werr("meta"))?;
+                if let Some(i) = &s.identity {
+                    let json = self.encode("the cluster identity", i)?;
+                    meta.insert(KEY_CLUSTER, json.as_slice())
+                        .map_err(werr("meta"))?;
+                }
+                let mut resources = txn.open_table(RESOURCES).map_err(oerr("resources"))?;
+                for r in s.resources.values() {
+                    let json = self.encode(&format!("the record of `{}`", r.address), r)?;
+                    resources
+                        .insert(r.address.to_string().as_str(), json.as_slice())
+                        .map_err(werr("resources"))?;
+                }
+                let mut journal = txn.open_table(JOURNAL).map_err(oerr("journal"))?;
+                for j in &s.journal {
+                    let json = self.encode(&format!("journal entry `{}`", j.op_id), j)?;
+                    journal
+                        .insert(j.op_id.as_str(), json.as_slice())
+                        .map_err(werr("journal"))?;
+                }
+                let mut secrets = txn.open_table(SECRETS).map_err(oerr("secrets"))?;
+                for (name, value) in &s.secrets {
+                    secrets
+                        .insert(name.as_str(), value.as_str())
+                        .map_err(werr("secrets"))?;
+                }
+                let mut history = txn.open_table(HISTORY).map_err(oerr("history"))?;
+                for (serial, row) in &export.history {
+                    history
+                        .insert(*serial, row.as_slice())
+                        .map_err(werr("history"))?;
+                }
+            }
+            txn.commit().map_err(|e| self.redb_err("committing", e))?;
+            let _ = db.close();
+            if let Some(l) = &s.lineage {
+                self.write_lineage_file(l, s.identity.as_ref());
+                self.lineage_recorded.store(true, Ordering::SeqCst);
+            }
+            Ok(())
         })
+    }
+
+    fn load(&self) -> Result<Snapshot, StateError> {
+        self.read(|txn| self.read_snapshot(txn))
+    }
+
+    fn load_secrets(&self) -> Result<Snapshot, StateError> {
+        self.read(|txn| self.read_parts(txn, false))
     }
 
     fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
@@ -960,13 +1092,7 @@ impl StateStore for LocalStore {
                 self.refuse_lost(self.absent_what())?;
             }
             self.backup_once()?;
-            self.create_files()?;
-            let db = self
-                .open_retrying(|| Builder::new().create(&self.db_path))
-                .map_err(|e| self.redb_err("opening the state file", e))?;
-            let txn = db
-                .begin_write()
-                .map_err(|e| self.redb_err("starting a write", e))?;
+            let (db, txn) = self.begin_write()?;
             // On error the transaction is dropped, which aborts it.
             let serial = self.apply(&txn, mutations)?;
             txn.commit().map_err(|e| self.redb_err("committing", e))?;

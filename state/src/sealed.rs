@@ -365,6 +365,12 @@ impl StateStore for SealedStore {
         Ok(snap)
     }
 
+    fn load_secrets(&self) -> Result<Snapshot, StateError> {
+        let mut snap = self.inner.load_secrets()?;
+        self.open_snapshot(&mut snap)?;
+        Ok(snap)
+    }
+
     fn commit(&self, mutations: &[Mutation]) -> Result<u64, StateError> {
         if !mutations.iter().any(|m| self.needs_sealing(m)) {
             return self.inner.commit(mutations);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod etcd_server;
 pub mod libvirt;
 pub mod live;
 pub mod metal;

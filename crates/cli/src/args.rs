@@ -20,6 +20,10 @@ pub struct Cli {
     /// symlinks resolved (default: the cluster file's folder).
     #[arg(long, global = true, value_name = "DIR")]
     pub files_dir: Option<PathBuf>,
+    /// Use this state instead of the file's `[state]`: etcd://HOST:PORT[,HOST:PORT]/PREFIX
+    /// (etcd+https:// for TLS, certificates from `[state]`), or a local state folder.
+    #[arg(long, global = true, value_name = "LOCATION")]
+    pub state: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -419,6 +423,20 @@ pub enum StateCommand {
         /// The new key file (64 hex digits, mode 0600); made when it does not exist.
         #[arg(long, value_name = "PATH")]
         new_key_file: Option<PathBuf>,
+    },
+    /// Copy the state to another store (an etcd prefix, or a local folder), read the
+    /// copy back and compare, then point the file's `[state]` at it. The source is left
+    /// as it was.
+    #[command(
+        after_help = "Examples:\n  clusterform state migrate cluster.toml --to etcd://127.0.0.1:2379/clusterform/demo\n  clusterform state migrate cluster.toml --to .clusterform"
+    )]
+    Migrate {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+        /// Where to: etcd://HOST:PORT[,HOST:PORT]/PREFIX, etcd+https://..., or a folder.
+        #[arg(long, value_name = "LOCATION")]
+        to: String,
     },
     /// Forget resources (the objects stay at the provider).
     Rm {

@@ -98,6 +98,206 @@ pub enum StateLocation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         encryption: Option<PathBuf>,
     },
+    /// The shared etcd store.
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+        /// Key prefix.
+        prefix: String,
+        /// `[state] ca_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// `[state] cert_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cert_file: Option<PathBuf>,
+        /// `[state] key_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_file: Option<PathBuf>,
+        /// `[state] lock_ttl`, in seconds.
+        lock_ttl_secs: u64,
+        /// `[state] encryption`: the key file its secrets are sealed with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption: Option<PathBuf>,
+    },
+}
+
+/// The user name for an etcd state store with authentication on.
+pub const ETCD_USER_ENV: &str = "CLUSTERFORM_ETCD_USER";
+/// Its password.
+pub const ETCD_PASSWORD_ENV: &str = "CLUSTERFORM_ETCD_PASSWORD";
+
+impl StateLocation {
+    /// The location of `settings` with the key file `encryption`.
+    pub fn of(settings: &StateSettings, encryption: Option<&Path>) -> StateLocation {
+        let encryption = encryption.map(Path::to_path_buf);
+        match settings {
+            StateSettings::Local { path } => StateLocation::Local {
+                path: path.clone(),
+                encryption,
+            },
+            StateSettings::Etcd(e) => StateLocation::Etcd {
+                endpoints: e.endpoints.clone(),
+                prefix: e.prefix.clone(),
+                ca_file: e.ca_file.clone(),
+                cert_file: e.cert_file.clone(),
+                key_file: e.key_file.clone(),
+                lock_ttl_secs: e.lock_ttl.as_secs(),
+                encryption,
+            },
+        }
+    }
+
+    /// `[state] encryption`.
+    pub fn encryption(&self) -> Option<&Path> {
+        match self {
+            StateLocation::Local { encryption, .. } | StateLocation::Etcd { encryption, .. } => {
+                encryption.as_deref()
+            }
+        }
+    }
+
+    /// What names this state for its default key file: the folder, or the etcd
+    /// endpoints and prefix.
+    fn key_name(&self) -> String {
+        match self {
+            StateLocation::Local { path, .. } => std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .to_string_lossy()
+                .into_owned(),
+            StateLocation::Etcd {
+                endpoints, prefix, ..
+            } => format!("etcd:{}{prefix}", endpoints.join(",")),
+        }
+    }
+
+    /// Where the state's key comes from (see [`key_source`]).
+    pub fn key_source(&self) -> KeySource {
+        key_source_named(&self.key_name(), self.encryption())
+    }
+
+    /// A private folder for files made from the state (etcd client certificates): the
+    /// state folder, or one under the user's config folder for an etcd state.
+    pub fn private_dir(&self) -> PathBuf {
+        match self {
+            StateLocation::Local { path, .. } => path.clone(),
+            StateLocation::Etcd { .. } => config_dir()
+                .join("clusterform/state")
+                .join(short_hash(&self.key_name())),
+        }
+    }
+
+    /// The store itself, without sealing or the cluster check.
+    pub fn raw_store(&self) -> Result<Arc<dyn StateStore>> {
+        match self {
+            StateLocation::Local { path, .. } => Ok(Arc::new(LocalStore::new(path.clone()))),
+            StateLocation::Etcd {
+                endpoints,
+                prefix,
+                ca_file,
+                cert_file,
+                key_file,
+                lock_ttl_secs,
+                ..
+            } => {
+                let read = |p: &Path, what: &str| {
+                    std::fs::read_to_string(p).map_err(|e| {
+                        errors::hint(
+                            format!("cannot read the etcd state's {what} `{}`: {e}", p.display()),
+                            "fix the path in `[state]` (it is relative to the cluster file's folder)",
+                        )
+                    })
+                };
+                let ca_pem = ca_file
+                    .as_deref()
+                    .map(|p| read(p, "CA certificate (`ca_file`)"))
+                    .transpose()?;
+                let client_pem = match (cert_file, key_file) {
+                    (Some(c), Some(k)) => Some((
+                        read(c, "client certificate (`cert_file`)")?,
+                        read(k, "client key (`key_file`)")?,
+                    )),
+                    _ => None,
+                };
+                let credentials = std::env::var(ETCD_USER_ENV)
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| (u, std::env::var(ETCD_PASSWORD_ENV).unwrap_or_default()));
+                let kv = clusterform_etcd::KvClient::new(clusterform_etcd::KvConfig {
+                    endpoints: endpoints.clone(),
+                    timeouts: clusterform_etcd::Timeouts {
+                        connect: std::time::Duration::from_secs(2),
+                        request: clusterform_etcd::kv::STATE_REQUEST_TIMEOUT,
+                    },
+                    ca_pem,
+                    client_pem,
+                    credentials,
+                })
+                .map_err(|e| {
+                    errors::hint(
+                        e.to_string(),
+                        "check `ca_file`, `cert_file` and `key_file` in `[state]`: PEM files",
+                    )
+                })?;
+                Ok(Arc::new(clusterform_state::EtcdStore::new(
+                    kv,
+                    prefix,
+                    std::time::Duration::from_secs(*lock_ttl_secs),
+                )))
+            }
+        }
+    }
+
+    /// Parses `--state`: `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (plain HTTP),
+    /// `etcd+https://...` (TLS; the `[state]` file settings still give CA and client
+    /// certificate), or a local state folder.
+    pub fn parse_override(
+        text: &str,
+        base: &StateSettings,
+        cwd: &Path,
+    ) -> std::result::Result<StateSettings, String> {
+        let (scheme, rest) = if let Some(r) = text.strip_prefix("etcd://") {
+            ("http", r)
+        } else if let Some(r) = text.strip_prefix("etcd+https://") {
+            ("https", r)
+        } else if let Some(r) = text.strip_prefix("etcd+http://") {
+            ("http", r)
+        } else if text.contains("://") {
+            return Err(format!(
+                "`{text}` is not a state location: write etcd://HOST:PORT/PREFIX, etcd+https://HOST:PORT/PREFIX, or a folder"
+            ));
+        } else {
+            return Ok(StateSettings::Local {
+                path: cwd.join(text),
+            });
+        };
+        let (hosts, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if hosts.is_empty() || prefix.is_empty() {
+            return Err(format!(
+                "`{text}` names no {}: write etcd://HOST:PORT/PREFIX, like etcd://127.0.0.1:2379/clusterform/demo",
+                if hosts.is_empty() { "host" } else { "prefix" }
+            ));
+        }
+        let mut e = match base {
+            StateSettings::Etcd(e) => e.clone(),
+            StateSettings::Local { .. } => clusterform_config::EtcdState {
+                endpoints: Vec::new(),
+                prefix: String::new(),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                lock_ttl: clusterform_state::DEFAULT_LOCK_TTL,
+            },
+        };
+        e.endpoints = hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{h}"))
+            .collect();
+        e.prefix = prefix.to_string();
+        Ok(StateSettings::Etcd(e))
+    }
 }
 
 /// A loaded cluster file with its providers and state store.
@@ -122,6 +322,41 @@ static FILES_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::ne
 /// Record `--files-dir` for every cluster file this run loads.
 pub fn set_files_dir(dir: Option<PathBuf>) {
     let _ = FILES_DIR.set(dir);
+}
+
+/// `--state`: set once, before any command runs.
+static STATE_OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Record `--state` for every cluster file this run loads; an unreadable location is an
+/// error now, before anything is loaded.
+pub fn set_state_override(location: Option<String>) -> Result<()> {
+    if let Some(text) = &location {
+        StateLocation::parse_override(
+            text,
+            &StateSettings::Local {
+                path: PathBuf::new(),
+            },
+            Path::new("."),
+        )
+        .map_err(|m| {
+            errors::hint(
+                format!("--state: {m}"),
+                "e.g. --state etcd://127.0.0.1:2379/clusterform/demo, or --state .clusterform-copy",
+            )
+        })?;
+    }
+    let _ = STATE_OVERRIDE.set(location);
+    Ok(())
+}
+
+/// The state settings in force: `--state` over the file's `[state]`.
+fn effective_state(state: &StateSettings) -> StateSettings {
+    let Some(Some(text)) = STATE_OVERRIDE.get() else {
+        return state.clone();
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    // Checked when it was set.
+    StateLocation::parse_override(text, state, &cwd).unwrap_or_else(|_| state.clone())
 }
 
 /// Load and validate the cluster file (no state access; the plugins it names are
@@ -154,8 +389,9 @@ pub fn load_model_and_registry(file: &Path) -> Result<(Model, Registry)> {
             ),
         )
     })?;
-    let model = clusterform_config::parse_with(file, &source, &registry.schemas(), &options)
+    let mut model = clusterform_config::parse_with(file, &source, &registry.schemas(), &options)
         .map_err(errors::config)?;
+    model.state = effective_state(&model.state);
     Ok((model, registry))
 }
 
@@ -318,21 +554,12 @@ pub fn build_for(
 }
 
 fn open_store(model: &Model) -> Result<(Arc<dyn StateStore>, StateLocation)> {
-    match &model.state {
-        StateSettings::Local { path } => {
-            refuse_legacy_shared_state(model, path)?;
-            let location = StateLocation::Local {
-                path: path.clone(),
-                encryption: model.state_encryption.clone(),
-            };
-            let identity = identity(&model.cluster.name, &model.path);
-            Ok((open_location(&location, identity), location))
-        }
-        StateSettings::Etcd { .. } => Err(errors::hint(
-            "the etcd state backend is not available in this build yet",
-            "remove `backend = \"etcd\"` from `[state]` to use the local store",
-        )),
+    if let StateSettings::Local { path } = &model.state {
+        refuse_legacy_shared_state(model, path)?;
     }
+    let location = StateLocation::of(&model.state, model.state_encryption.as_deref());
+    let identity = identity(&model.cluster.name, &model.path);
+    Ok((open_location(&location, identity)?, location))
 }
 
 /// Which cluster a state is used for: its name and its file's name.
@@ -348,21 +575,20 @@ pub fn identity(cluster: &str, file: &Path) -> ClusterIdentity {
 
 /// Open the store at `location` for the cluster `identity` (a state of another cluster
 /// is refused when it is read).
-pub fn open_location(location: &StateLocation, identity: ClusterIdentity) -> Arc<dyn StateStore> {
-    let (inner, key): (Arc<dyn StateStore>, KeySource) = match location {
-        StateLocation::Local { path, encryption } => (
-            Arc::new(LocalStore::new(path.clone())),
-            key_source(path, encryption.as_deref()),
-        ),
-    };
+pub fn open_location(
+    location: &StateLocation,
+    identity: ClusterIdentity,
+) -> Result<Arc<dyn StateStore>> {
+    let inner = location.raw_store()?;
     let notify: clusterform_state::Notify = Arc::new(|note: &str| errln!("note: {note}"));
-    let sealed = SealedStore::new(inner, key, sensitive()).with_notify(notify);
-    Arc::new(Owned::new(Arc::new(sealed), identity))
+    let sealed = SealedStore::new(inner, location.key_source(), sensitive()).with_notify(notify);
+    Ok(Arc::new(Owned::new(Arc::new(sealed), identity)))
 }
 
-/// Where the state key comes from: `CLUSTERFORM_STATE_KEY`, else `[state] encryption`,
-/// else this state's key file under the user's config folder (made when first needed).
-pub fn key_source(state_dir: &Path, encryption: Option<&Path>) -> KeySource {
+/// Where the key of the state named `name` comes from: `CLUSTERFORM_STATE_KEY`, else
+/// `[state] encryption`, else its key file under the user's config folder (made when
+/// first needed).
+fn key_source_named(name: &str, encryption: Option<&Path>) -> KeySource {
     if let Ok(p) = std::env::var(clusterform_state::seal::KEY_ENV)
         && !p.is_empty()
     {
@@ -371,23 +597,27 @@ pub fn key_source(state_dir: &Path, encryption: Option<&Path>) -> KeySource {
     if let Some(f) = encryption {
         return KeySource::File(f.to_path_buf());
     }
-    KeySource::Default(default_key_file(state_dir))
+    KeySource::Default(
+        config_dir()
+            .join("clusterform/keys")
+            .join(format!("{}.key", short_hash(name))),
+    )
 }
 
-/// The default key file of the state in `state_dir`:
-/// `$XDG_CONFIG_HOME/clusterform/keys/<hash of the state folder>.key` (`~/.config` when
-/// unset), so that two states never share a key by accident.
-pub fn default_key_file(state_dir: &Path) -> PathBuf {
+/// 24 hex digits of the SHA-256 of `name`.
+fn short_hash(name: &str) -> String {
     use sha2::{Digest, Sha256};
-    let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let digest = Sha256::digest(abs.to_string_lossy().as_bytes());
-    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let config = std::env::var_os("XDG_CONFIG_HOME")
+    let digest = Sha256::digest(name.as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+fn config_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    config.join("clusterform/keys").join(format!("{name}.key"))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Which attribute values are sealed at rest: any string holding a PEM private key
@@ -477,7 +707,8 @@ pub fn ca_source(file: &Path) -> clusterform_config::CaSource {
             // what to do, by the command that uses it (`state restore` needs no CA): the
             // file loads with a throwaway CA, which no apply ever keeps (the state is read
             // again under the lock before anything changes).
-            let snap = match snapshot_for(&file, cluster, state, encryption) {
+            let state = &effective_state(state);
+            let snap = match snapshot_for(&file, cluster, state, encryption, false) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::info!(
@@ -503,23 +734,23 @@ fn fixed_ca(ca: Option<Arc<clusterform_pki::Ca>>) -> clusterform_config::CaSourc
     })
 }
 
-/// The state of cluster `cluster` of `file`, read (unlocked) while the file loads.
+/// The state of cluster `cluster` of `file`, read (unlocked) while the file loads: all
+/// of it, or without the records and journal (`records` false: its secrets).
 fn snapshot_for(
     file: &Path,
     cluster: &str,
     state: &StateSettings,
     encryption: Option<&Path>,
+    records: bool,
 ) -> std::result::Result<clusterform_state::Snapshot, String> {
-    let StateSettings::Local { path } = state else {
-        return Err("the etcd state backend is not available in this build yet".into());
-    };
-    let location = StateLocation::Local {
-        path: path.clone(),
-        encryption: encryption.map(Path::to_path_buf),
-    };
-    open_location(&location, identity(cluster, file))
-        .load()
-        .map_err(|e| e.to_string())
+    let location = StateLocation::of(state, encryption);
+    let store = open_location(&location, identity(cluster, file)).map_err(|e| e.to_string())?;
+    if records {
+        store.load()
+    } else {
+        store.load_secrets()
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// The addresses the state's `ip_reservation`s hold (a Metal cluster over metros).
@@ -528,7 +759,8 @@ pub fn reserved_source(file: &Path) -> clusterform_config::ReservedSource {
     Arc::new(
         move |cluster: &str, state: &StateSettings, encryption: Option<&Path>| {
             // Unreadable: nothing reserved yet, as far as this load knows (see ca_source).
-            let snap = snapshot_for(&file, cluster, state, encryption).unwrap_or_default();
+            let state = &effective_state(state);
+            let snap = snapshot_for(&file, cluster, state, encryption, true).unwrap_or_default();
             Ok(reserved_in(
                 snap.resources.iter().map(|(a, r)| (a, &r.attrs)),
             ))

@@ -127,7 +127,12 @@ pub fn bug(e: impl std::fmt::Display) -> miette::Report {
 pub fn state(e: clusterform_state::StateError) -> miette::Report {
     use clusterform_state::StateError as S;
     let help = match &e {
+        S::Locked { path, holder } if path.starts_with("etcd://") => format!(
+            "wait for that run to finish (or pass --lock-timeout 60s to wait): a holder that stopped loses the lock when its lease ends ({}); to end it now, `clusterform force-unlock {}`",
+            holder.expires_at, holder.id
+        ),
         S::Locked { holder, .. } => locked_help(holder, std::time::SystemTime::now()),
+        S::Corrupt { path, .. } if path.starts_with("etcd://") => "restore the prefix from an etcd snapshot (`etcdctl snapshot save` regularly); do not delete the prefix: the machines it records would be orphaned".to_string(),
         S::Corrupt { path, .. } => {
             let backup = std::path::Path::new(path).with_file_name("state.redb.backup");
             if backup.exists() {
@@ -162,6 +167,7 @@ pub fn state(e: clusterform_state::StateError) -> miette::Report {
             clusterform_state::seal::KEY_ENV
         ),
         S::Io { path, source } => io_help(path, source),
+        S::Database { path, .. } if path.starts_with("etcd://") => "check that the etcd cluster of `[state] endpoints` runs and has a quorum (`etcdctl endpoint health`), and the TLS files and credentials in `[state]` / CLUSTERFORM_ETCD_USER; nothing was changed where this says so".to_string(),
         S::Database { .. } => "check the state folder's file system (free space, permissions, \
              errors in the system log); if the file is damaged, `clusterform state restore \
              CLUSTER_FILE` puts the last run's backup back"

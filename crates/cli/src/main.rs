@@ -30,6 +30,10 @@ fn main() -> ExitCode {
     errors::install_hook(color);
     init_tracing(cli.verbose, style::stderr_color(cli.no_color));
     context::set_files_dir(cli.files_dir.clone());
+    if let Err(e) = context::set_state_override(cli.state.clone()) {
+        errln!("{e:?}");
+        return ExitCode::from(1);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -121,11 +121,8 @@ fn plan_key(
     salt: Option<&[u8; 16]>,
     create: bool,
 ) -> Result<clusterform_state::seal::StateKey> {
-    let StateLocation::Local {
-        path: dir,
-        encryption,
-    } = state;
-    let (key, note) = crate::context::key_source(dir, encryption.as_deref())
+    let (key, note) = state
+        .key_source()
         .key(salt, create, clusterform_state::seal::Stretch::default())
         .map_err(|e| seal_error(path, e))?;
     if let Some(note) = note {
@@ -168,12 +165,8 @@ impl PlanFile {
             .map_err(|e| errors::bug(format!("cannot encode the plan: {e}")))?;
         // Values holding private keys are sealed with the state's key, as in the state.
         if any_string(&value, &holds_private_key) {
-            let StateLocation::Local {
-                path: dir,
-                encryption,
-            } = &self.state;
             let passphrase = matches!(
-                crate::context::key_source(dir, encryption.as_deref()),
+                self.state.key_source(),
                 clusterform_state::KeySource::Passphrase(_)
             );
             let salt = passphrase.then(StateKey::new_salt);

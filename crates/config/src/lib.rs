@@ -25,7 +25,7 @@ mod settings;
 mod tests;
 mod zones;
 
-pub use settings::{DEFAULT_STATE_PATH, default_state_dir};
+pub use settings::{DEFAULT_STATE_PATH, ETCD_STATE_KEYS, default_state_dir};
 
 /// A byte range in the cluster file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,12 +105,25 @@ pub enum StateSettings {
         path: PathBuf,
     },
     /// The shared etcd store.
-    Etcd {
-        /// Client URLs.
-        endpoints: Vec<String>,
-        /// Key prefix.
-        prefix: String,
-    },
+    Etcd(EtcdState),
+}
+
+/// `[state] backend = "etcd"`: where the shared state lives and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdState {
+    /// Client URLs (`https://etcd.example:2379`), tried in order.
+    pub endpoints: Vec<String>,
+    /// Key prefix (default `/clusterform/<cluster name>`).
+    pub prefix: String,
+    /// `ca_file`: the CA certificate the servers' certificates are checked against
+    /// (absolute); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file`: a client certificate (absolute), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `key_file`: the client certificate's private key (absolute).
+    pub key_file: Option<PathBuf>,
+    /// `lock_ttl`: how long the lock outlives a holder that stopped renewing it.
+    pub lock_ttl: Duration,
 }
 
 /// How day-2 changes reach the etcd members (`[central] update`, `etcd_endpoints`,
@@ -459,7 +472,7 @@ fn parse_absolute(
     cx.check_keys(doc, TOP_LEVEL_KEYS, "the file");
 
     let cluster = settings::cluster(&mut cx, doc, schemas);
-    let state = settings::state(&mut cx, doc, &path);
+    let state = settings::state(&mut cx, doc, &path, &cluster.settings.name);
     let state_encryption = settings::state_encryption(&mut cx, doc, &path);
     let providers = settings::providers(&mut cx, doc, schemas);
     let network = settings::network(&mut cx, doc);

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use toml::de::DeTable;
 
 use crate::reader::{Cx, expected_one_of, span, tick_list};
-use crate::{ClusterSettings, ProviderBlock, Span, StateSettings, diagnostic_at};
+use crate::{ClusterSettings, EtcdState, ProviderBlock, Span, StateSettings, diagnostic_at};
 
 /// Every blueprint name the format knows.
 pub(crate) const BLUEPRINTS: &[&str] = &[
@@ -46,8 +46,19 @@ pub fn default_state_dir(file: &Path) -> std::path::PathBuf {
         dir.join(format!("{DEFAULT_STATE_PATH}-{stem}"))
     }
 }
-/// Default `[state] prefix` for etcd.
+/// Default `[state] prefix` for etcd: this, then `/<cluster name>`.
 pub(crate) const DEFAULT_ETCD_PREFIX: &str = "/clusterform";
+/// Default `[state] lock_ttl` for etcd.
+pub(crate) const DEFAULT_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// `[state]` keys of the etcd backend.
+pub const ETCD_STATE_KEYS: &[&str] = &[
+    "endpoints",
+    "prefix",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "lock_ttl",
+];
 /// Default `[state] endpoints` for etcd (etcdctl's own default).
 pub(crate) const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// Default `[network] cidr`.
@@ -230,7 +241,12 @@ pub(crate) fn unknown_provider(cx: &mut Cx<'_>, name: &str, at: Span, schemas: &
 }
 
 /// Read `[state]`; `dir` is the cluster file's folder.
-pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSettings {
+pub(crate) fn state(
+    cx: &mut Cx<'_>,
+    doc: &DeTable<'_>,
+    file: &Path,
+    cluster: &str,
+) -> StateSettings {
     const SECTION: &str = "`[state]`";
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let default_local = || StateSettings::Local {
@@ -242,11 +258,11 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSet
     let Some(t) = cx.as_table("state", "the file", node) else {
         return default_local();
     };
-    cx.check_keys(
-        t,
-        &["backend", "path", "endpoints", "prefix", "encryption"],
-        SECTION,
-    );
+    let known: Vec<&str> = ["backend", "path", "encryption"]
+        .into_iter()
+        .chain(ETCD_STATE_KEYS.iter().copied())
+        .collect();
+    cx.check_keys(t, &known, SECTION);
     let backend = match cx.get_str(t, "backend", SECTION) {
         None => "local",
         Some(("local", _)) => "local",
@@ -262,7 +278,7 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSet
         }
     };
     let misplaced: &[&str] = if backend == "local" {
-        &["endpoints", "prefix"]
+        ETCD_STATE_KEYS
     } else {
         &["path"]
     };
@@ -301,10 +317,75 @@ pub(crate) fn state(cx: &mut Cx<'_>, doc: &DeTable<'_>, file: &Path) -> StateSet
             Some(list) => list.into_iter().map(|(e, _)| e.to_string()).collect(),
             None => vec![DEFAULT_ETCD_ENDPOINT.to_string()],
         };
-        let prefix = cx
-            .get_str(t, "prefix", SECTION)
-            .map_or_else(|| DEFAULT_ETCD_PREFIX.to_string(), |(p, _)| p.to_string());
-        StateSettings::Etcd { endpoints, prefix }
+        for (e, at) in cx.get_str_list(t, "endpoints", SECTION).unwrap_or_default() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                cx.error(
+                    Some(at),
+                    format!("`{e}` is not an etcd client URL"),
+                    "not http:// or https://",
+                    Some("write it like \"https://etcd.example:2379\"".to_string()),
+                );
+            }
+        }
+        let prefix = match cx.get_str(t, "prefix", SECTION) {
+            None => format!("{DEFAULT_ETCD_PREFIX}/{cluster}"),
+            Some((p, at)) => {
+                if !p.starts_with('/') || p.trim_end_matches('/').is_empty() {
+                    cx.error(
+                        Some(at),
+                        format!("`prefix = \"{p}\"` is not a key prefix"),
+                        "not /something",
+                        Some(format!(
+                            "write a prefix starting with `/`, like \"{DEFAULT_ETCD_PREFIX}/{cluster}\""
+                        )),
+                    );
+                }
+                p.trim_end_matches('/').to_string()
+            }
+        };
+        let path_of =
+            |cx: &mut Cx<'_>, key: &str| cx.get_str(t, key, SECTION).map(|(p, _)| dir.join(p));
+        let ca_file = path_of(cx, "ca_file");
+        let cert_file = path_of(cx, "cert_file");
+        let key_file = path_of(cx, "key_file");
+        if cert_file.is_some() != key_file.is_some() {
+            let (given, missing) = if cert_file.is_some() {
+                ("cert_file", "key_file")
+            } else {
+                ("key_file", "cert_file")
+            };
+            if let Some((k, _)) = t.get_key_value(given) {
+                cx.error(
+                    Some(span(k.span())),
+                    format!("`{given}` needs `{missing}`"),
+                    "half a client certificate",
+                    Some(format!("set `{missing}` too, or remove `{given}`")),
+                );
+            }
+        }
+        let lock_ttl = match cx.get_str(t, "lock_ttl", SECTION) {
+            None => DEFAULT_LOCK_TTL,
+            Some((v, at)) => match humantime::parse_duration(v) {
+                Ok(d) if d >= std::time::Duration::from_secs(2) => d,
+                _ => {
+                    cx.error(
+                        Some(at),
+                        format!("`lock_ttl = \"{v}\"` is not a duration of 2 s or more"),
+                        "bad duration",
+                        Some("write a duration like \"30s\" (the default)".to_string()),
+                    );
+                    DEFAULT_LOCK_TTL
+                }
+            },
+        };
+        StateSettings::Etcd(EtcdState {
+            endpoints,
+            prefix,
+            ca_file,
+            cert_file,
+            key_file,
+            lock_ttl,
+        })
     }
 }
 

@@ -454,10 +454,14 @@ nested = { a = [1, "two", true] }
     assert_eq!(m.cluster.expires_after, Some(Duration::from_secs(8 * 3600)));
     assert_eq!(
         m.state,
-        StateSettings::Etcd {
+        StateSettings::Etcd(crate::EtcdState {
             endpoints: vec!["http://127.0.0.1:2379".to_string()],
-            prefix: "/clusterform".to_string()
-        }
+            prefix: "/clusterform/x".to_string(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            lock_ttl: Duration::from_secs(30),
+        })
     );
     assert_eq!(
         serde_json::Value::Object(m.providers["sim"].config.clone()),
@@ -1069,6 +1073,46 @@ fn error_state_keys_must_fit_the_backend() {
         4,
         1,
     );
+}
+
+#[test]
+fn etcd_state_settings_are_checked_where_they_are_written() {
+    let head = "[cluster]\nname = \"x\"\n[state]\nbackend = \"etcd\"\n";
+    let d = one_error(&format!("{head}prefix = \"clusterform\"\n"));
+    assert_diag(&d, "`prefix = \"clusterform\"` is not a key prefix", 5, 10);
+    let d = one_error(&format!("{head}cert_file = \"c.pem\"\n"));
+    assert_diag(&d, "`cert_file` needs `key_file`", 5, 1);
+    let d = one_error(&format!("{head}endpoints = [\"10.0.0.5:2379\"]\n"));
+    assert_diag(&d, "`10.0.0.5:2379` is not an etcd client URL", 5, 14);
+    let d = one_error(&format!("{head}lock_ttl = \"1s\"\n"));
+    assert_diag(
+        &d,
+        "`lock_ttl = \"1s\"` is not a duration of 2 s or more",
+        5,
+        12,
+    );
+    let d = one_error(&format!("{head}path = \"x\"\n"));
+    assert_diag(
+        &d,
+        "`path` is a setting of `backend = \"local\"`, not `etcd`",
+        5,
+        1,
+    );
+    let m = ok(&format!(
+        "{head}endpoints = [\"https://a:2379\", \"https://b:2379\"]\nprefix = \"/teams/infra/\"\n\
+         ca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nlock_ttl = \"10s\"\n"
+    ));
+    let StateSettings::Etcd(e) = m.state else {
+        panic!("etcd settings expected")
+    };
+    assert_eq!(e.endpoints, ["https://a:2379", "https://b:2379"]);
+    assert_eq!(e.prefix, "/teams/infra");
+    assert_eq!(
+        e.ca_file,
+        Some(PathBuf::from("/tmp/clusterform-config-tests/ca.pem"))
+    );
+    assert!(e.cert_file.is_some() && e.key_file.is_some());
+    assert_eq!(e.lock_ttl, Duration::from_secs(10));
 }
 
 #[test]

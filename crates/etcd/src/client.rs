@@ -125,7 +125,7 @@ pub struct TlsError {
 }
 
 impl ClientTls {
-    fn tls_config(&self) -> Result<ureq::tls::TlsConfig, TlsError> {
+    pub(crate) fn tls_config(&self) -> Result<ureq::tls::TlsConfig, TlsError> {
         use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
         let bad = |what: &'static str| {
             move |e: ureq::Error| TlsError {
@@ -334,7 +334,7 @@ fn probe_body() -> Value {
 
 /// A transport error in a few words ("connection refused", "connect timed out after
 /// 2 s"), for messages that name the member already.
-fn describe_transport_error(e: &ureq::Error, timeouts: Timeouts) -> String {
+pub(crate) fn describe_transport_error(e: &ureq::Error, timeouts: Timeouts) -> String {
     use std::io::ErrorKind;
     match e {
         ureq::Error::Io(io) => match io.kind() {
@@ -358,7 +358,7 @@ fn describe_transport_error(e: &ureq::Error, timeouts: Timeouts) -> String {
 }
 
 /// True when `e` happened before the request could reach the server.
-fn surely_not_sent(e: &ureq::Error) -> bool {
+pub(crate) fn surely_not_sent(e: &ureq::Error) -> bool {
     use std::io::ErrorKind;
     match e {
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::BadUri(_) => true,
@@ -390,7 +390,7 @@ fn is_not_ready(message: &str) -> bool {
 /// The error for a non-200 answer: the gateway's `{"error","code","message"}` as
 /// [`EtcdError::Api`] (or [`EtcdError::NotReady`]), anything else as
 /// [`EtcdError::Protocol`].
-fn error_from_answer(endpoint: &str, status: u16, body: &str) -> EtcdError {
+pub(crate) fn error_from_answer(endpoint: &str, status: u16, body: &str) -> EtcdError {
     #[derive(Deserialize)]
     struct WireError {
         #[serde(default)]
@@ -445,7 +445,7 @@ fn grpc_code_of_http(status: u16) -> i64 {
 }
 
 /// A 64-bit integer as the gateway writes it: a string, or a number; absent or null is 0.
-fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Wire {
@@ -576,7 +576,7 @@ fn de_alarm_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
     endpoint: &str,
     what: &str,
     v: Value,

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod fake;
 pub mod health;
+pub mod kv;
 pub mod tunnel;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientConfig, ClientTls, EtcdClient, TlsError};
 pub use fake::{FakeEtcd, FakeMethod};
 pub use health::{Health, Unhealthy, check_health, describe_member};
+pub use kv::{Compare, KeyValue, KvClient, KvConfig, Op, Range, TxnAnswer};
 pub use tunnel::{SshVia, Tunnel, TunnelError, TunnelOptions};
 
 /// One member of the cluster, as the member list reports it.

@@ -169,10 +169,12 @@ async fn apply_saved(
 ) -> Result<u8> {
     // A plan made against a state (it has a lineage) whose folder is gone: refuse before
     // taking the lock, which would create an empty state folder there.
-    let context::StateLocation::Local {
+    if let context::StateLocation::Local {
         path: state_dir, ..
-    } = &pf.state;
-    if pf.plan.state_lineage.is_some() && !state_dir.is_dir() {
+    } = &pf.state
+        && pf.plan.state_lineage.is_some()
+        && !state_dir.is_dir()
+    {
         return Err(errors::hint(
             format!(
                 "the saved plan `{}` was made against the state in `{}`, which does not exist",
@@ -195,7 +197,7 @@ async fn apply_saved(
     let store = context::open_location(
         &pf.state,
         context::identity(&pf.plan.cluster, &pf.cluster_file),
-    );
+    )?;
     let guard = store
         .lock("apply", run_args.lock_timeout)
         .map_err(errors::state)?;

@@ -172,7 +172,10 @@ impl Turn {
     /// Take the drift-check lock of the state folder (a separate file: the state lock
     /// that `apply` takes is never touched). No folder yet: nothing to share it with.
     fn take(location: &StateLocation, wait: bool) -> Result<Option<Turn>> {
-        let StateLocation::Local { path, .. } = location;
+        // An etcd state: the check reads one consistent revision; nothing to share.
+        let StateLocation::Local { path, .. } = location else {
+            return Ok(Some(Turn(None)));
+        };
         if !path.is_dir() {
             return Ok(Some(Turn(None)));
         }

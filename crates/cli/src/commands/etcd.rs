@@ -295,8 +295,7 @@ pub fn env(file: &Path) -> Result<u8> {
     let kept = snapshot.secrets.contains_key(context::CA_KEY);
     if let (Some(ca), true) = (ctx.model.etcd_ca.as_deref(), kept) {
         let tls = etcd::client_tls(ca)?;
-        let context::StateLocation::Local { path, .. } = &ctx.state_location;
-        let dir = path.join("etcd-client");
+        let dir = ctx.state_location.private_dir().join("etcd-client");
         crate::private::write_files(
             &dir,
             &[

@@ -149,6 +149,7 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
             out!("{}", clean(&text));
             Ok(0)
         }
+        StateCommand::Migrate { .. } => Err(errors::bug("state migrate is dispatched before")),
         StateCommand::Restore { file } => Err(errors::bug(format!(
             "`state restore {}` reached the synchronous state commands",
             file.display()
@@ -387,7 +388,16 @@ pub fn render(file: &Path, machine: Option<&str>, out: Option<&Path>) -> Result<
 /// file, then adopt what the provider made since (by the cluster's ownership tags).
 pub async fn restore(file: &Path) -> Result<u8> {
     let ctx = context::load(file)?;
-    let context::StateLocation::Local { path, .. } = &ctx.state_location;
+    let context::StateLocation::Local { path, .. } = &ctx.state_location else {
+        return Err(errors::hint(
+            format!(
+                "`state restore` puts back the local store's backup file; the state of `{}` is in etcd ({})",
+                file.display(),
+                ctx.store.describe()
+            ),
+            "restore the etcd cluster from its own snapshot (`etcdctl snapshot save` / `etcdutl snapshot restore`), then run `clusterform plan` to see what differs",
+        ));
+    };
     let local = clusterform_state::LocalStore::new(path.clone());
     let _guard = ctx
         .store
@@ -544,9 +554,7 @@ fn rekey(file: &Path, new_key_file: Option<PathBuf>) -> Result<u8> {
         .lock("state rekey", Duration::ZERO)
         .map_err(errors::state)?;
     let snap = ctx.store.load().map_err(errors::state)?;
-    let context::StateLocation::Local { path, .. } = &ctx.state_location;
-    let inner: std::sync::Arc<dyn clusterform_state::StateStore> =
-        std::sync::Arc::new(clusterform_state::LocalStore::new(path.clone()));
+    let inner = ctx.state_location.raw_store()?;
     let new = SealedStore::new(inner, source.clone(), context::sensitive());
     SealedStore::reseal(&snap, &new).map_err(errors::state)?;
     let next = match &source {

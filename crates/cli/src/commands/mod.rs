@@ -4,6 +4,7 @@ mod apply;
 mod drift;
 mod etcd;
 mod inspect;
+mod migrate;
 mod plan;
 mod providers;
 mod reap;
@@ -23,6 +24,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Show { file, json } => inspect::show(&file, json),
         Command::State(crate::args::StateCommand::Restore { file }) => {
             inspect::restore(&file).await
+        }
+        Command::State(crate::args::StateCommand::Migrate { file, to }) => {
+            migrate::migrate(&file, &to)
         }
         Command::State(s) => inspect::state(s),
         Command::ForceUnlock { args } => inspect::force_unlock(&args),
