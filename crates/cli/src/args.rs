@@ -24,6 +24,9 @@ pub struct Cli {
     /// (etcd+https:// for TLS, certificates from `[state]`), or a local state folder.
     #[arg(long, global = true, value_name = "LOCATION")]
     pub state: Option<String>,
+    /// Run as if started in DIR (`-chdir=DIR` also works, as in Terraform).
+    #[arg(short = 'C', long = "chdir", global = true, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -57,9 +60,11 @@ pub enum Command {
     #[command(subcommand)]
     State(StateCommand),
     /// Remove a lock left by a process that is gone.
+    #[command(override_usage = "clusterform force-unlock [FILE] <ID>")]
     ForceUnlock {
-        /// [cluster file] and the lock id (from the "locked" message).
-        #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ID")]
+        /// [FILE] ID: the cluster file (default cluster.toml) and the lock id (from the
+        /// "locked" message).
+        #[arg(num_args = 1..=2, required = true, value_name = "ARG")]
         args: Vec<String>,
     },
     /// Write each machine's Ignition config (its `user_data`), as providers receive it.
@@ -90,9 +95,11 @@ pub enum Command {
     /// test clusters, or objects no state records (`--orphans`).
     Reap(ReapArgs),
     /// Adopt an existing object into the state under an address of the cluster file.
+    #[command(override_usage = "clusterform import [OPTIONS] [FILE] <ADDR> <ID>")]
     Import {
-        /// [cluster file], the address (`machine.workers[0]`) and the provider's id.
-        #[arg(num_args = 2..=3, required = true, value_name = "FILE] [ADDR] [ID")]
+        /// [FILE] ADDR ID: the cluster file (default cluster.toml), the address
+        /// (`machine.workers[0]`) and the provider's id of the object.
+        #[arg(num_args = 2..=3, required = true, value_name = "ARG")]
         args: Vec<String>,
         /// Wait this long for a state lock held by another run (e.g. 30s).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -108,6 +115,38 @@ pub enum Command {
     /// kinds); with a cluster file, which ones the file needs. `providers check PATH`
     /// runs the conformance check against a plugin.
     Providers(ProvidersArgs),
+    /// Print a completion script for a shell: `clusterform completions bash >
+    /// /etc/bash_completion.d/clusterform` (zsh: into a folder of `$fpath` as
+    /// `_clusterform`; fish: `~/.config/fish/completions/clusterform.fish`).
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff), or with `--out DIR` write one page per command.
+    Man {
+        /// Write `clusterform.1`, `clusterform-plan.1`, ... into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Print the version (with `--json`: also the providers built in and the formats
+    /// of the state and plan files).
+    Version {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Shells `completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `providers`.
@@ -391,9 +430,10 @@ pub enum StateCommand {
         file: PathBuf,
     },
     /// Show one resource's record.
+    #[command(override_usage = "clusterform state show [FILE] <ADDR>")]
     Show {
-        /// [cluster file] and the address.
-        #[arg(num_args = 1..=2, required = true, value_name = "FILE] [ADDR")]
+        /// [FILE] ADDR: the cluster file (default cluster.toml) and the address.
+        #[arg(num_args = 1..=2, required = true, value_name = "ARG")]
         args: Vec<String>,
     },
     /// List unfinished operations (journal entries a crashed run left); the next
@@ -413,9 +453,6 @@ pub enum StateCommand {
     /// Seal the state's secrets with another key: a key file (`--new-key-file`, made
     /// 0600 when it does not exist) or the passphrase in CLUSTERFORM_NEW_STATE_KEY.
     /// Then point `[state] encryption` (or CLUSTERFORM_STATE_KEY) at the new key.
-    #[command(
-        after_help = "Example: clusterform state rekey cluster.toml --new-key-file ~/.config/clusterform/prod.key"
-    )]
     Rekey {
         /// The cluster file.
         #[arg(default_value = "cluster.toml")]
@@ -427,9 +464,6 @@ pub enum StateCommand {
     /// Copy the state to another store (an etcd prefix, or a local folder), read the
     /// copy back and compare, then point the file's `[state]` at it. The source is left
     /// as it was.
-    #[command(
-        after_help = "Examples:\n  clusterform state migrate cluster.toml --to etcd://127.0.0.1:2379/clusterform/demo\n  clusterform state migrate cluster.toml --to .clusterform"
-    )]
     Migrate {
         /// The cluster file.
         #[arg(default_value = "cluster.toml")]
@@ -439,9 +473,11 @@ pub enum StateCommand {
         to: String,
     },
     /// Forget resources (the objects stay at the provider).
+    #[command(override_usage = "clusterform state rm [FILE] <ADDR>...")]
     Rm {
-        /// [cluster file] and one or more addresses.
-        #[arg(num_args = 1.., required = true, value_name = "FILE] [ADDR")]
+        /// [FILE] ADDR...: the cluster file (default cluster.toml) and one or more
+        /// addresses.
+        #[arg(num_args = 1.., required = true, value_name = "ARG")]
         args: Vec<String>,
     },
 }
@@ -484,6 +520,128 @@ pub enum SimCommand {
     },
 }
 
+/// An example for every command's `--help` (and the man pages), by command path.
+pub const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "validate",
+        "clusterform validate examples/dev-test/cluster.toml",
+    ),
+    (
+        "plan",
+        "clusterform plan cluster.toml -out=tonight.plan\n  clusterform plan cluster.toml --detailed-exitcode --replace machine.workers[2]",
+    ),
+    (
+        "apply",
+        "clusterform apply cluster.toml\n  clusterform apply tonight.plan\n  clusterform apply cluster.toml --replace machine.workers[0]",
+    ),
+    ("destroy", "clusterform destroy cluster.toml --auto-approve"),
+    (
+        "show",
+        "clusterform show cluster.toml\n  clusterform show tonight.plan --json",
+    ),
+    ("state", "clusterform state list cluster.toml"),
+    ("state list", "clusterform state list cluster.toml"),
+    (
+        "state show",
+        "clusterform state show cluster.toml machine.workers[0]",
+    ),
+    ("state pending", "clusterform state pending cluster.toml"),
+    ("state restore", "clusterform state restore cluster.toml"),
+    (
+        "state rekey",
+        "clusterform state rekey cluster.toml --new-key-file ~/.config/clusterform/prod.key",
+    ),
+    (
+        "state migrate",
+        "clusterform state migrate cluster.toml --to etcd://127.0.0.1:2379/clusterform/demo\n  clusterform state migrate cluster.toml --to .clusterform",
+    ),
+    (
+        "state rm",
+        "clusterform state rm cluster.toml machine.workers[3]",
+    ),
+    (
+        "force-unlock",
+        "clusterform force-unlock cluster.toml 6f1c2a9e-4b1d-4a8e-9d57-3c0f5e2b7a10",
+    ),
+    (
+        "render",
+        "clusterform render cluster.toml --machine machine.workers[0]\n  clusterform render cluster.toml --out ignition/",
+    ),
+    (
+        "graph",
+        "clusterform graph cluster.toml --format svg > graph.svg",
+    ),
+    (
+        "drift",
+        "clusterform drift cluster.toml --json\n  clusterform drift cluster.toml --every 15m --webhook https://hooks.example/drift",
+    ),
+    (
+        "reap",
+        "clusterform reap --provider sim --dry-run\n  clusterform reap --provider ec2 ec2.toml --orphans",
+    ),
+    (
+        "import",
+        "clusterform import cluster.toml machine.workers[3] i-0abc123def4567890",
+    ),
+    ("sim", "clusterform sim list --cluster demo"),
+    ("sim list", "clusterform sim list --cluster demo"),
+    ("sim stats", "clusterform sim stats"),
+    ("sim delete", "clusterform sim delete m-000003"),
+    ("sim set", "clusterform sim set m-000003 size=4cpu-8gb"),
+    ("etcd", "clusterform etcd status cluster.toml"),
+    ("etcd status", "clusterform etcd status cluster.toml --json"),
+    (
+        "etcd env",
+        "eval \"$(clusterform etcd env cluster.toml)\" && etcdctl member list",
+    ),
+    (
+        "etcd renew",
+        "clusterform etcd renew cluster.toml && clusterform apply cluster.toml",
+    ),
+    ("providers", "clusterform providers cluster.toml"),
+    (
+        "providers check",
+        "clusterform providers check ./clusterform-provider-example --setting region=\"test\"",
+    ),
+    (
+        "completions",
+        "clusterform completions bash > /etc/bash_completion.d/clusterform\n  clusterform completions zsh > ~/.zfunc/_clusterform",
+    ),
+    (
+        "man",
+        "clusterform man > clusterform.1 && man ./clusterform.1\n  clusterform man --out /usr/local/share/man/man1",
+    ),
+    ("version", "clusterform version --json"),
+];
+
+/// The command line with an example after every command's help.
+pub fn command() -> clap::Command {
+    fn add(cmd: clap::Command, path: &str) -> clap::Command {
+        let mut cmd = cmd;
+        if let Some((_, example)) = EXAMPLES.iter().find(|(p, _)| *p == path) {
+            let text = format!(
+                "Example{}:\n  {example}",
+                if example.contains('\n') { "s" } else { "" }
+            );
+            cmd = cmd.after_help(text);
+        }
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        for name in names {
+            let sub = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path} {name}")
+            };
+            cmd = cmd.mut_subcommand(&name, |c| add(c, &sub));
+        }
+        cmd
+    }
+    add(<Cli as clap::CommandFactory>::command(), "")
+}
+
 /// Accept Terraform's single-dash long flags (`-out=FILE`, `-auto-approve`,
 /// `-detailed-exitcode`...) by turning them into `--` flags.
 pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -503,6 +661,7 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "allow-protected",
         "replace",
         "allow-data-loss",
+        "chdir",
     ];
     args.into_iter()
         .map(|a| {
@@ -523,6 +682,52 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_has_an_example_and_a_clean_usage_line() {
+        fn walk(cmd: &mut clap::Command, path: &str, seen: &mut Vec<String>) {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .filter(|n| n != "help")
+                .collect();
+            for name in names {
+                let sub = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path} {name}")
+                };
+                let c = cmd.find_subcommand_mut(&name).expect("listed");
+                let help = c.render_long_help().to_string();
+                assert!(
+                    help.contains("Example"),
+                    "`{sub}` --help has no example:\n{help}"
+                );
+                let usage = c.render_usage().to_string();
+                // A value name like `FILE] [ID` renders as `<FILE] [ID>`.
+                for placeholder in usage.split('<').skip(1) {
+                    let name = placeholder.split('>').next().unwrap_or_default();
+                    assert!(
+                        !name.contains(['[', ']', ' ']),
+                        "`{sub}`: garbled usage `{usage}`"
+                    );
+                }
+                seen.push(sub.clone());
+                walk(c, &sub, seen);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut seen = Vec::new();
+        walk(&mut cmd, "", &mut seen);
+        assert!(seen.len() >= 30, "{seen:?}");
+        for (path, _) in EXAMPLES {
+            assert!(
+                seen.iter().any(|s| s == path),
+                "EXAMPLES names `{path}`, which is no command"
+            );
+        }
+    }
 
     #[test]
     fn single_dash_long_flags_are_accepted() {

@@ -18,17 +18,27 @@ mod style;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     let argv = args::normalize(std::env::args_os());
-    let cli = match args::Cli::try_parse_from(argv) {
+    let cli = match args::command()
+        .try_get_matches_from(argv)
+        .and_then(|m| <args::Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => return usage(&e),
     };
     let color = style::init(cli.no_color);
     errors::install_hook(color);
     init_tracing(cli.verbose, style::stderr_color(cli.no_color));
+    if let Some(dir) = &cli.chdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        errln!(
+            "error: cannot change to the folder `{}` (-C/--chdir): {e}\n  help: name a folder that exists and that you may enter",
+            dir.display()
+        );
+        return ExitCode::from(1);
+    }
     context::set_files_dir(cli.files_dir.clone());
     if let Err(e) = context::set_state_override(cli.state.clone()) {
         errln!("{e:?}");

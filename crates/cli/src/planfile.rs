@@ -15,7 +15,7 @@ use crate::errors;
 
 const FORMAT: &str = "clusterform-plan";
 /// 2: a `checksum` of the rest of the file.
-const VERSION: u32 = 2;
+pub const VERSION: u32 = 2;
 
 /// A saved plan.
 #[derive(Debug, Serialize, Deserialize)]

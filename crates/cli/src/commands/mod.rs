@@ -8,6 +8,7 @@ mod migrate;
 mod plan;
 mod providers;
 mod reap;
+mod shell;
 mod sim;
 
 use miette::Result;
@@ -44,5 +45,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Etcd(crate::args::EtcdCommand::Env { file }) => etcd::env(&file),
         Command::Etcd(crate::args::EtcdCommand::Renew { file }) => etcd::renew(&file),
+        Command::Completions { shell } => shell::completions(shell),
+        Command::Man { out } => shell::man(out.as_deref()),
+        Command::Version { json } => shell::version(json),
     }
 }
