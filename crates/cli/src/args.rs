@@ -115,6 +115,40 @@ pub enum Command {
     /// kinds); with a cluster file, which ones the file needs. `providers check PATH`
     /// runs the conformance check against a plugin.
     Providers(ProvidersArgs),
+    /// The cluster's outputs from the state: every machine's addresses, role, zone and
+    /// provider id, the networks, the etcd client endpoints, and the file's own
+    /// `[output.NAME]`.
+    #[command(override_usage = "clusterform output [OPTIONS] [FILE] [NAME]")]
+    Output {
+        /// [FILE] [NAME]: the cluster file (default cluster.toml) and one output.
+        #[arg(value_name = "ARG", num_args = 0..=2)]
+        args: Vec<String>,
+        /// Machine-readable JSON.
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// One output's value as it is: a string without quotes, a list one per line.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Run the system `ssh` as `core` to a machine (its public address, else its
+    /// address), through `[central] etcd_via` when it is set.
+    #[command(override_usage = "clusterform ssh [FILE] <MACHINE> [-- <COMMAND>...]")]
+    Ssh {
+        /// [FILE] MACHINE: the cluster file (default cluster.toml) and the machine, by
+        /// address (`machine.workers[0]`) or name.
+        #[arg(value_name = "ARG", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// A command to run there instead of a shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Print a `~/.ssh/config` block for every machine (user `core`, through
+    /// `[central] etcd_via` when it is set).
+    SshConfig {
+        /// The cluster file.
+        #[arg(default_value = "cluster.toml")]
+        file: PathBuf,
+    },
     /// Print a completion script for a shell: `clusterform completions bash >
     /// /etc/bash_completion.d/clusterform` (zsh: into a folder of `$fpath` as
     /// `_clusterform`; fish: `~/.config/fish/completions/clusterform.fish`).
@@ -662,6 +696,7 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "replace",
         "allow-data-loss",
         "chdir",
+        "raw",
     ];
     args.into_iter()
         .map(|a| {

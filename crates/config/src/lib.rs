@@ -16,6 +16,7 @@ use crate::reader::Cx;
 mod blueprint;
 mod checks;
 mod link;
+mod outputs;
 #[cfg(test)]
 mod proptests;
 mod reader;
@@ -25,6 +26,7 @@ mod settings;
 mod tests;
 mod zones;
 
+pub use outputs::BUILT_IN_OUTPUTS;
 pub use settings::{DEFAULT_STATE_PATH, ETCD_STATE_KEYS, default_state_dir};
 
 /// A byte range in the cluster file.
@@ -187,6 +189,8 @@ pub struct Model {
     pub etcd_ca: Option<Arc<clusterform_pki::Ca>>,
     /// Every resource, blueprints expanded, in file order.
     pub resources: Vec<Resource>,
+    /// `[output.*]`, in file order.
+    pub outputs: Vec<clusterform_core::OutputDecl>,
     /// Their dependency graph.
     pub graph: ResourceGraph,
     /// Where each resource (or the blueprint table it came from) is defined.
@@ -401,7 +405,7 @@ pub fn wanted_providers(source: &str) -> BTreeMap<String, BTreeMap<String, serde
 
 /// The top-level tables of a cluster file.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "cluster", "state", "provider", "network", "central", "workers", "vm", "resource",
+    "cluster", "state", "provider", "network", "central", "workers", "vm", "resource", "output",
 ];
 
 /// Validate `source` as the text of the cluster file at `path` (which need not exist:
@@ -578,6 +582,7 @@ fn parse_absolute(
         .collect();
     let (resources, spans) = link::link(&mut cx, expansion, plain, &cluster.settings.name, &kinds);
     checks::check(&mut cx, &resources, &spans);
+    let outputs = outputs::outputs(&mut cx, doc, &resources, schemas);
 
     if !cx.diags.is_empty() {
         let mut diags = cx.diags;
@@ -631,6 +636,7 @@ fn parse_absolute(
         etcd: central.etcd,
         etcd_ca,
         resources,
+        outputs,
         graph,
         spans,
     })

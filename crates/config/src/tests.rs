@@ -1116,6 +1116,45 @@ fn etcd_state_settings_are_checked_where_they_are_written() {
 }
 
 #[test]
+fn outputs_name_a_resource_attribute_the_file_makes() {
+    let head = "[cluster]\nname = \"x\"\nprovider = \"sim\"\n[resource.network.main]\ncidr = \"10.0.0.0/16\"\n";
+    let m = ok(&format!(
+        "{head}[output.net]\nvalue = \"network.main.id\"\ndescription = \"the network\"\n"
+    ));
+    assert_eq!(m.outputs.len(), 1);
+    assert_eq!(
+        m.outputs[0].target,
+        clusterform_core::Address::new("network", "main")
+    );
+    assert_eq!(m.outputs[0].attr, "id");
+    assert_eq!(m.outputs[0].description.as_deref(), Some("the network"));
+    let d = one_error(&format!("{head}[output.a]\nvalue = \"network.other.id\"\n"));
+    assert_diag(
+        &d,
+        "`network.other.id` refers to `network.other`, which this file does not make",
+        7,
+        9,
+    );
+    let d = one_error(&format!(
+        "{head}[output.a]\nvalue = \"network.main.colour\"\n"
+    ));
+    assert_diag(&d, "`network` has no attribute `colour`", 7, 9);
+    let d = one_error(&format!("{head}[output.a]\nvalue = \"main\"\n"));
+    assert_diag(&d, "`main` is not a resource attribute", 7, 9);
+    let d = one_error(&format!(
+        "{head}[output.machines]\nvalue = \"network.main.id\"\n"
+    ));
+    assert_diag(
+        &d,
+        "`machines` is an output clusterform gives every cluster",
+        6,
+        9,
+    );
+    let d = one_error(&format!("{head}[output.a]\ndescription = \"no value\"\n"));
+    assert_diag(&d, "`[output.a]` has no `value`", 6, 1);
+}
+
+#[test]
 fn collects_several_errors_at_once() {
     let e = errors(
         "[cluster]\nname = \"X\"\nchannel = \"nightly\"\nprovider = \"sim\"\n\

@@ -133,7 +133,7 @@ async fn plan_confirm_run(
         context::keep_ca(&ctx.store, p.etcd_ca.as_deref(), &p.snapshot)?;
     }
     let render = deferred_render(&p.plan, &ctx.model.path, &ctx.providers, p.etcd_ca.clone());
-    run(
+    let code = run(
         &p.plan,
         &p.snapshot,
         &ctx.providers,
@@ -144,7 +144,12 @@ async fn plan_confirm_run(
         p.etcd.as_ref(),
         render,
     )
-    .await
+    .await?;
+    if code == 0 && !destroy {
+        let snap = ctx.store.load().map_err(errors::state)?;
+        super::output::after_apply(&ctx.model, &snap);
+    }
+    Ok(code)
 }
 
 /// What renders the plan's deferred attributes (with `ca`, the etcd CA the plan's configs
@@ -276,7 +281,7 @@ async fn apply_saved(
         plan,
         &snapshot,
         &providers,
-        store,
+        store.clone(),
         &cluster,
         run_args,
         plan.destroy,
@@ -285,6 +290,9 @@ async fn apply_saved(
     )
     .await;
     drop(guard);
+    if matches!(code, Ok(0)) && !plan.destroy {
+        super::output::after_apply_of(&pf.cluster_file, store.as_ref());
+    }
     code
 }
 

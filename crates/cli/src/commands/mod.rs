@@ -5,11 +5,13 @@ mod drift;
 mod etcd;
 mod inspect;
 mod migrate;
+mod output;
 mod plan;
 mod providers;
 mod reap;
 mod shell;
 mod sim;
+mod ssh;
 
 use miette::Result;
 
@@ -45,6 +47,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Etcd(crate::args::EtcdCommand::Env { file }) => etcd::env(&file),
         Command::Etcd(crate::args::EtcdCommand::Renew { file }) => etcd::renew(&file),
+        Command::Output { args, json, raw } => output::output(&args, json, raw),
+        Command::Ssh { args, command } => ssh::ssh(&args, &command),
+        Command::SshConfig { file } => ssh::ssh_config(&file),
         Command::Completions { shell } => shell::completions(shell),
         Command::Man { out } => shell::man(out.as_deref()),
         Command::Version { json } => shell::version(json),

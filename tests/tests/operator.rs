@@ -1,0 +1,160 @@
+//! What an operator asks after `apply`: the outputs (snapshots of `output` and its
+//! `--json`, the list after apply), `ssh-config` (snapshot, with the jump host), and
+//! `ssh` running the system `ssh` (a fake one first on PATH records its arguments).
+
+use clusterform_tests::{World, dev_test};
+
+/// A dev-test cluster with two outputs of its own, applied one operation at a time so
+/// that ids are the same on every run.
+fn applied(extra: &str) -> (World, String) {
+    let w = World::new();
+    let file = format!(
+        "{}{extra}\n[output.first_worker]\nvalue = \"machine.workers[0].address\"\ndescription = \"the first worker's address\"\n\n[output.worker_ids]\nvalue = \"machine.workers.id\"\n",
+        dev_test("demo", 2, "2cpu-4gb", "")
+    );
+    w.write("cluster.toml", &file);
+    let r = w.run_ok(
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+        ],
+        0,
+    );
+    let outputs = r
+        .stdout
+        .split("\nOutputs:\n")
+        .nth(1)
+        .expect("apply lists the outputs")
+        .to_string();
+    (w, outputs)
+}
+
+#[test]
+fn outputs_after_apply_and_from_the_output_command() {
+    let (w, after_apply) = applied("");
+    insta::assert_snapshot!("outputs_after_apply", after_apply);
+    insta::assert_snapshot!("output", w.run_ok(&["output", "cluster.toml"], 0).stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&w.run_ok(&["output", "cluster.toml", "--json"], 0).stdout)
+            .expect("JSON");
+    insta::assert_snapshot!(
+        "output_json",
+        serde_json::to_string_pretty(&json).expect("json")
+    );
+    assert_eq!(
+        w.run_ok(&["output", "cluster.toml", "first_worker", "--raw"], 0)
+            .stdout,
+        "10.0.0.10\n"
+    );
+    assert_eq!(
+        w.run_ok(&["output", "cluster.toml", "etcd_endpoints", "--raw"], 0)
+            .stdout,
+        "https://10.0.0.101:2379\n"
+    );
+    let r = w.run(&["output", "cluster.toml", "machines", "--raw"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--json"), "{}", r.stderr);
+    let r = w.run(&["output", "cluster.toml", "nothing"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("first_worker"),
+        "names the outputs there are: {}",
+        r.stderr
+    );
+    // Nothing applied yet: no outputs, and it says so.
+    let empty = World::new();
+    empty.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    let r = empty.run_ok(&["output", "cluster.toml"], 0);
+    assert!(r.stdout.contains("No outputs"), "{}", r.stdout);
+}
+
+#[test]
+fn ssh_config_lists_every_machine_through_the_jump_host() {
+    let (w, _) = applied("");
+    insta::assert_snapshot!(
+        "ssh_config",
+        w.run_ok(&["ssh-config", "cluster.toml"], 0).stdout
+    );
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    w.write(
+        "cluster.toml",
+        &text.replace(
+            "[central]\n",
+            "[central]\netcd_via = \"ssh://ops@bastion.example.com:2222\"\n",
+        ),
+    );
+    let r = w.run_ok(&["ssh-config", "cluster.toml"], 0);
+    assert_eq!(
+        r.stdout
+            .matches("    ProxyJump ops@bastion.example.com:2222\n")
+            .count(),
+        3,
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn ssh_runs_the_system_ssh_as_core_with_the_command() {
+    let (w, _) = applied("");
+    let bin = w.path().join("fakebin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let record = w.path().join("ssh-args");
+    w.write(
+        "fakebin/ssh",
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}\nexit 3\n",
+            record.display()
+        ),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        w.command(args)
+            .env("PATH", &path)
+            .output()
+            .expect("run clusterform ssh")
+    };
+    let o = run(&[
+        "ssh",
+        "cluster.toml",
+        "machine.workers[1]",
+        "--",
+        "systemctl",
+        "status",
+        "etcd-member",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "ssh's exit code is passed on");
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("args"),
+        "core@10.0.0.11\nsystemctl\nstatus\netcd-member\n"
+    );
+    // By name, through the jump host.
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    w.write(
+        "cluster.toml",
+        &text.replace(
+            "[central]\n",
+            "[central]\netcd_via = \"ssh://ops@bastion.example.com\"\n",
+        ),
+    );
+    run(&["ssh", "cluster.toml", "demo-central-0"]);
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("args"),
+        "-J\nops@bastion.example.com\ncore@10.0.0.101\n"
+    );
+    let o = run(&["ssh", "cluster.toml", "machine.nope[0]"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no machine"));
+}
