@@ -158,3 +158,56 @@ fn ssh_runs_the_system_ssh_as_core_with_the_command() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no machine"));
 }
+
+#[test]
+fn target_replace_and_apply_destroy_aim_at_some_resources() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 3, "s", ""));
+    // A target and what it depends on: the network and the etcd machine, not the other
+    // workers.
+    let r = w.run_ok(&["plan", "cluster.toml", "--target", "machine.workers[1]"], 0);
+    assert!(r.stdout.contains("3 to add"), "{}", r.stdout);
+    assert!(r.stdout.contains("machine.workers[1]") && !r.stdout.contains("machine.workers[0]"));
+    assert!(r.stderr.contains("--target"), "says the plan is partial: {}", r.stderr);
+    let r = w.run_ok(
+        &["apply", "cluster.toml", "--auto-approve", "-target=machine.workers[1]"],
+        0,
+    );
+    assert!(r.stdout.contains("3 added"), "{}", r.stdout);
+    assert_eq!(
+        w.run_ok(&["state", "list", "cluster.toml"], 0).stdout,
+        "machine.central[0]\nmachine.workers[1]\nnetwork.main\n"
+    );
+    let r = w.run_ok(&["plan", "cluster.toml"], 0);
+    assert!(r.stdout.contains("2 to add"), "the rest waits: {}", r.stdout);
+    w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+
+    // Filters and every instance of a counted resource.
+    assert_eq!(
+        w.run_ok(&["state", "list", "cluster.toml", "machine.workers"], 0).stdout,
+        "machine.workers[0]\nmachine.workers[1]\nmachine.workers[2]\n"
+    );
+    let shown = w.run_ok(&["state", "show", "cluster.toml", "machine.workers"], 0).stdout;
+    assert_eq!(shown.matches("# machine.workers[").count(), 3, "{shown}");
+
+    // --replace works for any resource, not only etcd members.
+    let r = w.run_ok(
+        &["apply", "cluster.toml", "--auto-approve", "--replace", "machine.workers[2]"],
+        0,
+    );
+    assert!(r.stdout.contains("1 added, 0 changed, 1 destroyed"), "{}", r.stdout);
+
+    // apply --destroy with a target: it and what depends on it.
+    let r = w.run_ok(
+        &["apply", "cluster.toml", "--destroy", "--target", "machine.workers[0]", "--auto-approve"],
+        0,
+    );
+    assert!(r.stdout.contains("1 destroyed"), "{}", r.stdout);
+    assert_eq!(w.state_addresses("cluster.toml").len(), 4);
+    let r = w.run_ok(&["apply", "cluster.toml", "--destroy", "--auto-approve"], 0);
+    assert!(r.stdout.contains("4 destroyed"), "{}", r.stdout);
+    assert!(w.objects().is_empty());
+    let r = w.run(&["plan", "cluster.toml", "--target", "machine.nope"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("selects nothing"), "{}", r.stderr);
+}

@@ -385,9 +385,9 @@ pub struct PlanArgs {
     /// Plan the destruction of everything (or, with --target, of some resources).
     #[arg(long)]
     pub destroy: bool,
-    /// With --destroy: only this resource (`machine.workers[2]`, or `machine.workers` for
-    /// all of them) and what depends on it. Repeatable.
-    #[arg(long, value_name = "ADDR", requires = "destroy")]
+    /// Only this resource (`machine.workers[2]`, or `machine.workers` for all of them)
+    /// and what it depends on; with --destroy, it and what depends on it. Repeatable.
+    #[arg(long, value_name = "ADDR")]
     pub target: Vec<String>,
     /// Only show what changed outside clusterform (what `apply --refresh-only` accepts).
     #[arg(long, conflicts_with = "destroy")]
@@ -417,6 +417,13 @@ pub struct ApplyArgs {
     /// Change no object: write what changed outside clusterform (drift) into the state.
     #[arg(long)]
     pub refresh_only: bool,
+    /// Destroy instead (what `clusterform destroy` does).
+    #[arg(long, conflicts_with_all = ["refresh_only", "replace"])]
+    pub destroy: bool,
+    /// Only this resource (`machine.workers[2]`, or `machine.workers` for all of them)
+    /// and what it depends on; with --destroy, it and what depends on it. Repeatable.
+    #[arg(long, value_name = "ADDR", conflicts_with = "refresh_only")]
+    pub target: Vec<String>,
     /// Allow deleting or replacing machines with `protect = true`.
     #[arg(long)]
     pub allow_protected: bool,
@@ -457,13 +464,15 @@ pub struct DestroyArgs {
 /// `state ...`.
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
-    /// List the addresses in the state.
+    /// List the addresses in the state (only those an ADDR names, when given:
+    /// `machine.workers` names every instance).
+    #[command(override_usage = "clusterform state list [FILE] [ADDR]...")]
     List {
-        /// The cluster file.
-        #[arg(default_value = "cluster.toml")]
-        file: PathBuf,
+        /// [FILE] [ADDR]...: the cluster file (default cluster.toml) and address filters.
+        #[arg(value_name = "ARG")]
+        args: Vec<String>,
     },
-    /// Show one resource's record.
+    /// Show a resource's record (every instance's, for `machine.workers`).
     #[command(override_usage = "clusterform state show [FILE] <ADDR>")]
     Show {
         /// [FILE] ADDR: the cluster file (default cluster.toml) and the address.
@@ -574,7 +583,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "clusterform show cluster.toml\n  clusterform show tonight.plan --json",
     ),
     ("state", "clusterform state list cluster.toml"),
-    ("state list", "clusterform state list cluster.toml"),
+    (
+        "state list",
+        "clusterform state list cluster.toml\n  clusterform state list cluster.toml machine.workers network.main",
+    ),
     (
         "state show",
         "clusterform state show cluster.toml machine.workers[0]",

@@ -35,7 +35,7 @@ pub use import::{Imported, import};
 pub use members::{MemberWaits, preflight as etcd_preflight, unreachable as etcd_unreachable};
 pub use plan::{
     HeldBack, hold_back_deferred, plan, plan_destroy, plan_replacing, protected,
-    restrict_to_targets,
+    restrict_to_dependencies, restrict_to_targets,
 };
 pub use recover::{Recovery, Resolution, recover};
 pub use refresh::{Refreshed, refresh};

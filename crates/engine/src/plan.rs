@@ -279,3 +279,53 @@ pub fn restrict_to_targets(
     plan.forget.retain(|a| selected.contains(a));
     Ok(plan)
 }
+
+/// Keep only the changes of `targets` (an address without an index names every
+/// instance) and of what they depend on, transitively, as Terraform's `-target` does:
+/// the rest of the file's changes wait for a plan without targets. A target that is
+/// neither in `desired` nor in `state` is refused.
+pub fn restrict_to_dependencies(
+    mut plan: Plan,
+    targets: &[Address],
+    desired: &[clusterform_core::Resource],
+    state: &BTreeMap<Address, clusterform_core::ResourceState>,
+) -> Result<Plan, EngineError> {
+    let by_address: HashMap<&Address, &clusterform_core::Resource> =
+        desired.iter().map(|r| (&r.address, r)).collect();
+    let mut selected: std::collections::BTreeSet<Address> = std::collections::BTreeSet::new();
+    for t in targets {
+        let matching: Vec<&Address> = desired
+            .iter()
+            .map(|r| &r.address)
+            .chain(state.keys())
+            .filter(|a| t.names(a))
+            .collect();
+        if matching.is_empty() {
+            return Err(EngineError::Refused {
+                message: format!("`--target {t}` selects nothing in the file or the state"),
+                help: "name a resource of the cluster file (`clusterform graph` shows them all)"
+                    .to_string(),
+            });
+        }
+        selected.extend(matching.into_iter().cloned());
+    }
+    // What they depend on, to a fixed point.
+    let mut queue: Vec<Address> = selected.iter().cloned().collect();
+    while let Some(a) = queue.pop() {
+        let deps = match by_address.get(&a) {
+            Some(r) => r.dependencies(),
+            None => state
+                .get(&a)
+                .map(|r| r.dependencies.clone())
+                .unwrap_or_default(),
+        };
+        for d in deps {
+            if selected.insert(d.clone()) {
+                queue.push(d);
+            }
+        }
+    }
+    plan.changes.retain(|c| selected.contains(&c.address));
+    plan.forget.retain(|a| selected.contains(a));
+    Ok(plan)
+}

@@ -34,15 +34,25 @@ pub async fn apply(a: ApplyArgs) -> Result<u8> {
                 "run `clusterform apply --refresh-only CLUSTER_FILE`",
             ));
         }
+        if a.destroy || !a.target.is_empty() {
+            return Err(errors::hint(
+                format!(
+                    "`{}` is a saved plan: it is applied exactly as it was made",
+                    a.file.display()
+                ),
+                "give --destroy and --target to `clusterform plan` when making the plan",
+            ));
+        }
         return apply_saved(pf, &a.file, &a.run, a.allow_protected).await;
     }
     if a.refresh_only {
         return accept_drift(&a.file, a.auto_approve, &a.run).await;
     }
     let intent = Intent {
+        destroy: a.destroy,
+        targets: parse_targets(&a.target)?,
         replace: parse_addresses("--replace", &a.replace)?,
         allow_data_loss: a.allow_data_loss,
-        ..Intent::default()
     };
     plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
 }

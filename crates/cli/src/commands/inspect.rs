@@ -136,11 +136,20 @@ fn parse_addr(s: &str) -> Result<Address> {
 /// `clusterform state ...`.
 pub fn state(cmd: StateCommand) -> Result<u8> {
     match cmd {
-        StateCommand::List { file } => {
+        StateCommand::List { args } => {
+            let (file, rest) = split_file_arg(&args);
+            let filters = rest
+                .iter()
+                .map(|a| parse_addr(a))
+                .collect::<Result<Vec<_>>>()?;
             let ctx = context::load(&file)?;
             let snap = ctx.store.load().map_err(errors::state)?;
             let mut text = String::new();
-            for a in snap.resources.keys() {
+            for a in snap
+                .resources
+                .keys()
+                .filter(|a| filters.is_empty() || filters.iter().any(|f| f.names(a)))
+            {
                 text.push_str(&a.to_string());
                 text.push('\n');
             }
@@ -192,15 +201,21 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
             let addr = parse_addr(addr)?;
             let ctx = context::load(&file)?;
             let snap = ctx.store.load().map_err(errors::state)?;
-            match snap.resources.get(&addr) {
-                Some(r) => {
-                    out!("{}", record_text(r));
-                    Ok(0)
-                }
-                None => Err(errors::hint(
+            let all: Vec<&ResourceState> = snap
+                .resources
+                .values()
+                .filter(|r| addr.names(&r.address))
+                .collect();
+            match all.as_slice() {
+                [] => Err(errors::hint(
                     format!("`{addr}` is not in the state"),
                     "`clusterform state list` prints the addresses it has",
                 )),
+                records => {
+                    let text: Vec<String> = records.iter().map(|r| record_text(r)).collect();
+                    out!("{}", text.join("\n"));
+                    Ok(0)
+                }
             }
         }
         StateCommand::Rekey { file, new_key_file } => rekey(&file, new_key_file),

@@ -40,7 +40,8 @@ pub struct Prepared {
 pub struct Intent {
     /// Destroy (everything, or the targets and their dependents).
     pub destroy: bool,
-    /// `--target` addresses (destroy only).
+    /// `--target` addresses: with `destroy`, them and what depends on them; else them
+    /// and what they depend on.
     pub targets: Vec<Address>,
     /// `--replace` addresses: replaced whatever their attributes.
     pub replace: Vec<Address>,
@@ -281,7 +282,7 @@ pub async fn prepare(
                     .map_err(errors::engine)
             }
         } else {
-            clusterform_engine::plan_replacing(
+            let all = clusterform_engine::plan_replacing(
                 &ctx.cluster.name,
                 resources,
                 graph,
@@ -291,10 +292,32 @@ pub async fn prepare(
                 snapshot.serial,
                 replace,
             )
-            .map_err(errors::engine)
+            .map_err(errors::engine)?;
+            if intent.targets.is_empty() {
+                Ok(all)
+            } else {
+                clusterform_engine::restrict_to_dependencies(
+                    all,
+                    &intent.targets,
+                    resources,
+                    &refreshed.resources,
+                )
+                .map_err(errors::engine)
+            }
         }
     };
     let mut plan = make_plan(&replace)?;
+    if !intent.targets.is_empty() && !intent.destroy {
+        errln!(
+            "note: --target: this plan covers only {} and what it depends on; the file's other changes wait for a plan without --target",
+            intent
+                .targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     // Day 2: changes of etcd members are made one at a time through etcd.
     let desired: &[clusterform_core::Resource] = if intent.destroy { &[] } else { resources };
