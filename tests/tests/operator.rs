@@ -165,12 +165,24 @@ fn target_replace_and_apply_destroy_aim_at_some_resources() {
     w.write("cluster.toml", &dev_test("demo", 3, "s", ""));
     // A target and what it depends on: the network and the etcd machine, not the other
     // workers.
-    let r = w.run_ok(&["plan", "cluster.toml", "--target", "machine.workers[1]"], 0);
+    let r = w.run_ok(
+        &["plan", "cluster.toml", "--target", "machine.workers[1]"],
+        0,
+    );
     assert!(r.stdout.contains("3 to add"), "{}", r.stdout);
     assert!(r.stdout.contains("machine.workers[1]") && !r.stdout.contains("machine.workers[0]"));
-    assert!(r.stderr.contains("--target"), "says the plan is partial: {}", r.stderr);
+    assert!(
+        r.stderr.contains("--target"),
+        "says the plan is partial: {}",
+        r.stderr
+    );
     let r = w.run_ok(
-        &["apply", "cluster.toml", "--auto-approve", "-target=machine.workers[1]"],
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "-target=machine.workers[1]",
+        ],
         0,
     );
     assert!(r.stdout.contains("3 added"), "{}", r.stdout);
@@ -179,27 +191,51 @@ fn target_replace_and_apply_destroy_aim_at_some_resources() {
         "machine.central[0]\nmachine.workers[1]\nnetwork.main\n"
     );
     let r = w.run_ok(&["plan", "cluster.toml"], 0);
-    assert!(r.stdout.contains("2 to add"), "the rest waits: {}", r.stdout);
+    assert!(
+        r.stdout.contains("2 to add"),
+        "the rest waits: {}",
+        r.stdout
+    );
     w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
 
     // Filters and every instance of a counted resource.
     assert_eq!(
-        w.run_ok(&["state", "list", "cluster.toml", "machine.workers"], 0).stdout,
+        w.run_ok(&["state", "list", "cluster.toml", "machine.workers"], 0)
+            .stdout,
         "machine.workers[0]\nmachine.workers[1]\nmachine.workers[2]\n"
     );
-    let shown = w.run_ok(&["state", "show", "cluster.toml", "machine.workers"], 0).stdout;
+    let shown = w
+        .run_ok(&["state", "show", "cluster.toml", "machine.workers"], 0)
+        .stdout;
     assert_eq!(shown.matches("# machine.workers[").count(), 3, "{shown}");
 
     // --replace works for any resource, not only etcd members.
     let r = w.run_ok(
-        &["apply", "cluster.toml", "--auto-approve", "--replace", "machine.workers[2]"],
+        &[
+            "apply",
+            "cluster.toml",
+            "--auto-approve",
+            "--replace",
+            "machine.workers[2]",
+        ],
         0,
     );
-    assert!(r.stdout.contains("1 added, 0 changed, 1 destroyed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 added, 0 changed, 1 destroyed"),
+        "{}",
+        r.stdout
+    );
 
     // apply --destroy with a target: it and what depends on it.
     let r = w.run_ok(
-        &["apply", "cluster.toml", "--destroy", "--target", "machine.workers[0]", "--auto-approve"],
+        &[
+            "apply",
+            "cluster.toml",
+            "--destroy",
+            "--target",
+            "machine.workers[0]",
+            "--auto-approve",
+        ],
         0,
     );
     assert!(r.stdout.contains("1 destroyed"), "{}", r.stdout);
@@ -210,4 +246,59 @@ fn target_replace_and_apply_destroy_aim_at_some_resources() {
     let r = w.run(&["plan", "cluster.toml", "--target", "machine.nope"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("selects nothing"), "{}", r.stderr);
+}
+
+#[test]
+fn graph_colours_roles_and_marks_planned_actions_in_svg() {
+    let have_dot = std::process::Command::new("dot")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_dot {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true: the graph test needs Graphviz's dot (apt-get install graphviz)"
+        );
+        eprintln!("note: skipped: Graphviz's `dot` is not installed");
+        return;
+    }
+    let (w, _) = applied("");
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    // One more worker: a planned create.
+    w.write("cluster.toml", &text.replace("count = 2", "count = 3"));
+    let r = w.run_ok(&["graph", "cluster.toml", "--format", "svg", "--plan"], 0);
+    let svg = r.stdout;
+    assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "{svg}");
+    // Roles: the network blue, the etcd member orange, workers green.
+    for (node, fill) in [
+        ("network.main", "#cfe2ff"),
+        ("machine.central[0]", "#ffd8a8"),
+        ("machine.workers[0]", "#d3f9d8"),
+    ] {
+        let at = svg
+            .find(&format!("<title>{node}</title>"))
+            .unwrap_or_else(|| panic!("{node} in {svg}"));
+        assert!(
+            svg[at..]
+                .split("</g>")
+                .next()
+                .is_some_and(|g| g.contains(fill)),
+            "{node} is {fill}"
+        );
+    }
+    // The planned create is marked.
+    assert!(svg.contains("+ machine.workers[2]"), "{svg}");
+    assert!(svg.contains("#2b8a3e"), "the create's green border");
+    assert!(
+        !svg.contains("+ machine.workers[0]"),
+        "unchanged machines carry no mark"
+    );
+    // PNG to a file.
+    let o = w
+        .command(&["graph", "cluster.toml", "--format", "png"])
+        .output()
+        .expect("png");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stdout.starts_with(b"\x89PNG"), "a PNG");
 }

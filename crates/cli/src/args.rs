@@ -84,9 +84,17 @@ pub enum Command {
         /// The cluster file.
         #[arg(default_value = "cluster.toml")]
         file: PathBuf,
-        /// dot (Graphviz source) or svg (needs Graphviz `dot` installed).
+        /// dot (Graphviz source), svg or png (drawn by Graphviz's `dot`). Nodes are
+        /// coloured by role: networks blue, etcd members orange, workers green.
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
+        /// Mark what a plan would do: `+` create (green border), `~` update (yellow),
+        /// `-/+` replace (orange), `-` destroy (red, dashed). Takes the state lock to plan.
+        #[arg(long)]
+        plan: bool,
+        /// Shared flags (for --plan).
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Check whether the objects still match the state (read-only; exit 0 in sync, 2
     /// drift, 1 error). Unapplied changes of the cluster file are reported apart.
@@ -354,6 +362,8 @@ pub enum GraphFormat {
     Dot,
     /// An SVG drawn by Graphviz.
     Svg,
+    /// A PNG drawn by Graphviz (to a file: `> graph.png`).
+    Png,
 }
 
 /// Flags shared by plan, apply and destroy.

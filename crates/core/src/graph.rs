@@ -133,6 +133,13 @@ impl ResourceGraph {
 
     /// The graph in Graphviz DOT: arrows point from what is created first.
     pub fn to_dot(&self, name: &str) -> String {
+        self.to_dot_styled(name, &|_| None)
+    }
+
+    /// Graphviz source with node attributes from `style` (`fillcolor`, `label`...:
+    /// written as given after the node's name), for pictures that colour roles and mark
+    /// planned actions.
+    pub fn to_dot_styled(&self, name: &str, style: &dyn Fn(&Address) -> Option<String>) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "digraph \"{}\" {{", name.replace('"', "'"));
         let _ = writeln!(out, "  rankdir = \"LR\";");
@@ -140,7 +147,14 @@ impl ResourceGraph {
         let mut nodes: Vec<&Address> = self.graph.node_weights().collect();
         nodes.sort();
         for n in nodes {
-            let _ = writeln!(out, "  \"{n}\";");
+            match style(n) {
+                Some(attrs) => {
+                    let _ = writeln!(out, "  \"{n}\" [{attrs}];");
+                }
+                None => {
+                    let _ = writeln!(out, "  \"{n}\";");
+                }
+            }
         }
         let mut edges: Vec<(&Address, &Address)> = self
             .graph

@@ -287,41 +287,115 @@ pub fn force_unlock(args: &[String]) -> Result<u8> {
 }
 
 /// `clusterform graph`.
-pub fn graph(file: &Path, format: GraphFormat) -> Result<u8> {
-    let model = context::load_model(file)?;
-    let dot = model.graph.to_dot(&model.cluster.name);
-    match format {
+pub async fn graph(
+    file: &Path,
+    format: GraphFormat,
+    with_plan: bool,
+    run: &crate::args::RunArgs,
+) -> Result<u8> {
+    use std::io::IsTerminal;
+    if matches!(format, GraphFormat::Png) && std::io::stdout().is_terminal() {
+        return Err(errors::hint(
+            "a PNG is not for the terminal",
+            "redirect it to a file: clusterform graph --format png > graph.png",
+        ));
+    }
+    let (model, actions) = if with_plan {
+        let ctx = context::load(file)?;
+        let p = crate::commands::plan::prepare(
+            &ctx,
+            &crate::commands::plan::Intent::default(),
+            run,
+            "graph --plan",
+        )
+        .await?;
+        let actions: BTreeMap<Address, clusterform_core::Action> = p
+            .plan
+            .changes
+            .iter()
+            .map(|c| (c.address.clone(), c.action))
+            .collect();
+        (ctx.model, actions)
+    } else {
+        (context::load_model(file)?, BTreeMap::new())
+    };
+    let roles: BTreeMap<&Address, &str> = model
+        .resources
+        .iter()
+        .map(|r| {
+            let role = match (
+                r.address.kind.as_str(),
+                r.attrs.get("role").and_then(|v| v.as_str()),
+            ) {
+                ("network" | "subnet" | "ip_reservation", _) => "network",
+                (_, Some("etcd")) => "etcd",
+                (_, Some("worker")) => "worker",
+                _ => "other",
+            };
+            (&r.address, role)
+        })
+        .collect();
+    let style = |a: &Address| -> Option<String> {
+        let fill = match roles.get(a).copied() {
+            Some("network") => "#cfe2ff",
+            Some("etcd") => "#ffd8a8",
+            Some("worker") => "#d3f9d8",
+            _ => "#f1f3f5",
+        };
+        let mut attrs = format!(
+            "style = \"filled\", fillcolor = \"{fill}\", class = \"role-{}\"",
+            roles.get(a).copied().unwrap_or("other")
+        );
+        if let Some(action) = actions.get(a) {
+            use clusterform_core::Action;
+            let (symbol, color, extra) = match action {
+                Action::Create => ("+", "#2b8a3e", ""),
+                Action::Update => ("~", "#e8b100", ""),
+                Action::Replace => ("-/+", "#e8590c", ""),
+                Action::Delete => ("-", "#c92a2a", ", style = \"filled,dashed\""),
+                Action::NoOp => ("", "", ""),
+            };
+            if !symbol.is_empty() {
+                attrs = format!(
+                    "{attrs}, label = \"{symbol} {a}\", color = \"{color}\", penwidth = 3{extra}, tooltip = \"{action:?}\""
+                );
+            }
+        }
+        Some(attrs)
+    };
+    let dot = model.graph.to_dot_styled(&model.cluster.name, &style);
+    let tool = match format {
         GraphFormat::Dot => {
             out!("{dot}");
-            Ok(0)
+            return Ok(0);
         }
-        GraphFormat::Svg => {
-            let child = Command::new("dot")
-                .arg("-Tsvg")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::inherit())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(_) => {
-                    return Err(errors::hint(
-                        "`--format svg` needs Graphviz's `dot`, which is not installed",
-                        "install it (Debian/Ubuntu: `apt-get install graphviz`), or use `--format dot` and render elsewhere",
-                    ));
-                }
-            };
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(dot.as_bytes());
-            }
-            let status = child.wait().map_err(|e| {
-                errors::hint(
-                    format!("`dot` failed: {e}"),
-                    "check that Graphviz's `dot` runs (`dot -V`), or use `--format dot`",
-                )
-            })?;
-            Ok(if status.success() { 0 } else { 1 })
+        GraphFormat::Svg => "-Tsvg",
+        GraphFormat::Png => "-Tpng",
+    };
+    let child = Command::new("dot")
+        .arg(tool)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) => {
+            return Err(errors::hint(
+                "`--format svg` and `png` need Graphviz's `dot`, which is not installed",
+                "install it (Debian/Ubuntu: `apt-get install graphviz`), or use `--format dot` and render elsewhere",
+            ));
         }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(dot.as_bytes());
     }
+    let status = child.wait().map_err(|e| {
+        errors::hint(
+            format!("`dot` failed: {e}"),
+            "check that Graphviz's `dot` runs (`dot -V`), or use `--format dot`",
+        )
+    })?;
+    Ok(if status.success() { 0 } else { 1 })
 }
 
 /// `clusterform render`: each machine's Ignition config, byte for byte what the provider

@@ -33,7 +33,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::State(s) => inspect::state(s),
         Command::ForceUnlock { args } => inspect::force_unlock(&args),
-        Command::Graph { file, format } => inspect::graph(&file, format),
+        Command::Graph {
+            file,
+            format,
+            plan,
+            run,
+        } => inspect::graph(&file, format, plan, &run).await,
         Command::Render { file, machine, out } => {
             inspect::render(&file, machine.as_deref(), out.as_deref())
         }
