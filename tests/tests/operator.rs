@@ -302,3 +302,180 @@ fn graph_colours_roles_and_marks_planned_actions_in_svg() {
     assert_eq!(o.status.code(), Some(0));
     assert!(o.stdout.starts_with(b"\x89PNG"), "a PNG");
 }
+
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            clusterform_tests::workspace_root().join("docs/events.schema.json"),
+        )
+        .expect("docs/events.schema.json"),
+    )
+    .expect("schema JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{line}: {errors:?}");
+            v
+        })
+        .collect()
+}
+
+fn of_type<'a>(evs: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    evs.iter().filter(|e| e["type"] == t).collect()
+}
+
+fn addresses(evs: &[&serde_json::Value]) -> Vec<String> {
+    let mut a: Vec<String> = evs
+        .iter()
+        .map(|e| e["address"].as_str().expect("address").to_string())
+        .collect();
+    a.sort();
+    a
+}
+
+#[test]
+fn the_event_stream_of_an_apply_with_one_injected_failure() {
+    let w = World::new();
+    w.write(
+        "cluster.toml",
+        &dev_test("demo", 2, "s", r#"fail_on = ["machine.central[0]"]"#),
+    );
+    let r = w.run(&["apply", "cluster.toml", "--auto-approve", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let evs = events(&r.stdout);
+    assert_eq!(
+        addresses(&of_type(&evs, "planned")),
+        [
+            "machine.central[0]",
+            "machine.workers[0]",
+            "machine.workers[1]",
+            "network.main"
+        ]
+    );
+    assert_eq!(
+        addresses(&of_type(&evs, "started")),
+        ["machine.central[0]", "network.main"]
+    );
+    assert_eq!(addresses(&of_type(&evs, "finished")), ["network.main"]);
+    let failed = of_type(&evs, "failed");
+    assert_eq!(addresses(&failed), ["machine.central[0]"]);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("injected failure"))
+    );
+    let skipped = of_type(&evs, "skipped");
+    assert_eq!(
+        addresses(&skipped),
+        ["machine.workers[0]", "machine.workers[1]"]
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|e| e["reason"] == "machine.central[0] failed")
+    );
+    let last = evs.last().expect("events");
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["success"], false);
+    assert_eq!(
+        (
+            last["added"].as_u64(),
+            last["failed"].as_u64(),
+            last["skipped"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
+    assert_eq!(of_type(&evs, "summary").len(), 1);
+    // Every started call ends once, finished or failed, after it started.
+    for s in of_type(&evs, "started") {
+        let ends = evs
+            .iter()
+            .filter(|e| {
+                (e["type"] == "finished" || e["type"] == "failed") && e["address"] == s["address"]
+            })
+            .count();
+        assert_eq!(ends, 1, "{s}");
+    }
+}
+
+#[test]
+fn event_streams_of_a_clean_apply_and_destroy_and_no_questions() {
+    let w = World::new();
+    w.write("cluster.toml", &dev_test("demo", 1, "s", ""));
+    let r = w.run(&["apply", "cluster.toml", "--json"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.is_empty() && r.stderr.contains("--auto-approve"),
+        "{r:?}"
+    );
+    let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve", "--json"], 0);
+    let evs = events(&r.stdout);
+    assert_eq!(of_type(&evs, "planned").len(), 3);
+    assert_eq!(of_type(&evs, "finished").len(), 3);
+    assert!(
+        of_type(&evs, "finished")
+            .iter()
+            .all(|e| e["id"].is_string())
+    );
+    let last = evs.last().expect("summary");
+    assert_eq!(
+        (last["success"].as_bool(), last["added"].as_u64()),
+        (Some(true), Some(3))
+    );
+    // Nothing to do: only the summary.
+    let evs = events(
+        &w.run_ok(&["apply", "cluster.toml", "--auto-approve", "--json"], 0)
+            .stdout,
+    );
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["type"], "summary");
+    let evs = events(
+        &w.run_ok(&["destroy", "cluster.toml", "--auto-approve", "--json"], 0)
+            .stdout,
+    );
+    assert_eq!(
+        of_type(&evs, "planned")
+            .iter()
+            .filter(|e| e["action"] == "delete")
+            .count(),
+        3
+    );
+    let last = evs.last().expect("summary");
+    assert_eq!(
+        (last["operation"].as_str(), last["destroyed"].as_u64()),
+        (Some("destroy"), Some(3))
+    );
+}
+
+#[test]
+fn event_stream_snapshot_one_operation_at_a_time() {
+    let w = World::new();
+    w.write(
+        "cluster.toml",
+        &dev_test("demo", 2, "s", r#"fail_on = ["machine.workers[1]"]"#),
+    );
+    let r = w.run(&[
+        "apply",
+        "cluster.toml",
+        "--auto-approve",
+        "--json",
+        "--parallelism",
+        "1",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let lines: Vec<String> = events(&r.stdout)
+        .into_iter()
+        .map(|mut e| {
+            e["timestamp"] = serde_json::json!("T");
+            if e.get("elapsed_ms").is_some() {
+                e["elapsed_ms"] = serde_json::json!(0);
+            }
+            serde_json::to_string(&e).expect("json")
+        })
+        .collect();
+    insta::assert_snapshot!("event_stream", lines.join("\n"));
+}

@@ -427,6 +427,10 @@ pub struct ApplyArgs {
     /// Change no object: write what changed outside clusterform (drift) into the state.
     #[arg(long)]
     pub refresh_only: bool,
+    /// One JSON event per line on stdout instead of the text (docs/EVENTS.md); needs
+    /// --auto-approve unless applying a saved plan.
+    #[arg(long)]
+    pub json: bool,
     /// Destroy instead (what `clusterform destroy` does).
     #[arg(long, conflicts_with_all = ["refresh_only", "replace"])]
     pub destroy: bool,
@@ -463,6 +467,10 @@ pub struct DestroyArgs {
     /// what depends on it. Repeatable.
     #[arg(long, value_name = "ADDR")]
     pub target: Vec<String>,
+    /// One JSON event per line on stdout instead of the text (docs/EVENTS.md); needs
+    /// --auto-approve.
+    #[arg(long, requires = "auto_approve")]
+    pub json: bool,
     /// Allow deleting machines with `protect = true`.
     #[arg(long)]
     pub allow_protected: bool,

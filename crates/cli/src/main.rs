@@ -10,6 +10,7 @@ mod commands;
 mod context;
 mod errors;
 mod etcd;
+mod events;
 mod planfile;
 mod private;
 mod progress;

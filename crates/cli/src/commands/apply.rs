@@ -43,10 +43,16 @@ pub async fn apply(a: ApplyArgs) -> Result<u8> {
                 "give --destroy and --target to `clusterform plan` when making the plan",
             ));
         }
-        return apply_saved(pf, &a.file, &a.run, a.allow_protected).await;
+        return apply_saved(pf, &a.file, &a.run, a.allow_protected, a.json).await;
     }
     if a.refresh_only {
         return accept_drift(&a.file, a.auto_approve, &a.run).await;
+    }
+    if a.json && !a.auto_approve {
+        return Err(errors::hint(
+            "--json needs --auto-approve: a stream of events cannot ask for `yes`",
+            "add --auto-approve (review the plan first with `clusterform plan --out FILE`, then `apply --json FILE`)",
+        ));
     }
     let intent = Intent {
         destroy: a.destroy,
@@ -54,7 +60,15 @@ pub async fn apply(a: ApplyArgs) -> Result<u8> {
         replace: parse_addresses("--replace", &a.replace)?,
         allow_data_loss: a.allow_data_loss,
     };
-    plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
+    plan_confirm_run(
+        &a.file,
+        &intent,
+        a.auto_approve,
+        a.allow_protected,
+        &a.run,
+        a.json,
+    )
+    .await
 }
 
 /// `clusterform destroy`.
@@ -64,7 +78,15 @@ pub async fn destroy(a: DestroyArgs) -> Result<u8> {
         targets: parse_targets(&a.target)?,
         ..Intent::default()
     };
-    plan_confirm_run(&a.file, &intent, a.auto_approve, a.allow_protected, &a.run).await
+    plan_confirm_run(
+        &a.file,
+        &intent,
+        a.auto_approve,
+        a.allow_protected,
+        &a.run,
+        a.json,
+    )
+    .await
 }
 
 /// `apply --refresh-only`: show what changed outside clusterform, ask, and write it into
@@ -105,14 +127,22 @@ async fn plan_confirm_run(
     auto_approve: bool,
     allow_protected: bool,
     run_args: &RunArgs,
+    json: bool,
 ) -> Result<u8> {
     let ctx = context::load(file)?;
     let destroy = intent.destroy;
     let operation = if destroy { "destroy" } else { "apply" };
     let p = prepare(&ctx, intent, run_args, operation).await?;
-    out!("{}", render::recoveries(&p.recovered));
-    out!("{}", render::plan(&p.plan));
+    if json {
+        crate::events::planned(&p.plan);
+    } else {
+        out!("{}", render::recoveries(&p.recovered));
+        out!("{}", render::plan(&p.plan));
+    }
     if p.plan.is_empty() {
+        if json {
+            crate::events::nothing(destroy, p.snapshot.serial);
+        }
         return Ok(0);
     }
     check_protected(&p.plan, allow_protected)?;
@@ -153,9 +183,10 @@ async fn plan_confirm_run(
         destroy,
         p.etcd.as_ref(),
         render,
+        json,
     )
     .await?;
-    if code == 0 && !destroy {
+    if code == 0 && !destroy && !json {
         let snap = ctx.store.load().map_err(errors::state)?;
         super::output::after_apply(&ctx.model, &snap);
     }
@@ -181,6 +212,7 @@ async fn apply_saved(
     file: &Path,
     run_args: &RunArgs,
     allow_protected: bool,
+    json: bool,
 ) -> Result<u8> {
     // A plan made against a state (it has a lineage) whose folder is gone: refuse before
     // taking the lock, which would create an empty state folder there.
@@ -248,8 +280,15 @@ async fn apply_saved(
             ),
         ));
     }
-    out!("{}", render::plan(plan));
+    if json {
+        crate::events::planned(plan);
+    } else {
+        out!("{}", render::plan(plan));
+    }
     if plan.is_empty() {
+        if json {
+            crate::events::nothing(plan.destroy, snapshot.serial);
+        }
         return Ok(0);
     }
     check_protected(plan, allow_protected)?;
@@ -297,10 +336,11 @@ async fn apply_saved(
         plan.destroy,
         access.as_ref(),
         render,
+        json,
     )
     .await;
     drop(guard);
-    if matches!(code, Ok(0)) && !plan.destroy {
+    if matches!(code, Ok(0)) && !plan.destroy && !json {
         super::output::after_apply_of(&pf.cluster_file, store.as_ref());
     }
     code
@@ -336,6 +376,7 @@ async fn run(
     destroy: bool,
     etcd: Option<&crate::etcd::EtcdAccess>,
     render: Option<clusterform_engine::Render>,
+    json: bool,
 ) -> Result<u8> {
     let stop = Arc::new(AtomicBool::new(false));
     let interrupts = {
@@ -358,7 +399,9 @@ async fn run(
             }
         })
     };
-    outln!();
+    if !json {
+        outln!();
+    }
     let options = ApplyOptions {
         parallelism: run_args.parallelism as usize,
         stop: stop.clone(),
@@ -373,12 +416,16 @@ async fn run(
         store,
         cluster,
         &options,
-        progress::observer(
-            plan.changes
-                .iter()
-                .filter_map(|c| Some((c.address.clone(), c.id.clone()?)))
-                .collect(),
-        ),
+        if json {
+            crate::events::observer()
+        } else {
+            progress::observer(
+                plan.changes
+                    .iter()
+                    .filter_map(|c| Some((c.address.clone(), c.id.clone()?)))
+                    .collect(),
+            )
+        },
     )
     .await
     .map_err(errors::engine);
@@ -390,7 +437,11 @@ async fn run(
         report.critical_path,
         report.serial
     );
-    out!("\n{}", render::apply_summary(&report, destroy));
+    if json {
+        crate::events::finish(&report, destroy, stop.load(Ordering::SeqCst));
+    } else {
+        out!("\n{}", render::apply_summary(&report, destroy));
+    }
     if let Some(e) = &report.state_error {
         errln!(
             "Error: the state could not be written: {e}\n  The provider's work that is not \
