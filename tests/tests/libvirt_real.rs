@@ -124,6 +124,18 @@ fw_cfg = "{fw_cfg}"
             "{address}: Ignition read back from the guest {:.1}s after apply",
             boot.elapsed().as_secs_f64()
         );
+        // `clusterform console` shows the same serial console (the end of its log).
+        let console = w.run_ok(&["console", file, address], 0).stdout;
+        let tail = std::fs::read_to_string(log).unwrap_or_default();
+        let last = tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            console.contains(last.trim()),
+            "{address}: console output lacks the log's last line `{last}`"
+        );
     }
 
     // The live network hands each machine its address (virNetworkUpdate on the running

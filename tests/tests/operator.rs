@@ -479,3 +479,19 @@ fn event_stream_snapshot_one_operation_at_a_time() {
         .collect();
     insta::assert_snapshot!("event_stream", lines.join("\n"));
 }
+
+#[test]
+fn console_prints_the_sims_boot_log() {
+    let (w, _) = applied("");
+    let r = w.run_ok(&["console", "cluster.toml", "demo-workers-1"], 0);
+    assert!(
+        r.stdout.contains("simulated boot of m-000003"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("demo-workers-1 login:"), "{}", r.stdout);
+    assert!(r.stdout.contains("ignition"), "{}", r.stdout);
+    let r = w.run(&["console", "cluster.toml", "network.main"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no machine"), "{}", r.stderr);
+}

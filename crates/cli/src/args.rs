@@ -157,6 +157,15 @@ pub enum Command {
         #[arg(default_value = "cluster.toml")]
         file: PathBuf,
     },
+    /// Print what a machine's console printed (boot diagnostics): EC2's console output,
+    /// libvirt's console log, the sim's boot log.
+    #[command(override_usage = "clusterform console [FILE] <MACHINE>")]
+    Console {
+        /// [FILE] MACHINE: the cluster file (default cluster.toml) and the machine, by
+        /// address (`machine.workers[0]`) or name.
+        #[arg(value_name = "ARG", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
     /// Print a completion script for a shell: `clusterform completions bash >
     /// /etc/bash_completion.d/clusterform` (zsh: into a folder of `$fpath` as
     /// `_clusterform`; fish: `~/.config/fish/completions/clusterform.fish`).

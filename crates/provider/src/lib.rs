@@ -262,6 +262,14 @@ pub trait Reader: Send + Sync {
     /// cluster (`reap` finds test clusters this way, without their state). Objects
     /// without the tags are never listed.
     async fn list_owned(&self) -> Result<Vec<Object>>;
+
+    /// A machine's console output (what its serial console printed, the latest the
+    /// provider keeps), for boot diagnostics; `Ok(None)` when this provider gives none.
+    /// `prior` is what the state records for it.
+    async fn console(&self, kind: &str, id: &str, prior: &Attrs) -> Result<Option<String>> {
+        let _ = (kind, id, prior);
+        Ok(None)
+    }
 }
 
 /// A provider that can also change things.

@@ -257,6 +257,40 @@ impl Reader for Ec2Provider {
     async fn list_owned(&self) -> Result<Vec<Object>> {
         self.list(None, false).await
     }
+
+    /// `GetConsoleOutput` (the latest output, base64 in the answer), decoded.
+    async fn console(
+        &self,
+        kind: &str,
+        id: &str,
+        _prior: &clusterform_core::Attrs,
+    ) -> Result<Option<String>> {
+        if kind != "machine" {
+            return Ok(None);
+        }
+        let cloud = self.cloud().await?;
+        let answer = crate::api::read(|| async {
+            cloud
+                .api
+                .client
+                .get_console_output()
+                .instance_id(id)
+                .latest(true)
+                .send()
+                .await
+                .map_err(|e| ApiError::from_sdk("GetConsoleOutput", e))
+        })
+        .await
+        .map_err(provider_error)?;
+        let Some(b64) = answer.output() else {
+            return Ok(Some(String::new()));
+        };
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| ProviderError::Permanent(format!("GetConsoleOutput: not base64: {e}")))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
 }
 
 fn provider_error(e: ApiError) -> ProviderError {

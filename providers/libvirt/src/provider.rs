@@ -163,6 +163,57 @@ impl Reader for LibvirtProvider {
     async fn list_owned(&self) -> Result<Vec<Object>> {
         self.blocking(|b, c| b.owned(c, None)).await
     }
+
+    /// The end (64 KiB) of the domain's serial console log, which QEMU writes to the
+    /// `console_log` file.
+    async fn console(
+        &self,
+        kind: &str,
+        id: &str,
+        prior: &clusterform_core::Attrs,
+    ) -> Result<Option<String>> {
+        if kind != "machine" {
+            return Ok(None);
+        }
+        let req = ReadRequest {
+            address: clusterform_core::Address::new("machine", "console"),
+            kind: kind.to_string(),
+            id: id.to_string(),
+            prior: prior.clone(),
+        };
+        let Some(o) = self.read(&req).await? else {
+            return Err(ProviderError::NotFound(id.to_string()));
+        };
+        let Some(path) = o
+            .attrs
+            .get("console_log")
+            .or_else(|| prior.get("console_log"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+        else {
+            return Ok(None);
+        };
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .await;
+        match read {
+            Ok(Ok(text)) => Ok(Some(text)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(Err(e)) => Err(ProviderError::Permanent(format!(
+                "cannot read the console log of `{id}`: {e}"
+            ))),
+            Err(e) => Err(ProviderError::Permanent(format!(
+                "reading the console log: {e}"
+            ))),
+        }
+    }
 }
 
 #[async_trait]

@@ -305,6 +305,49 @@ impl Reader for SimProvider {
         let all = self.read_op("list_owned", |c| db::list(c, None)).await?;
         Ok(all.into_iter().filter(|o| o.owner.is_some()).collect())
     }
+
+    /// The sim's boot log of a machine: made up from what it was given (the sim boots
+    /// nothing; in live mode its members' logs are in their data folders).
+    async fn console(
+        &self,
+        kind: &str,
+        id: &str,
+        _prior: &clusterform_core::Attrs,
+    ) -> Result<Option<String>> {
+        let id_owned = id.to_string();
+        let Some(o) = self
+            .read_op("console", move |c| db::get(c, &id_owned))
+            .await?
+        else {
+            return Err(ProviderError::NotFound(id.to_string()));
+        };
+        if o.kind != kind || kind != "machine" {
+            return Ok(None);
+        }
+        let text = |k: &str| {
+            o.attrs
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let user_data = o
+            .attrs
+            .get("user_data")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        Ok(Some(format!(
+            "[    0.000000] clusterform sim: simulated boot of {id} (nothing runs)\n\
+             [    0.000000] Linux version 6.6 (Flatcar Container Linux, channel {})\n\
+             [    1.204512] ignition[512]: fetched the user config: {} bytes\n\
+             [    1.377310] ignition[512]: files: op(1): [finished] writing the config's files\n\
+             [    3.019281] systemd[1]: Reached target multi-user.target\n\
+             \n{} login: \n",
+            text("channel"),
+            user_data.len(),
+            text("name"),
+        )))
+    }
 }
 
 #[async_trait]

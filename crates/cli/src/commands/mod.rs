@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Output { args, json, raw } => output::output(&args, json, raw),
         Command::Ssh { args, command } => ssh::ssh(&args, &command),
         Command::SshConfig { file } => ssh::ssh_config(&file),
+        Command::Console { args } => ssh::console(&args).await,
         Command::Completions { shell } => shell::completions(shell),
         Command::Man { out } => shell::man(out.as_deref()),
         Command::Version { json } => shell::version(json),

@@ -1,5 +1,6 @@
-//! `clusterform ssh` and `ssh-config`: getting into the machines as `core` with the
-//! system's `ssh`, through `[central] etcd_via` (the cluster's jump host) when it is set.
+//! `clusterform ssh`, `ssh-config` and `console`: getting into the machines as `core`
+//! with the system's `ssh`, through `[central] etcd_via` (the cluster's jump host) when
+//! it is set, and reading a machine's console output from its provider.
 
 use std::path::Path;
 use std::process::Command;
@@ -55,13 +56,18 @@ fn alias(cluster: &str, r: &ResourceState) -> String {
         })
 }
 
-/// `clusterform ssh [FILE] ADDR [-- CMD...]`.
-pub fn ssh(args: &[String], command: &[String]) -> Result<u8> {
+/// The machine `target` (address or name) in the state of `args`' cluster file, with
+/// the loaded context.
+fn machine_of(
+    args: &[String],
+    what: &str,
+    example: &str,
+) -> Result<(context::Context, ResourceState)> {
     let (file, rest) = context::split_file_arg(args);
     let [target] = rest else {
         return Err(errors::hint(
-            "`ssh` takes one machine",
-            "clusterform ssh cluster.toml machine.workers[0] -- uptime",
+            format!("`{what}` takes one machine"),
+            example.to_string(),
         ));
     };
     let ctx = context::load(&file)?;
@@ -74,9 +80,12 @@ pub fn ssh(args: &[String], command: &[String]) -> Result<u8> {
         snap.resources
             .values()
             .find(|r| r.address.kind == "machine" && alias(&ctx.model.cluster.name, r) == *target)
-    });
-    let Some(machine) = machine.filter(|r| r.address.kind == "machine") else {
-        return Err(errors::hint(
+    })
+    .filter(|r| r.address.kind == "machine")
+    .cloned();
+    match machine {
+        Some(m) => Ok((ctx, m)),
+        None => Err(errors::hint(
             format!(
                 "`{target}` is no machine in the state of `{}`",
                 file.display()
@@ -85,8 +94,18 @@ pub fn ssh(args: &[String], command: &[String]) -> Result<u8> {
                 "name one by address or name: `clusterform output {} machines` lists them",
                 file.display()
             ),
-        ));
-    };
+        )),
+    }
+}
+
+/// `clusterform ssh [FILE] ADDR [-- CMD...]`.
+pub fn ssh(args: &[String], command: &[String]) -> Result<u8> {
+    let (ctx, machine) = machine_of(
+        args,
+        "ssh",
+        "clusterform ssh cluster.toml machine.workers[0] -- uptime",
+    )?;
+    let machine = &machine;
     let Some(host) = reach(machine) else {
         return Err(errors::hint(
             format!("`{}` has no address in the state yet", machine.address),
@@ -143,4 +162,44 @@ pub fn ssh_config(file: &Path) -> Result<u8> {
     }
     out!("{}", crate::output::clean(&out));
     Ok(0)
+}
+
+/// `clusterform console [FILE] MACHINE`: what the machine's console printed, from its
+/// provider (EC2's GetConsoleOutput, libvirt's console log, the sim's made-up boot log).
+pub async fn console(args: &[String]) -> Result<u8> {
+    let (ctx, machine) = machine_of(
+        args,
+        "console",
+        "clusterform console cluster.toml machine.workers[0]",
+    )?;
+    let provider = ctx
+        .providers
+        .get(&machine.provider)
+        .map_err(errors::engine)?;
+    let text = provider
+        .reader()
+        .console("machine", &machine.id, &machine.attrs)
+        .await
+        .map_err(|e| {
+            errors::hint(
+                format!("`{}` ({}): {e}", machine.address, machine.id),
+                "check the provider's settings and that the machine still exists (`clusterform plan`)",
+            )
+        })?;
+    match text {
+        Some(t) => {
+            out!("{}", crate::output::clean(&t));
+            if !t.ends_with('\n') {
+                outln!();
+            }
+            Ok(0)
+        }
+        None => Err(errors::hint(
+            format!(
+                "provider `{}` gives no console output for `{}`",
+                machine.provider, machine.address
+            ),
+            "look at the machine in the provider's own console",
+        )),
+    }
 }

@@ -192,3 +192,44 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn console_prints_the_instances_console_output() {
+    let url = crate::need_moto!();
+    let w = Ec2World::new(&url);
+    let name = unique("con");
+    w.world.write(
+        "cluster.toml",
+        &dev_test(&name, &w.provider_table(""), 1, "t3.small"),
+    );
+    let out = w
+        .command(&["apply", "cluster.toml", "--auto-approve"])
+        .output()
+        .expect("apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // GetConsoleOutput, decoded (moto answers a canned Linux boot log).
+    let out = w
+        .command(&["console", "cluster.toml", "machine.workers[0]"])
+        .output()
+        .expect("console");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Linux version"), "{text}");
+    let out = w
+        .command(&["destroy", "cluster.toml", "--auto-approve"])
+        .output()
+        .expect("destroy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
