@@ -495,3 +495,90 @@ fn console_prints_the_sims_boot_log() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no machine"), "{}", r.stderr);
 }
+
+fn valid(schema_file: &str, text: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            clusterform_tests::workspace_root()
+                .join("docs")
+                .join(schema_file),
+        )
+        .expect("schema file"),
+    )
+    .expect("schema JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{schema_file}: {errors:?}\n{text}");
+    v
+}
+
+#[test]
+fn plan_and_show_json_follow_their_documented_schemas() {
+    let (w, _) = applied("");
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    w.write("cluster.toml", &text.replace("count = 2", "count = 3"));
+    let plan = valid(
+        "plan.schema.json",
+        &w.run_ok(&["plan", "cluster.toml", "--json"], 0).stdout,
+    );
+    assert_eq!(plan["summary"]["add"], 1);
+    assert_eq!(
+        plan["resource_changes"][0]["after"]["user_data"],
+        "(sensitive)"
+    );
+    w.run_ok(&["plan", "cluster.toml", "--out", "next.plan"], 0);
+    let saved = valid(
+        "plan.schema.json",
+        &w.run_ok(&["show", "next.plan", "--json"], 0).stdout,
+    );
+    assert_eq!(saved["resource_changes"], plan["resource_changes"]);
+    let state = valid(
+        "state.schema.json",
+        &w.run_ok(&["show", "cluster.toml", "--json"], 0).stdout,
+    );
+    assert_eq!(state["resources"].as_array().map(Vec::len), Some(4));
+    let destroy = valid(
+        "plan.schema.json",
+        &w.run_ok(&["plan", "cluster.toml", "--destroy", "--json"], 0)
+            .stdout,
+    );
+    assert_eq!(destroy["destroy"], true);
+}
+
+#[test]
+fn state_show_raw_gives_the_user_data_byte_for_byte() {
+    let (w, _) = applied("");
+    let raw = w
+        .command(&[
+            "state",
+            "show",
+            "cluster.toml",
+            "machine.workers[0]",
+            "--raw",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        raw.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    w.run_ok(&["render", "cluster.toml", "--out", "rendered"], 0);
+    let want = std::fs::read(w.path().join("rendered/machine.workers[0].ign")).expect("rendered");
+    assert_eq!(
+        raw.stdout, want,
+        "what the state holds is what was rendered"
+    );
+    // The summary otherwise, and one instance only.
+    let r = w.run_ok(&["state", "show", "cluster.toml", "machine.workers[0]"], 0);
+    assert!(
+        r.stdout.contains("user_data") && r.stdout.contains("(sensitive"),
+        "{}",
+        r.stdout
+    );
+    let r = w.run(&["state", "show", "cluster.toml", "machine.workers", "--raw"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("prints one"), "{}", r.stderr);
+}

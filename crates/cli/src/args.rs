@@ -505,6 +505,10 @@ pub enum StateCommand {
         /// [FILE] ADDR: the cluster file (default cluster.toml) and the address.
         #[arg(num_args = 1..=2, required = true, value_name = "ARG")]
         args: Vec<String>,
+        /// One machine's `user_data` (its Ignition config) byte for byte, instead of the
+        /// summary; to a file when it holds a private key (`> machine.ign`).
+        #[arg(long)]
+        raw: bool,
     },
     /// List unfinished operations (journal entries a crashed run left); the next
     /// plan or apply resolves them.

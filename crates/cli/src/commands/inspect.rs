@@ -74,6 +74,29 @@ fn record_text(r: &ResourceState) -> String {
     clean(&out).into_owned()
 }
 
+/// `state show --raw`: a machine's user data byte for byte (opened: a config holding a
+/// private key goes to a file or a pipe, never to a terminal).
+fn raw_user_data(r: &ResourceState) -> Result<u8> {
+    use std::io::IsTerminal;
+    let Some(text) = r.attrs.get("user_data").and_then(|v| v.as_str()) else {
+        return Err(errors::hint(
+            format!("`{}` has no user data", r.address),
+            "--raw prints a machine's `user_data`; leave it out to see the record",
+        ));
+    };
+    if clusterform_state::seal::holds_private_key(text) && std::io::stdout().is_terminal() {
+        return Err(errors::hint(
+            format!("the user data of `{}` holds a private key", r.address),
+            format!(
+                "redirect it to a file: clusterform state show {} --raw > {}.ign",
+                r.address, r.address
+            ),
+        ));
+    }
+    out!("{text}");
+    Ok(0)
+}
+
 /// `clusterform show`.
 pub fn show(file: &Path, as_json: bool) -> Result<u8> {
     if let Some(pf) = PlanFile::read(file)? {
@@ -190,7 +213,7 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        StateCommand::Show { args } => {
+        StateCommand::Show { args, raw } => {
             let (file, rest) = split_file_arg(&args);
             let [addr] = rest else {
                 return Err(errors::hint(
@@ -210,6 +233,11 @@ pub fn state(cmd: StateCommand) -> Result<u8> {
                 [] => Err(errors::hint(
                     format!("`{addr}` is not in the state"),
                     "`clusterform state list` prints the addresses it has",
+                )),
+                [one] if raw => raw_user_data(one),
+                _ if raw => Err(errors::hint(
+                    format!("`{addr}` names {} records; --raw prints one", all.len()),
+                    "name one instance, like `machine.workers[0]`",
                 )),
                 records => {
                     let text: Vec<String> = records.iter().map(|r| record_text(r)).collect();
