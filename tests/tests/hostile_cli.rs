@@ -55,9 +55,9 @@ fn usage_errors_exit_1_with_a_usage_message() {
             &["plan", "--lock-timeout", "soon"],
         ),
         ("drift interval too short", &["drift", "--every", "10ms"]),
-        ("graph format unknown", &["graph", "--format", "png"]),
+        ("graph format unknown", &["graph", "--format", "jpeg"]),
         ("flag missing its value", &["destroy", "--target"]),
-        ("target without destroy", &["plan", "--target", "machine.m"]),
+        ("json with raw", &["output", "--json", "--raw"]),
         (
             "refresh-only with destroy",
             &["plan", "--destroy", "--refresh-only"],

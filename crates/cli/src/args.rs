@@ -602,13 +602,16 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "plan",
-        "clusterform plan cluster.toml -out=tonight.plan\n  clusterform plan cluster.toml --detailed-exitcode --replace machine.workers[2]",
+        "clusterform plan cluster.toml -out=tonight.plan\n  clusterform plan cluster.toml --target machine.workers[2]\n  clusterform plan cluster.toml --detailed-exitcode --replace machine.workers[2]",
     ),
     (
         "apply",
-        "clusterform apply cluster.toml\n  clusterform apply tonight.plan\n  clusterform apply cluster.toml --replace machine.workers[0]",
+        "clusterform apply cluster.toml\n  clusterform apply tonight.plan\n  clusterform apply cluster.toml --replace machine.workers[0]\n  clusterform apply cluster.toml --auto-approve --json | jq -c 'select(.type == \"failed\")'",
     ),
-    ("destroy", "clusterform destroy cluster.toml --auto-approve"),
+    (
+        "destroy",
+        "clusterform destroy cluster.toml --auto-approve\n  clusterform destroy cluster.toml --target machine.workers[3]",
+    ),
     (
         "show",
         "clusterform show cluster.toml\n  clusterform show tonight.plan --json",
@@ -620,7 +623,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "state show",
-        "clusterform state show cluster.toml machine.workers[0]",
+        "clusterform state show cluster.toml machine.workers[0]\n  clusterform state show cluster.toml machine.workers\n  clusterform state show cluster.toml machine.workers[0] --raw > worker-0.ign",
     ),
     ("state pending", "clusterform state pending cluster.toml"),
     ("state restore", "clusterform state restore cluster.toml"),
@@ -646,7 +649,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "graph",
-        "clusterform graph cluster.toml --format svg > graph.svg",
+        "clusterform graph cluster.toml --format svg > graph.svg\n  clusterform graph cluster.toml --plan --format png > plan.png",
     ),
     (
         "drift",
@@ -679,6 +682,22 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "providers check",
         "clusterform providers check ./clusterform-provider-example --setting region=\"test\"",
+    ),
+    (
+        "output",
+        "clusterform output cluster.toml\n  clusterform output cluster.toml etcd_endpoints --raw\n  clusterform output cluster.toml machines --json",
+    ),
+    (
+        "ssh",
+        "clusterform ssh cluster.toml machine.workers[0]\n  clusterform ssh cluster.toml machine.central[0] -- journalctl -u etcd-member --no-pager",
+    ),
+    (
+        "ssh-config",
+        "clusterform ssh-config cluster.toml >> ~/.ssh/config && ssh demo-workers-0",
+    ),
+    (
+        "console",
+        "clusterform console cluster.toml machine.workers[0] | tail -50",
     ),
     (
         "completions",
