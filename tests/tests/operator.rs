@@ -582,3 +582,32 @@ fn state_show_raw_gives_the_user_data_byte_for_byte() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("prints one"), "{}", r.stderr);
 }
+
+#[test]
+fn a_machine_that_does_not_come_up_shows_its_console_and_is_adopted_next_run() {
+    let w = World::new();
+    w.write(
+        "cluster.toml",
+        &dev_test("demo", 2, "s", r#"boot_fail_on = ["machine.workers[1]"]"#),
+    );
+    let r = w.run(&["apply", "cluster.toml", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let at = r
+        .stdout
+        .find("Console output of machine.workers[1]")
+        .unwrap_or_else(|| panic!("no console output: {}", r.stdout));
+    assert!(
+        r.stdout[at..].contains("Ignition has failed"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("Console output of machine.workers[0]"),
+        "only the failed one"
+    );
+    // The machine was made: the next run adopts it, nothing is made twice.
+    let r = w.run_ok(&["apply", "cluster.toml", "--auto-approve"], 0);
+    assert!(r.stdout.contains("adopted"), "{}", r.stdout);
+    w.assert_state_matches_cloud("cluster.toml");
+    assert_eq!(w.objects().len(), 4);
+}

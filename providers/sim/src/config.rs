@@ -28,6 +28,10 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// Addresses (`machine.workers[2]`) whose create, update and delete fail permanently.
     pub fail_on: Vec<String>,
+    /// Machines (`machine.workers[2]`) that are made but do not come up: the create
+    /// answers that its outcome is unknown (as a cloud whose instance never reached
+    /// `running`), the machine stays, and its boot log shows Ignition failing.
+    pub boot_fail_on: Vec<String>,
     /// Live mode (default false): a machine whose rendered Ignition config (`user_data`)
     /// runs an etcd member (`etcd-member.service`) or the etcd gRPC proxy
     /// (`etcd-grpc-proxy.service`) really runs it, with the local `etcd` binary, in a
@@ -69,11 +73,16 @@ impl SimConfig {
                 "`rate_per_s` must be a positive number of calls per second, not {r}"
             )));
         }
-        for a in &self.fail_on {
-            if a.parse::<clusterform_core::Address>().is_err() {
-                return Err(ProviderError::Config(format!(
-                    "`fail_on` entry `{a}` is not an address like `machine.workers[2]`"
-                )));
+        for (key, list) in [
+            ("fail_on", &self.fail_on),
+            ("boot_fail_on", &self.boot_fail_on),
+        ] {
+            for a in list {
+                if a.parse::<clusterform_core::Address>().is_err() {
+                    return Err(ProviderError::Config(format!(
+                        "`{key}` entry `{a}` is not an address like `machine.workers[2]`"
+                    )));
+                }
             }
         }
         Ok(())

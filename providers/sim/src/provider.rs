@@ -109,6 +109,18 @@ pub struct SimProvider {
     backend: OnceCell<Backend>,
 }
 
+impl SimProvider {
+    /// True for a machine of `boot_fail_on`.
+    fn boots_badly(&self, address: &Address) -> bool {
+        address.kind == "machine"
+            && self
+                .config
+                .boot_fail_on
+                .iter()
+                .any(|a| a.parse::<Address>().is_ok_and(|b| b == *address))
+    }
+}
+
 impl std::fmt::Debug for SimProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimProvider")
@@ -307,7 +319,8 @@ impl Reader for SimProvider {
     }
 
     /// The sim's boot log of a machine: made up from what it was given (the sim boots
-    /// nothing; in live mode its members' logs are in their data folders).
+    /// nothing; in live mode its members' logs are in their data folders); Ignition
+    /// fails in the log of a machine of `boot_fail_on`.
     async fn console(
         &self,
         kind: &str,
@@ -323,6 +336,24 @@ impl Reader for SimProvider {
         };
         if o.kind != kind || kind != "machine" {
             return Ok(None);
+        }
+        if o.owner
+            .as_ref()
+            .is_some_and(|w| self.boots_badly(&w.address))
+        {
+            let bytes = o
+                .attrs
+                .get("user_data")
+                .and_then(|v| v.as_str())
+                .map_or(0, str::len);
+            return Ok(Some(format!(
+                "[    0.000000] clusterform sim: simulated boot of {id} (nothing runs)\n\
+                 [    1.204512] ignition[512]: fetched the user config: {bytes} bytes\n\
+                 [    1.377310] ignition[512]: files: op(1): [failed] writing the config's files: injected by `boot_fail_on`\n\
+                 [    1.377402] systemd[1]: ignition-files.service: Failed with result 'exit-code'.\n\
+                 [    1.391112] systemd[1]: Reached target emergency.target - Emergency Mode.\n\
+                 Ignition has failed. Please ensure your config is valid.\n"
+            )));
         }
         let text = |k: &str| {
             o.attrs
@@ -356,7 +387,14 @@ impl Provider for SimProvider {
         let done = self
             .write(Some(&req.owner.address), Job::Create(req.clone()))
             .await?;
-        expect_object(done)
+        let made = expect_object(done)?;
+        if self.boots_badly(&req.owner.address) {
+            return Err(ProviderError::Ambiguous(format!(
+                "machine `{}` was made but did not come up within the wait (injected by `boot_fail_on`)",
+                made.id
+            )));
+        }
+        Ok(made)
     }
 
     async fn update(&self, req: &UpdateRequest) -> Result<Object> {

@@ -441,6 +441,9 @@ async fn run(
         crate::events::finish(&report, destroy, stop.load(Ordering::SeqCst));
     } else {
         out!("\n{}", render::apply_summary(&report, destroy));
+        if !destroy {
+            failed_boot_consoles(&report, plan, providers, &cluster.name).await;
+        }
     }
     if let Some(e) = &report.state_error {
         errln!(
@@ -503,4 +506,61 @@ fn saved_plan_ca(
                 "make a new plan: clusterform plan CLUSTER_FILE --out FILE",
             )
         })
+}
+
+/// Lines of a console shown after a machine failed to come up.
+const CONSOLE_TAIL: usize = 25;
+
+/// For each machine whose create (or replacement) failed but which its provider holds
+/// (it was made and did not come up), the end of its console output: why it failed to
+/// boot is there.
+async fn failed_boot_consoles(
+    report: &clusterform_engine::ApplyReport,
+    plan: &Plan,
+    providers: &Providers,
+    cluster: &str,
+) {
+    use clusterform_core::Action;
+    let failed: Vec<&clusterform_core::Change> = plan
+        .changes
+        .iter()
+        .filter(|c| {
+            c.address.kind == "machine" && matches!(c.action, Action::Create | Action::Replace)
+        })
+        .filter(|c| {
+            report.outcomes.iter().any(|(a, _, o)| {
+                *a == c.address && matches!(o, clusterform_engine::Outcome::Failed(_))
+            })
+        })
+        .collect();
+    let mut listed: std::collections::HashMap<&str, Vec<clusterform_provider::Object>> =
+        std::collections::HashMap::new();
+    for c in failed {
+        let Ok(p) = providers.get(&c.provider) else {
+            continue;
+        };
+        if !listed.contains_key(c.provider.as_str()) {
+            let objects = p.reader().list_cluster(cluster).await.unwrap_or_default();
+            listed.insert(c.provider.as_str(), objects);
+        }
+        let Some(o) = listed[c.provider.as_str()].iter().find(|o| {
+            o.kind == "machine" && o.owner.as_ref().is_some_and(|w| w.address == c.address)
+        }) else {
+            continue;
+        };
+        let Ok(Some(text)) = p.reader().console("machine", &o.id, &o.attrs).await else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(CONSOLE_TAIL)..];
+        outln!(
+            "\nConsole output of {} ({}), the last {} lines (`clusterform console` shows more):",
+            c.address,
+            o.id,
+            tail.len()
+        );
+        for l in tail {
+            outln!("  {}", crate::output::clean(l));
+        }
+    }
 }
