@@ -48,7 +48,7 @@ fn no_default_key(path: &std::path::Path) -> SealError {
     SealError::KeyFile {
         path: path.to_path_buf(),
         why: format!(
-            "it does not exist here, and something sealed needs it: set {KEY_ENV} to the passphrase, or `[state] encryption = \"PATH\"` to the key file, it was written with"
+            "it does not exist here, and something sealed needs it: set `[state] encryption = \"PATH\"` to the key file the state was written with (or {KEY_ENV} to its passphrase)"
         ),
     }
 }
@@ -216,7 +216,16 @@ impl SealedStore {
         let (key, _) = self
             .source
             .key(salt.as_ref(), false, self.stretch)
-            .map_err(|e| self.seal_err(e))?;
+            .map_err(|e| match (e, sealed_with) {
+                // Say which key it needs: the id names the file among the user's keys.
+                (SealError::KeyFile { path, why }, Some(id)) if !path.exists() => {
+                    self.seal_err(SealError::KeyFile {
+                        path,
+                        why: format!("{why}; its values were sealed with the key whose id is {id}"),
+                    })
+                }
+                (e, _) => self.seal_err(e),
+            })?;
         *lock(&self.key) = Some(key.clone());
         Ok(key)
     }
@@ -525,6 +534,10 @@ mod tests {
         let missing = sealed(mem.clone(), KeySource::Default(dir.path().join("none.key")));
         let text = missing.load().expect_err("no key").to_string();
         assert!(text.contains("does not exist here"), "{text}");
+        assert!(
+            text.contains("sealed with the key whose id is"),
+            "names the key: {text}"
+        );
         assert!(!dir.path().join("none.key").exists(), "a read makes no key");
 
         // A state with nothing sealed needs no key.
