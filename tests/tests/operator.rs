@@ -611,3 +611,17 @@ fn a_machine_that_does_not_come_up_shows_its_console_and_is_adopted_next_run() {
     w.assert_state_matches_cloud("cluster.toml");
     assert_eq!(w.objects().len(), 4);
 }
+
+#[test]
+fn show_snapshots_of_the_state_and_of_a_saved_plan() {
+    let (w, _) = applied("");
+    insta::assert_snapshot!(
+        "show_state",
+        w.run_ok(&["state", "show", "cluster.toml", "machine.workers[0]"], 0)
+            .stdout
+    );
+    let text = std::fs::read_to_string(w.path().join("cluster.toml")).expect("read");
+    w.write("cluster.toml", &text.replace("count = 2", "count = 3"));
+    w.run_ok(&["plan", "cluster.toml", "--out", "next.plan"], 0);
+    insta::assert_snapshot!("show_plan", w.run_ok(&["show", "next.plan"], 0).stdout);
+}
