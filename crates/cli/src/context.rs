@@ -170,7 +170,8 @@ impl StateLocation {
         }
     }
 
-    /// Where the state's key comes from (see [`key_source`]).
+    /// Where the state's key comes from: `CLUSTERFORM_STATE_KEY`, else `[state] encryption`,
+    /// else its own key file under the user's config folder.
     pub fn key_source(&self) -> KeySource {
         key_source_named(&self.key_name(), self.encryption())
     }
