@@ -194,6 +194,13 @@ impl EtcdStore {
             .strip_prefix('/')
     }
 
+    fn encode<T: Serialize>(&self, what: &str, value: &T) -> Result<String, StateError> {
+        serde_json::to_string(value).map_err(|e| StateError::Database {
+            path: self.name.clone(),
+            detail: format!("encoding {what}: {e}"),
+        })
+    }
+
     fn corrupt(&self, detail: impl Into<String>) -> StateError {
         StateError::Corrupt {
             path: self.name.clone(),
@@ -362,16 +369,11 @@ impl EtcdStore {
         }
         let mut ops = Vec::new();
         let mut touched: Vec<Address> = Vec::new();
-        let encode = |what: &str, v: &dyn erased::Json| -> Result<String, StateError> {
-            v.json().map_err(|e| StateError::Database {
-                path: self.name.clone(),
-                detail: format!("encoding {what}: {e}"),
-            })
-        };
         for m in mutations {
             match m {
                 Mutation::Put(record) => {
-                    let json = encode(&format!("the record of `{}`", record.address), record)?;
+                    let json =
+                        self.encode(&format!("the record of `{}`", record.address), record)?;
                     if json.len() > MAX_BYTES - 1024 {
                         return Err(StateError::Database {
                             path: self.name.clone(),
@@ -391,7 +393,7 @@ impl EtcdStore {
                     touched.push(address.clone());
                 }
                 Mutation::JournalOpen(entry) => {
-                    let json = encode(&format!("journal entry `{}`", entry.op_id), entry)?;
+                    let json = self.encode(&format!("journal entry `{}`", entry.op_id), entry)?;
                     ops.push(BatchOp::Put(format!("journal/{}", entry.op_id), json));
                 }
                 Mutation::JournalClose(op_id) => {
@@ -754,18 +756,6 @@ fn overlay(sections: &mut BTreeMap<String, BTreeMap<String, Vec<u8>>>, op: Batch
             {
                 section.retain(|n, _| !(n.as_str() >= a.as_str() && n.as_str() < b.as_str()));
             }
-        }
-    }
-}
-
-/// Serializing any of the state's value types to a JSON string.
-mod erased {
-    pub(super) trait Json {
-        fn json(&self) -> serde_json::Result<String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> serde_json::Result<String> {
-            serde_json::to_string(self)
         }
     }
 }

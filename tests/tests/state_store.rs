@@ -3,7 +3,6 @@
 //! what only etcd has: a lock that ends with its lease, a lock lost mid-run, a commit
 //! batch left unfolded by a writer that died, and a three-member etcd with members down.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -551,7 +550,6 @@ fn etcd_three_members_one_down_works_two_down_fails_before_any_change() {
         20,
         "nothing was written without quorum"
     );
-    let _ = BTreeMap::<u8, u8>::new();
 }
 
 #[test]

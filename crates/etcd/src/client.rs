@@ -125,23 +125,56 @@ pub struct TlsError {
 }
 
 impl ClientTls {
-    pub(crate) fn tls_config(&self) -> Result<ureq::tls::TlsConfig, TlsError> {
-        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-        let bad = |what: &'static str| {
-            move |e: ureq::Error| TlsError {
-                what,
-                why: e.to_string(),
-            }
-        };
-        let ca = Certificate::from_pem(self.ca_pem.as_bytes()).map_err(bad("CA certificate"))?;
-        let cert =
-            Certificate::from_pem(self.cert_pem.as_bytes()).map_err(bad("client certificate"))?;
-        let key = PrivateKey::from_pem(self.key_pem.as_bytes()).map_err(bad("private key"))?;
-        Ok(TlsConfig::builder()
-            .root_certs(RootCerts::new_with_certs(&[ca]))
-            .client_cert(Some(ClientCert::new_with_certs(&[cert], key)))
-            .build())
+    fn tls_config(&self) -> Result<ureq::tls::TlsConfig, TlsError> {
+        tls_config(Some(&self.ca_pem), Some((&self.cert_pem, &self.key_pem)))
     }
+}
+
+/// TLS settings: trust only the CA `ca_pem` (else the system's roots), present the
+/// client certificate and key of `client_pem` (if any). All PEM.
+pub(crate) fn tls_config(
+    ca_pem: Option<&str>,
+    client_pem: Option<(&str, &str)>,
+) -> Result<ureq::tls::TlsConfig, TlsError> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let bad = |what: &'static str| {
+        move |e: ureq::Error| TlsError {
+            what,
+            why: e.to_string(),
+        }
+    };
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = ca_pem {
+        let ca = Certificate::from_pem(ca.as_bytes()).map_err(bad("CA certificate"))?;
+        tls = tls.root_certs(RootCerts::new_with_certs(&[ca]));
+    }
+    if let Some((cert, key)) = client_pem {
+        let cert = Certificate::from_pem(cert.as_bytes()).map_err(bad("client certificate"))?;
+        let key = PrivateKey::from_pem(key.as_bytes()).map_err(bad("private key"))?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+    }
+    Ok(tls.build())
+}
+
+/// An agent for etcd: answers of any status returned (not errors), no proxy from the
+/// environment (etcd is reached directly or through our own tunnel), `idle` pooled
+/// connections per host (0: one connection per call), the timeouts of `t`.
+pub(crate) fn agent(tls: Option<ureq::tls::TlsConfig>, t: Timeouts, idle: usize) -> ureq::Agent {
+    let mut builder = ureq::Agent::config_builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls);
+    }
+    builder
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_idle_connections(idle * 8)
+        .max_idle_connections_per_host(idle)
+        .timeout_resolve(Some(t.connect))
+        .timeout_connect(Some(t.connect))
+        .timeout_per_call(Some(t.connect + t.request))
+        .user_agent(format!("clusterform/{}", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
 }
 
 impl EtcdClient {
@@ -157,25 +190,8 @@ impl EtcdClient {
     }
 
     fn build(config: ClientConfig, tls: Option<ureq::tls::TlsConfig>) -> EtcdClient {
-        let t = config.timeouts;
-        let mut builder = ureq::Agent::config_builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls);
-        }
-        let agent: ureq::Agent = builder
-            .http_status_as_error(false)
-            // etcd is reached directly or through our own tunnel, never through a proxy
-            // from the environment.
-            .proxy(None)
-            // One connection per call: no stale pooled connection can eat a change.
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .timeout_resolve(Some(t.connect))
-            .timeout_connect(Some(t.connect))
-            .timeout_per_call(Some(t.connect + t.request))
-            .user_agent(format!("clusterform/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        // One connection per call: no stale pooled connection can eat a change.
+        let agent = agent(tls, config.timeouts, 0);
         EtcdClient { config, agent }
     }
 

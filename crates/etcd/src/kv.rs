@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::EtcdError;
-use crate::client::{de_u64, decode, describe_transport_error, error_from_answer};
+use crate::client::{
+    agent, de_u64, decode, describe_transport_error, error_from_answer, tls_config,
+};
 use crate::{Timeouts, TlsError};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -163,35 +165,15 @@ impl std::fmt::Debug for KvClient {
 impl KvClient {
     /// A client for `config`; nothing is dialled until the first call.
     pub fn new(config: KvConfig) -> Result<KvClient, TlsError> {
-        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-        let bad = |what: &'static str| {
-            move |e: ureq::Error| TlsError {
-                what,
-                why: e.to_string(),
-            }
-        };
-        let mut tls = TlsConfig::builder();
-        if let Some(ca) = &config.ca_pem {
-            let ca = Certificate::from_pem(ca.as_bytes()).map_err(bad("CA certificate"))?;
-            tls = tls.root_certs(RootCerts::new_with_certs(&[ca]));
-        }
-        if let Some((cert, key)) = &config.client_pem {
-            let cert = Certificate::from_pem(cert.as_bytes()).map_err(bad("client certificate"))?;
-            let key = PrivateKey::from_pem(key.as_bytes()).map_err(bad("private key"))?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
-        }
-        let t = config.timeouts;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_idle_connections_per_host(4)
-            .timeout_resolve(Some(t.connect))
-            .timeout_connect(Some(t.connect))
-            .timeout_per_call(Some(t.connect + t.request))
-            .user_agent(format!("clusterform/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let tls = tls_config(
+            config.ca_pem.as_deref(),
+            config
+                .client_pem
+                .as_ref()
+                .map(|(c, k)| (c.as_str(), k.as_str())),
+        )?;
+        // Reads of a large state reuse connections; every change is safe to send twice.
+        let agent = agent(Some(tls), config.timeouts, 4);
         Ok(KvClient {
             config,
             agent,
@@ -389,8 +371,10 @@ impl KvClient {
                 };
                 match self.post(endpoint, path, &body, token.as_deref()) {
                     Ok(v) => return Ok((endpoint.clone(), v)),
-                    Err(EtcdError::Api { code: 16, .. } | EtcdError::Api { code: 3, .. })
-                        if !renewed && self.config.credentials.is_some() && token.is_some() =>
+                    Err(EtcdError::Api { code, message, .. })
+                        if !renewed
+                            && token.is_some()
+                            && (code == 16 || message.contains("auth token")) =>
                     {
                         // An expired token: get another one and try once more.
                         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
